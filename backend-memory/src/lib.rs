@@ -1,0 +1,477 @@
+//! The in-process backend of resilient-storage, on moka.
+//!
+//! - Bounded by bytes (key + value + a fixed overhead per entry), with LRU eviction: a write to
+//!   a full store always lands and evicts the least recently used entries (moka's default
+//!   TinyLFU admission could refuse a new entry, which a fallback store must not do). Evictions
+//!   are counted in [`MemoryBackend::evictions`].
+//! - TTL per entry; a new set replaces the old TTL. Expiry is decided on tokio's clock, so tests
+//!   can pause time; moka reclaims the memory of expired entries on its own schedule.
+//! - Locks with expiry, holder checks, and fencing tokens from one process-wide counter, so
+//!   tokens only grow for every lock name.
+//!
+//! Registered for `memory://` (options `max_bytes`, `name`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+use moka::policy::{EvictionPolicy, Expiry};
+use resilient_core::{
+    Backend, BackendFactory, BackendUrl, Bytes, Capabilities, Error, FencingToken, HealthProbe,
+    LockGrant, LockOutcome, Operation, Result, async_trait, inventory,
+};
+use tokio::time::Instant;
+
+/// Default capacity: 256 MiB.
+pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+// Bookkeeping bytes counted per entry on top of key and value.
+const ENTRY_OVERHEAD: u64 = 64;
+
+/// Settings of a [`MemoryBackend`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryConfig {
+    /// Name in reports. Default `memory`.
+    pub name: String,
+    /// Capacity in bytes. Default [`DEFAULT_MAX_BYTES`].
+    pub max_bytes: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            name: "memory".to_owned(),
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+impl MemoryConfig {
+    /// Sets the name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets the capacity in bytes.
+    pub fn max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Reads `max_bytes` and `name` from a `memory://` URL.
+    pub fn from_url(url: &BackendUrl) -> Result<Self> {
+        let mut config = Self::default();
+        for (option, value) in url.query_pairs() {
+            match option {
+                "max_bytes" => {
+                    config.max_bytes = value.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                        Error::config(
+                            "memory.max_bytes",
+                            format!("{value:?} is not a positive number of bytes"),
+                        )
+                    })?;
+                }
+                "name" if !value.is_empty() => config.name = value.to_owned(),
+                other => {
+                    return Err(Error::config(
+                        format!("memory.{other}"),
+                        "unknown option; known: max_bytes, name",
+                    ));
+                }
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    value: Bytes,
+    ttl: Option<Duration>,
+    expires_at: Option<Instant>,
+}
+
+impl Entry {
+    fn live(&self, now: Instant) -> bool {
+        self.expires_at.is_none_or(|at| now < at)
+    }
+}
+
+struct PerEntryTtl;
+
+impl Expiry<String, Entry> for PerEntryTtl {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        entry: &Entry,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        entry.ttl
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        entry: &Entry,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        entry.ttl
+    }
+}
+
+#[derive(Debug)]
+struct Lease {
+    holder: String,
+    token: u64,
+    expires_at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Leases {
+    by_name: HashMap<String, Lease>,
+    purge_at: usize,
+}
+
+/// The in-process backend. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct MemoryBackend {
+    config: MemoryConfig,
+    cache: Cache<String, Entry>,
+    leases: Mutex<Leases>,
+    evictions: Arc<AtomicU64>,
+}
+
+// One counter for every lock name of every store in the process: tokens only grow.
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new(MemoryConfig::default())
+    }
+}
+
+impl MemoryBackend {
+    /// A store with the given settings.
+    pub fn new(config: MemoryConfig) -> Self {
+        let evictions = Arc::new(AtomicU64::new(0));
+        let counter = evictions.clone();
+        let cache = Cache::builder()
+            .max_capacity(config.max_bytes)
+            .weigher(|key: &String, entry: &Entry| {
+                u32::try_from(weight(key, &entry.value)).unwrap_or(u32::MAX)
+            })
+            .eviction_policy(EvictionPolicy::lru())
+            .expire_after(PerEntryTtl)
+            .eviction_listener(move |_, _, cause| {
+                if cause == RemovalCause::Size {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .build();
+        Self {
+            config,
+            cache,
+            leases: Mutex::new(Leases::default()),
+            evictions,
+        }
+    }
+
+    /// Entries evicted so far to stay within capacity.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// The capacity in bytes.
+    pub fn max_bytes(&self) -> u64 {
+        self.config.max_bytes
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn grant(&self, name: &str, holder: &str, token: u64, ttl: Duration) -> LockGrant {
+        let mut grant = LockGrant::new(name, holder, FencingToken(token), ttl);
+        grant.backend.clone_from(&self.config.name);
+        grant.local = true;
+        grant
+    }
+}
+
+fn weight(key: &str, value: &[u8]) -> u64 {
+    key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD
+}
+
+fn deadline(now: Instant, ttl: Duration) -> Instant {
+    // The router bounds TTLs to 100 years; the fallback keeps a direct caller from panicking.
+    now.checked_add(ttl)
+        .unwrap_or(now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn scheme(&self) -> &str {
+        "memory"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new().native_ttl(true).locks(true)
+    }
+
+    async fn health_check(&self) -> Result<HealthProbe> {
+        Ok(HealthProbe::Healthy)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let now = Instant::now();
+        Ok(self
+            .cache
+            .get(key)
+            .await
+            .filter(|entry| entry.live(now))
+            .map(|entry| entry.value))
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
+        let size = weight(key, &value);
+        if size > self.config.max_bytes || size > u64::from(u32::MAX) {
+            return Err(Error::backend(
+                &self.config.name,
+                Operation::Set,
+                format!(
+                    "an entry of {size} bytes does not fit in a store of {} bytes",
+                    self.config.max_bytes
+                ),
+            ));
+        }
+        let expires_at = ttl.map(|ttl| deadline(Instant::now(), ttl));
+        self.cache
+            .insert(
+                key.to_owned(),
+                Entry {
+                    value,
+                    ttl,
+                    expires_at,
+                },
+            )
+            .await;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let now = Instant::now();
+        Ok(self
+            .cache
+            .remove(key)
+            .await
+            .is_some_and(|entry| entry.live(now)))
+    }
+
+    async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {
+        let now = Instant::now();
+        let mut leases = self.leases();
+        if leases.by_name.len() >= leases.purge_at {
+            leases.by_name.retain(|_, lease| lease.expires_at > now);
+            leases.purge_at = (leases.by_name.len() * 2).max(1024);
+        }
+        let token = match leases.by_name.get_mut(name) {
+            Some(lease) if lease.expires_at > now && lease.holder != holder => {
+                return Ok(LockOutcome::Held {
+                    holder: Some(lease.holder.clone()),
+                    remaining: Some(lease.expires_at - now),
+                });
+            }
+            Some(lease) if lease.expires_at > now => {
+                lease.expires_at = deadline(now, ttl);
+                lease.token
+            }
+            _ => {
+                let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+                leases.by_name.insert(
+                    name.to_owned(),
+                    Lease {
+                        holder: holder.to_owned(),
+                        token,
+                        expires_at: deadline(now, ttl),
+                    },
+                );
+                token
+            }
+        };
+        Ok(LockOutcome::Acquired(self.grant(name, holder, token, ttl)))
+    }
+
+    async fn extend_lock(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<LockGrant>> {
+        let now = Instant::now();
+        let mut leases = self.leases();
+        Ok(match leases.by_name.get_mut(name) {
+            Some(lease) if lease.expires_at > now && lease.holder == holder => {
+                lease.expires_at = deadline(now, ttl);
+                Some(self.grant(name, holder, lease.token, ttl))
+            }
+            _ => None,
+        })
+    }
+
+    async fn release_lock(&self, name: &str, holder: &str) -> Result<bool> {
+        let now = Instant::now();
+        let mut leases = self.leases();
+        match leases.by_name.get(name) {
+            Some(lease) if lease.expires_at > now && lease.holder == holder => {
+                leases.by_name.remove(name);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn shutdown(&self) {
+        self.cache.invalidate_all();
+    }
+}
+
+/// The factory registered for `memory://`.
+pub static FACTORY: BackendFactory = BackendFactory {
+    schemes: &["memory"],
+    crate_name: env!("CARGO_PKG_NAME"),
+    build: |url| {
+        Box::pin(async move {
+            let config = MemoryConfig::from_url(&url)?;
+            Ok(Arc::new(MemoryBackend::new(config)) as Arc<dyn Backend>)
+        })
+    },
+};
+
+inventory::submit! {
+    BackendFactory { schemes: FACTORY.schemes, crate_name: FACTORY.crate_name, build: FACTORY.build }
+}
+
+/// Registers the `memory://` factory by hand, for builds where static constructors do not run.
+/// A no-op when it is already registered.
+pub fn register() -> Result<()> {
+    resilient_core::registry::register(&FACTORY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn ttl_follows_tokios_clock() {
+        let m = MemoryBackend::default();
+        m.set("k", Bytes::from_static(b"v"), Some(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert!(m.get("k").await.unwrap().is_some());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(m.get("k").await.unwrap().is_none());
+        assert!(
+            !m.delete("k").await.unwrap(),
+            "an expired key does not count as deleted"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_set_replaces_the_old_ttl() {
+        let m = MemoryBackend::default();
+        m.set("k", Bytes::from_static(b"1"), Some(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        m.set("k", Bytes::from_static(b"2"), None).await.unwrap();
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(m.get("k").await.unwrap().as_deref(), Some(&b"2"[..]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lock_leases_expire_on_the_clock_and_tokens_grow() {
+        let m = MemoryBackend::default();
+        let a = m
+            .acquire_lock("l", "a", Duration::from_secs(5))
+            .await
+            .unwrap();
+        let a = a.grant().unwrap().clone();
+        assert!(a.local);
+        tokio::time::advance(Duration::from_millis(4_999)).await;
+        assert!(
+            !m.acquire_lock("l", "b", Duration::from_secs(5))
+                .await
+                .unwrap()
+                .is_acquired()
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let b = m
+            .acquire_lock("l", "b", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(b.grant().unwrap().token > a.token);
+        assert!(
+            m.extend_lock("l", "a", Duration::from_secs(5))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn capacity_is_bounded_by_bytes_and_evicts_least_recently_used() {
+        let m = MemoryBackend::new(MemoryConfig::default().max_bytes(100_000));
+        let value = Bytes::from(vec![7_u8; 1_000]);
+        for i in 0..1_000 {
+            m.set(&format!("k{i}"), value.clone(), None).await.unwrap();
+        }
+        m.cache.run_pending_tasks().await;
+        assert!(
+            m.cache.weighted_size() <= 100_000,
+            "{}",
+            m.cache.weighted_size()
+        );
+        assert!(m.evictions() > 0);
+        assert!(
+            m.get("k999").await.unwrap().is_some(),
+            "the newest write is kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_entry_larger_than_the_store_is_refused_with_an_error() {
+        let m = MemoryBackend::new(MemoryConfig::default().max_bytes(1_000));
+        let err = m
+            .set("k", Bytes::from(vec![0_u8; 2_000]), None)
+            .await
+            .unwrap_err();
+        assert!(
+            err.is_transient(),
+            "the router may try another backend: {err}"
+        );
+        assert!(m.get("k").await.unwrap().is_none());
+    }
+
+    #[test]
+    fn url_options_are_parsed_and_unknown_ones_refused() {
+        let url = BackendUrl::parse("memory://?max_bytes=1024&name=cache").unwrap();
+        let config = MemoryConfig::from_url(&url).unwrap();
+        assert_eq!((config.max_bytes, config.name.as_str()), (1024, "cache"));
+        let bad = BackendUrl::parse("memory://?max_bytes=lots").unwrap();
+        assert!(MemoryConfig::from_url(&bad).is_err());
+        let unknown = BackendUrl::parse("memory://?colour=red").unwrap();
+        let err = MemoryConfig::from_url(&unknown).unwrap_err().to_string();
+        assert!(err.contains("memory.colour"), "{err}");
+    }
+}

@@ -1,0 +1,210 @@
+//! The extension point: what a storage backend implements. Small on purpose, so third-party
+//! backends stay easy to write and the trait rarely changes.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+/// What a backend can do. Built with [`Capabilities::new`] and the setters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Visible to other processes (Redis, PostgreSQL); false for an in-process store.
+    pub shared: bool,
+    /// Survives a restart of the process and of the server.
+    pub durable: bool,
+    /// Expires keys by itself.
+    pub native_ttl: bool,
+    /// Implements the lock operations.
+    pub locks: bool,
+}
+
+impl Capabilities {
+    /// No capabilities.
+    pub const fn new() -> Self {
+        Self {
+            shared: false,
+            durable: false,
+            native_ttl: false,
+            locks: false,
+        }
+    }
+
+    /// Sets [`shared`](Self::shared).
+    pub const fn shared(mut self, yes: bool) -> Self {
+        self.shared = yes;
+        self
+    }
+
+    /// Sets [`durable`](Self::durable).
+    pub const fn durable(mut self, yes: bool) -> Self {
+        self.durable = yes;
+        self
+    }
+
+    /// Sets [`native_ttl`](Self::native_ttl).
+    pub const fn native_ttl(mut self, yes: bool) -> Self {
+        self.native_ttl = yes;
+        self
+    }
+
+    /// Sets [`locks`](Self::locks).
+    pub const fn locks(mut self, yes: bool) -> Self {
+        self.locks = yes;
+        self
+    }
+}
+
+/// A successful health check's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HealthProbe {
+    /// Fully working.
+    Healthy,
+    /// Answering, but impaired (replica lagging, memory pressure, ...). Still routable.
+    Degraded(String),
+}
+
+/// A fencing token: grows with every grant of the same lock name, so a resource guarded by the
+/// lock can reject writes from a holder whose lease has already passed to someone else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FencingToken(pub u64);
+
+impl fmt::Display for FencingToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A lock held by the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct LockGrant {
+    /// The lock name as the caller gave it.
+    pub name: String,
+    /// The holder id.
+    pub holder: String,
+    /// The fencing token of this grant; unchanged when the same holder re-acquires or extends.
+    pub token: FencingToken,
+    /// The lease length granted.
+    pub ttl: Duration,
+    /// The backend that granted it.
+    pub backend: String,
+    /// True when the lock lives in a process-local store: other processes do not see it.
+    pub local: bool,
+}
+
+impl LockGrant {
+    /// A grant, for backend implementations.
+    pub fn new(
+        name: impl Into<String>,
+        holder: impl Into<String>,
+        token: FencingToken,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            holder: holder.into(),
+            token,
+            ttl,
+            backend: String::new(),
+            local: false,
+        }
+    }
+}
+
+/// The answer to an acquire: a grant, or the lock is held by another holder. Both are answers,
+/// not failures: neither fails over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "outcome")]
+#[non_exhaustive]
+pub enum LockOutcome {
+    /// The caller holds the lock.
+    Acquired(LockGrant),
+    /// Someone else holds it.
+    Held {
+        /// The current holder, when the backend tells.
+        holder: Option<String>,
+        /// The time left on the current lease, when the backend tells.
+        remaining: Option<Duration>,
+    },
+}
+
+impl LockOutcome {
+    /// The grant, if the lock was acquired.
+    pub fn grant(&self) -> Option<&LockGrant> {
+        match self {
+            LockOutcome::Acquired(grant) => Some(grant),
+            LockOutcome::Held { .. } => None,
+        }
+    }
+
+    /// True if the lock was acquired.
+    pub fn is_acquired(&self) -> bool {
+        self.grant().is_some()
+    }
+}
+
+/// A storage backend.
+///
+/// Keys, lock names, holders, values and TTLs reach a backend already validated by the router
+/// (see [`KeyPolicy`](crate::KeyPolicy)); a backend must store every valid key and value
+/// byte-exactly. Failures of the server or the connection are returned as
+/// [`Error::Backend`](crate::Error::Backend) so the router counts them and fails over. A backend
+/// need not bound its own calls in time: the router runs every call under a timeout and may drop
+/// the future at any await point, so implementations must be cancel-safe.
+///
+/// Run [`testing::conformance`](crate::testing::conformance) (feature `testing`) against a new
+/// backend to check it behaves like the shipped ones.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// The backend's name in reports, events and errors, unique within one storage.
+    fn name(&self) -> &str;
+
+    /// The URL scheme it was registered under (`redis`, `postgres`, `memory`, ...).
+    fn scheme(&self) -> &str;
+
+    /// What it can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// A cheap liveness check (PING, `SELECT 1`). Its latency feeds the health monitor.
+    async fn health_check(&self) -> Result<HealthProbe>;
+
+    /// Reads a key: `None` when it is absent or expired.
+    async fn get(&self, key: &str) -> Result<Option<Bytes>>;
+
+    /// Writes a key. `ttl`, when given, replaces any previous TTL; `None` keeps the key until
+    /// it is deleted.
+    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()>;
+
+    /// Removes a key; true when it existed.
+    async fn delete(&self, key: &str) -> Result<bool>;
+
+    /// Takes a lock for `ttl` unless another holder has it. The same holder re-acquiring
+    /// extends its lease and keeps its token.
+    async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome>;
+
+    /// Sets the lease of a lock held by `holder` to `ttl` from now; `None` when `holder` does
+    /// not hold it (never extends another holder's lock).
+    async fn extend_lock(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<LockGrant>>;
+
+    /// Releases a lock held by `holder`; false when `holder` does not hold it (never releases
+    /// another holder's lock).
+    async fn release_lock(&self, name: &str, holder: &str) -> Result<bool>;
+
+    /// Closes connections and stops background work. Called once by
+    /// [`ResilientStorage::shutdown`](crate::ResilientStorage::shutdown).
+    async fn shutdown(&self) {}
+}

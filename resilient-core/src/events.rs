@@ -1,0 +1,64 @@
+//! Events for failovers, circuit changes and health changes, broadcast to subscribers.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::breaker::CircuitState;
+use crate::error::Operation;
+use crate::health::HealthState;
+
+/// Something an operator wants to know about, from [`ResilientStorage::subscribe`](crate::ResilientStorage::subscribe).
+///
+/// Delivered through a bounded broadcast channel: a subscriber that falls behind by more than
+/// the channel's capacity sees `RecvError::Lagged` and then the newest events.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum StorageEvent {
+    /// One operation's first-choice backend failed and another served it.
+    #[serde(rename_all = "camelCase")]
+    Failover {
+        /// The operation.
+        operation: Operation,
+        /// The backend that failed (the first candidate).
+        from: String,
+        /// The backend that served the operation.
+        to: String,
+        /// Why `from` was passed over.
+        reason: String,
+    },
+    /// The backend serving traffic changed (a failover or a failback). Not sent by strategies
+    /// that spread load across backends on purpose.
+    #[serde(rename_all = "camelCase")]
+    ActiveBackendChanged {
+        /// The backend that served before, if any had.
+        from: Option<String>,
+        /// The backend serving now.
+        to: String,
+    },
+    /// A circuit breaker changed state.
+    #[serde(rename_all = "camelCase")]
+    CircuitChanged {
+        /// The backend.
+        backend: String,
+        /// State before.
+        from: CircuitState,
+        /// State after.
+        to: CircuitState,
+        /// For a move to open: how long it stays open.
+        open_for: Option<Duration>,
+    },
+    /// Active health checks changed a backend's health state.
+    #[serde(rename_all = "camelCase")]
+    HealthChanged {
+        /// The backend.
+        backend: String,
+        /// State before.
+        from: HealthState,
+        /// State after.
+        to: HealthState,
+        /// The failed check's message, when the change came from a failure.
+        error: Option<String>,
+    },
+}

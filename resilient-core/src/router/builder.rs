@@ -1,0 +1,333 @@
+//! Building a [`ResilientStorage`]: backends by instance or URL, strategy, breaker, health,
+//! timeouts, memory fallback and lock policy.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+
+use super::slot::{Slot, monitor};
+use super::{Inner, ResilientStorage};
+use crate::backend::Backend;
+use crate::breaker::BreakerConfig;
+use crate::error::{Error, Result};
+use crate::health::HealthConfig;
+use crate::key::KeyPolicy;
+use crate::registry::{self, BackendFactory};
+use crate::strategy::{MAX_BACKENDS, SelectionStrategy, Strategy};
+use crate::url::BackendUrl;
+
+/// Priority of the memory fallback that [`StorageBuilder::build`] adds.
+pub const MEMORY_FALLBACK_PRIORITY: u32 = 999;
+
+/// Default time one backend gets to answer one call.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Default time the whole failover chain of one call may take.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Default failback delay of [`Strategy::Failover`].
+pub const DEFAULT_FAILBACK_DELAY: Duration = Duration::from_secs(2);
+
+/// Per-backend options: priority, an optional name, and whether it is enabled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackendOptions {
+    /// Priority: 1 is tried first.
+    pub priority: u32,
+    /// Name in reports and events; defaults to the backend's own name.
+    pub name: Option<String>,
+    /// A disabled backend is left out of the storage (and not even built from its URL).
+    pub enabled: bool,
+}
+
+impl BackendOptions {
+    /// Enabled, with the given priority and the backend's own name.
+    pub fn new(priority: u32) -> Self {
+        Self {
+            priority,
+            name: None,
+            enabled: true,
+        }
+    }
+
+    /// Sets the name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Enables or disables the backend.
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+}
+
+enum Source {
+    Instance(Arc<dyn Backend>),
+    Url(BackendUrl, &'static BackendFactory),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Instance(b) => f.debug_tuple("Instance").field(&b.name()).finish(),
+            Source::Url(url, _) => f.debug_tuple("Url").field(url).finish(),
+        }
+    }
+}
+
+/// Builds a [`ResilientStorage`]. From [`ResilientStorage::builder`].
+#[derive(Debug)]
+pub struct StorageBuilder {
+    entries: Vec<(Source, BackendOptions)>,
+    strategy: Option<Arc<dyn SelectionStrategy>>,
+    builtin: Strategy,
+    failback_delay: Duration,
+    breaker: BreakerConfig,
+    health: HealthConfig,
+    attempt_timeout: Duration,
+    deadline: Duration,
+    memory_fallback: bool,
+    local_locks: bool,
+    keys: KeyPolicy,
+    event_capacity: usize,
+}
+
+impl Default for StorageBuilder {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+            strategy: None,
+            builtin: Strategy::default(),
+            failback_delay: DEFAULT_FAILBACK_DELAY,
+            breaker: BreakerConfig::default(),
+            health: HealthConfig::default(),
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            deadline: DEFAULT_DEADLINE,
+            memory_fallback: true,
+            local_locks: false,
+            keys: KeyPolicy::default(),
+            event_capacity: 1024,
+        }
+    }
+}
+
+impl StorageBuilder {
+    /// Adds a backend instance with a priority (1 is tried first).
+    pub fn backend(self, backend: Arc<dyn Backend>, priority: u32) -> Self {
+        self.backend_with(backend, BackendOptions::new(priority))
+    }
+
+    /// Adds a backend instance with options.
+    pub fn backend_with(mut self, backend: Arc<dyn Backend>, options: BackendOptions) -> Self {
+        self.entries.push((Source::Instance(backend), options));
+        self
+    }
+
+    /// Adds a backend by URL; its scheme is looked up in the [registry](crate::registry).
+    pub fn backend_url(self, url: &str, priority: u32) -> Result<Self> {
+        self.backend_url_with(url, BackendOptions::new(priority))
+    }
+
+    /// Adds a backend by URL with options.
+    pub fn backend_url_with(mut self, url: &str, options: BackendOptions) -> Result<Self> {
+        let url = BackendUrl::parse(url)?;
+        let factory = registry::lookup(url.scheme())?;
+        self.entries.push((Source::Url(url, factory), options));
+        Ok(self)
+    }
+
+    /// Chooses a built-in selection strategy. Default [`Strategy::Failover`].
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.builtin = strategy;
+        self.strategy = None;
+        self
+    }
+
+    /// Uses a custom selection strategy.
+    pub fn custom_strategy(mut self, strategy: Arc<dyn SelectionStrategy>) -> Self {
+        self.strategy = Some(strategy);
+        self
+    }
+
+    /// How long a higher-priority backend must be available before [`Strategy::Failover`]
+    /// moves back to it. Default 2 s.
+    pub fn failback_delay(mut self, delay: Duration) -> Self {
+        self.failback_delay = delay;
+        self
+    }
+
+    /// Circuit breaker settings, the same for every backend.
+    pub fn breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = config;
+        self
+    }
+
+    /// Health check settings, the same for every backend.
+    pub fn health(mut self, config: HealthConfig) -> Self {
+        self.health = config;
+        self
+    }
+
+    /// Time one backend gets to answer one call. Default 500 ms.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// Time the whole failover chain of one call may take. Default 2 s.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Adds the in-process memory backend at priority 999 as the last line of defence
+    /// (default true). Needs a backend registered for `memory://` (the facade's `memory`
+    /// feature) unless a memory backend was added by hand.
+    pub fn memory_fallback(mut self, enabled: bool) -> Self {
+        self.memory_fallback = enabled;
+        self
+    }
+
+    /// Lets locks fall back to backends that are not shared across processes (the memory
+    /// store). Off by default: a lock then fails closed when no shared backend is available.
+    /// A grant from such a backend has [`LockGrant::local`](crate::LockGrant::local) set.
+    pub fn local_locks(mut self, enabled: bool) -> Self {
+        self.local_locks = enabled;
+        self
+    }
+
+    /// Key and value limits and the namespace prefix.
+    pub fn keys(mut self, policy: KeyPolicy) -> Self {
+        self.keys = policy;
+        self
+    }
+
+    /// Capacity of the event channel. Default 1,024.
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity;
+        self
+    }
+
+    /// Builds backends from their URLs, starts the health monitors, and returns the storage.
+    pub async fn build(mut self) -> Result<ResilientStorage> {
+        self.validate()?;
+        self.entries.retain(|(_, options)| options.enabled);
+        let has_memory = self.entries.iter().any(|(source, _)| match source {
+            Source::Instance(b) => b.scheme() == "memory",
+            Source::Url(url, _) => url.scheme() == "memory",
+        });
+        if self.memory_fallback && !has_memory {
+            let url = BackendUrl::parse("memory://")?;
+            let factory = registry::lookup("memory").map_err(|_| {
+                Error::config(
+                    "memory_fallback",
+                    "no backend is registered for memory://: enable the `memory` feature of \
+                     resilient-storage or turn the memory fallback off",
+                )
+            })?;
+            self.entries.push((
+                Source::Url(url, factory),
+                BackendOptions::new(MEMORY_FALLBACK_PRIORITY),
+            ));
+        }
+        if self.entries.is_empty() {
+            return Err(Error::config(
+                "backends",
+                "at least one enabled backend is needed",
+            ));
+        }
+        if self.entries.len() > MAX_BACKENDS {
+            return Err(Error::config(
+                "backends",
+                format!("at most {MAX_BACKENDS} backends are supported"),
+            ));
+        }
+
+        let mut backends = Vec::with_capacity(self.entries.len());
+        for (source, options) in self.entries {
+            let backend = match source {
+                Source::Instance(backend) => backend,
+                Source::Url(url, factory) => (factory.build)(url).await?,
+            };
+            backends.push((backend, options));
+        }
+        backends.sort_by_key(|(_, options)| options.priority);
+
+        let (events, _) = broadcast::channel(self.event_capacity);
+        let mut names = HashSet::new();
+        let mut slots = Vec::with_capacity(backends.len());
+        for (backend, options) in backends {
+            let name = options.name.unwrap_or_else(|| backend.name().to_owned());
+            if !names.insert(name.clone()) {
+                return Err(Error::config(
+                    "backends",
+                    format!("two backends are named {name:?}: give one a name of its own"),
+                ));
+            }
+            slots.push(Arc::new(Slot::new(
+                name,
+                options.priority,
+                backend,
+                self.breaker.clone(),
+                self.health.clone(),
+                events.clone(),
+            )));
+        }
+
+        let (stop, _) = watch::channel(false);
+        let monitors = if self.health.enabled {
+            slots
+                .iter()
+                .map(|slot| tokio::spawn(monitor(slot.clone(), events.clone(), stop.subscribe())))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let strategy = self
+            .strategy
+            .unwrap_or_else(|| self.builtin.build(self.failback_delay));
+        Ok(ResilientStorage {
+            inner: Arc::new(Inner::new(
+                slots,
+                strategy,
+                self.keys,
+                self.attempt_timeout,
+                self.deadline,
+                self.local_locks,
+                events,
+                stop,
+                monitors,
+            )),
+        })
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.breaker.validate()?;
+        self.health.validate()?;
+        self.keys.validate()?;
+        if self.attempt_timeout.is_zero() {
+            return Err(Error::config("attempt_timeout", "must not be zero"));
+        }
+        if self.deadline.is_zero() {
+            return Err(Error::config("deadline", "must not be zero"));
+        }
+        if self.event_capacity == 0 {
+            return Err(Error::config("event_capacity", "must be at least 1"));
+        }
+        if let Some((_, o)) = self
+            .entries
+            .iter()
+            .find(|(_, o)| o.name.as_deref() == Some(""))
+        {
+            return Err(Error::config(
+                "backends.name",
+                format!("the backend at priority {} has an empty name", o.priority),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,567 @@
+//! [`ResilientStorage`]: validates input, asks the strategy for candidates, and runs each
+//! attempt under its breaker, its timeout and the call's deadline.
+
+mod builder;
+mod slot;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use builder::{
+    BackendOptions, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_FAILBACK_DELAY,
+    MEMORY_FALLBACK_PRIORITY, StorageBuilder,
+};
+use slot::Slot;
+
+use crate::backend::{Backend, LockGrant, LockOutcome};
+use crate::breaker::CircuitState;
+use crate::error::{Attempt, Attempts, Error, Operation, Result};
+use crate::events::StorageEvent;
+use crate::key::{KeyPolicy, check_holder, check_ttl};
+use crate::report::{HealthReport, OverallStatus};
+use crate::strategy::{BackendView, Candidates, MAX_BACKENDS, Routing, SelectionStrategy};
+
+type CallFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+const NONE: usize = usize::MAX;
+const MAX_LOCK_HINTS: usize = 4096;
+
+/// Which backends an operation may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Data,
+    Lock,
+}
+
+/// A key-value and lock store over several backends that keeps answering when one dies, hangs
+/// or flaps. Cheap to clone; clones share everything.
+///
+/// Built with [`ResilientStorage::builder`] or [`ResilientStorage::from_config`].
+#[derive(Debug, Clone)]
+pub struct ResilientStorage {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    slots: Vec<Arc<Slot>>,
+    strategy: Arc<dyn SelectionStrategy>,
+    keys: KeyPolicy,
+    attempt_timeout: Duration,
+    deadline: Duration,
+    local_locks: bool,
+    events: broadcast::Sender<StorageEvent>,
+    active: AtomicUsize,
+    shut_down: AtomicBool,
+    stop: watch::Sender<bool>,
+    monitors: Mutex<Vec<JoinHandle<()>>>,
+    // Which backend granted each lock this process holds, so extend and release go there first.
+    lock_hints: Mutex<HashMap<(String, String), (usize, Instant)>>,
+}
+
+impl Inner {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        slots: Vec<Arc<Slot>>,
+        strategy: Arc<dyn SelectionStrategy>,
+        keys: KeyPolicy,
+        attempt_timeout: Duration,
+        deadline: Duration,
+        local_locks: bool,
+        events: broadcast::Sender<StorageEvent>,
+        stop: watch::Sender<bool>,
+        monitors: Vec<JoinHandle<()>>,
+    ) -> Self {
+        Self {
+            slots,
+            strategy,
+            keys,
+            attempt_timeout,
+            deadline,
+            local_locks,
+            events,
+            active: AtomicUsize::new(NONE),
+            shut_down: AtomicBool::new(false),
+            stop,
+            monitors: Mutex::new(monitors),
+            lock_hints: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl ResilientStorage {
+    /// A builder with the defaults: failover strategy, default breaker and health settings,
+    /// 500 ms per attempt, 2 s deadline, memory fallback on, local locks off.
+    pub fn builder() -> StorageBuilder {
+        StorageBuilder::default()
+    }
+
+    /// Reads a key: `None` when absent or expired. A miss is an answer and never fails over.
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let key = self.inner.keys.full_key(key)?;
+        let key = &*key;
+        self.route(Operation::Get, Route::Data, None, |b| b.get(key))
+            .await
+            .map(|(value, _)| value)
+    }
+
+    /// Writes a key, with an optional TTL that replaces any earlier one.
+    pub async fn set(
+        &self,
+        key: &str,
+        value: impl Into<Bytes>,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        let value = value.into();
+        let key = self.inner.keys.full_key(key)?;
+        self.inner.keys.check_value(&value)?;
+        if let Some(ttl) = ttl {
+            check_ttl(ttl)?;
+        }
+        let key = &*key;
+        self.route(Operation::Set, Route::Data, None, |b| {
+            b.set(key, value.clone(), ttl)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes a key; true when it existed on the backend that served the call.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        let key = self.inner.keys.full_key(key)?;
+        let key = &*key;
+        self.route(Operation::Delete, Route::Data, None, |b| b.delete(key))
+            .await
+            .map(|(existed, _)| existed)
+    }
+
+    /// Reads a key and decodes it from JSON.
+    pub async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        match self.get(key).await? {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| Error::Serde {
+                        action: "decoded",
+                        source,
+                    })
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Encodes a value as JSON and writes it.
+    pub async fn set_json<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        let bytes = serde_json::to_vec(value).map_err(|source| Error::Serde {
+            action: "encoded",
+            source,
+        })?;
+        self.set(key, bytes, ttl).await
+    }
+
+    /// Takes a lock for `ttl` unless another holder has it. Locks go only to backends shared
+    /// across processes unless [local locks](StorageBuilder::local_locks) are enabled; a lock
+    /// held by someone else is an answer ([`LockOutcome::Held`]) and never fails over.
+    pub async fn acquire_lock(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<LockOutcome> {
+        let full = self.inner.keys.full_key(name)?;
+        check_holder(holder)?;
+        check_ttl(ttl)?;
+        let full = &*full;
+        let (outcome, index) = self
+            .route(Operation::AcquireLock, Route::Lock, None, |b| {
+                b.acquire_lock(full, holder, ttl)
+            })
+            .await?;
+        Ok(match outcome {
+            LockOutcome::Acquired(grant) => {
+                let grant = self.finish_grant(grant, name, index);
+                self.remember_lock(name, holder, index, ttl);
+                LockOutcome::Acquired(grant)
+            }
+            held => held,
+        })
+    }
+
+    /// Prolongs a lock held by `holder` to `ttl` from now; `None` when `holder` does not hold
+    /// it. Goes first to the backend that granted the lock.
+    pub async fn extend_lock(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<LockGrant>> {
+        let full = self.inner.keys.full_key(name)?;
+        check_holder(holder)?;
+        check_ttl(ttl)?;
+        let full = &*full;
+        let prefer = self.lock_hint(name, holder);
+        let (grant, index) = self
+            .route(Operation::ExtendLock, Route::Lock, prefer, |b| {
+                b.extend_lock(full, holder, ttl)
+            })
+            .await?;
+        Ok(grant.map(|grant| {
+            self.remember_lock(name, holder, index, ttl);
+            self.finish_grant(grant, name, index)
+        }))
+    }
+
+    /// Releases a lock held by `holder`; false when `holder` does not hold it. Goes first to
+    /// the backend that granted the lock.
+    pub async fn release_lock(&self, name: &str, holder: &str) -> Result<bool> {
+        let full = self.inner.keys.full_key(name)?;
+        check_holder(holder)?;
+        let full = &*full;
+        let prefer = self.lock_hint(name, holder);
+        let (released, _) = self
+            .route(Operation::ReleaseLock, Route::Lock, prefer, |b| {
+                b.release_lock(full, holder)
+            })
+            .await?;
+        self.hints().remove(&(name.to_owned(), holder.to_owned()));
+        Ok(released)
+    }
+
+    /// The health report: overall status, active backend, and each backend's health, circuit,
+    /// failures and latency.
+    pub fn health(&self) -> HealthReport {
+        let inner = &self.inner;
+        let now = Instant::now();
+        let backends = inner
+            .slots
+            .iter()
+            .map(|slot| (slot.name.clone(), slot.report()))
+            .collect::<indexmap::IndexMap<_, _>>();
+        let routable = inner
+            .slots
+            .iter()
+            .filter(|slot| slot.view(now, true).available)
+            .count();
+        let all_well = backends.values().all(|b| {
+            b.circuit_state == CircuitState::Closed
+                && matches!(
+                    b.health,
+                    crate::HealthState::Healthy | crate::HealthState::Unknown
+                )
+        });
+        let status = if routable == 0 || inner.shut_down.load(Ordering::Acquire) {
+            OverallStatus::Unhealthy
+        } else if all_well {
+            OverallStatus::Healthy
+        } else {
+            OverallStatus::Degraded
+        };
+        HealthReport {
+            status,
+            active_backend: self.active_backend(),
+            strategy: inner.strategy.name().to_owned(),
+            backends,
+        }
+    }
+
+    /// The backend that served the last operation, or before any operation, the one the
+    /// strategy would try first.
+    pub fn active_backend(&self) -> Option<String> {
+        let inner = &self.inner;
+        let index = match inner.active.load(Ordering::Relaxed) {
+            NONE => {
+                let (_, candidates) = self.candidates(Route::Data, Instant::now(), None);
+                candidates.first()?
+            }
+            index => index,
+        };
+        inner.slots.get(index).map(|slot| slot.name.clone())
+    }
+
+    /// Names of the backends in priority order.
+    pub fn backend_names(&self) -> Vec<String> {
+        self.inner.slots.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// Subscribes to failover, circuit and health events.
+    pub fn subscribe(&self) -> broadcast::Receiver<StorageEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Opens a backend's breaker by hand (for maintenance), or with `open = false` ends that and
+    /// lets probes decide. False when no backend has that name.
+    pub fn force_open(&self, backend: &str, open: bool) -> bool {
+        match self.inner.slots.iter().find(|s| s.name == backend) {
+            Some(slot) if open => {
+                slot.breaker.force_open();
+                true
+            }
+            Some(slot) => {
+                slot.breaker.release_forced_open();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops the health monitors and shuts every backend down. Later calls fail with
+    /// [`Error::Shutdown`]. Idempotent.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        if inner.shut_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = inner.stop.send(true);
+        let monitors =
+            std::mem::take(&mut *inner.monitors.lock().unwrap_or_else(|p| p.into_inner()));
+        for monitor in monitors {
+            let _ = monitor.await;
+        }
+        for slot in &inner.slots {
+            slot.backend.shutdown().await;
+        }
+    }
+
+    fn finish_grant(&self, mut grant: LockGrant, name: &str, index: usize) -> LockGrant {
+        let slot = &self.inner.slots[index];
+        name.clone_into(&mut grant.name);
+        grant.backend.clone_from(&slot.name);
+        grant.local = !slot.capabilities.shared;
+        grant
+    }
+
+    fn hints(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (usize, Instant)>> {
+        self.inner
+            .lock_hints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember_lock(&self, name: &str, holder: &str, index: usize, ttl: Duration) {
+        let now = Instant::now();
+        let mut hints = self.hints();
+        if hints.len() >= MAX_LOCK_HINTS {
+            hints.retain(|_, (_, expires)| *expires > now);
+        }
+        if hints.len() < MAX_LOCK_HINTS {
+            let expires = now.checked_add(ttl).unwrap_or(now);
+            hints.insert((name.to_owned(), holder.to_owned()), (index, expires));
+        }
+    }
+
+    fn lock_hint(&self, name: &str, holder: &str) -> Option<usize> {
+        self.hints()
+            .get(&(name.to_owned(), holder.to_owned()))
+            .map(|(index, _)| *index)
+    }
+
+    fn eligible(&self, slot: &Slot, route: Route) -> bool {
+        match route {
+            Route::Data => true,
+            Route::Lock => {
+                slot.capabilities.locks && (slot.capabilities.shared || self.inner.local_locks)
+            }
+        }
+    }
+
+    /// Views of every backend and the strategy's order. With `prefer`, that backend goes first
+    /// when it is available.
+    fn candidates(
+        &self,
+        route: Route,
+        now: Instant,
+        prefer: Option<usize>,
+    ) -> ([BackendView; MAX_BACKENDS], Candidates) {
+        let inner = &self.inner;
+        let mut views = [BackendView::default(); MAX_BACKENDS];
+        for (view, slot) in views.iter_mut().zip(&inner.slots) {
+            *view = slot.view(now, self.eligible(slot, route));
+        }
+        let backends = &views[..inner.slots.len()];
+        let mut candidates = Candidates::new();
+        if let Some(p) = prefer.filter(|&p| backends.get(p).is_some_and(|b| b.available)) {
+            candidates.push(p);
+        }
+        inner
+            .strategy
+            .select(&Routing { backends, now }, &mut candidates);
+        (views, candidates)
+    }
+
+    fn unavailable(&self, operation: Operation, route: Route) -> Error {
+        let inner = &self.inner;
+        if route == Route::Lock && !inner.slots.iter().any(|s| self.eligible(s, route)) {
+            return Error::NoLockBackend { operation };
+        }
+        let reasons = inner
+            .slots
+            .iter()
+            .filter(|slot| self.eligible(slot, route))
+            .map(|slot| {
+                let breaker = slot.breaker.state();
+                let health = slot.health.state();
+                if breaker != CircuitState::Closed {
+                    format!("[{}] circuit {breaker}", slot.name)
+                } else {
+                    format!("[{}] {health}", slot.name)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        if route == Route::Lock && !inner.local_locks {
+            return Error::NoBackendAvailable {
+                operation,
+                reasons: format!("{reasons} (locks fail closed: local locks are not enabled)"),
+            };
+        }
+        Error::NoBackendAvailable { operation, reasons }
+    }
+
+    /// Runs `call` on the candidates in order until one answers. Returns the answer and the
+    /// index of the backend that gave it.
+    async fn route<'a, T>(
+        &'a self,
+        operation: Operation,
+        route: Route,
+        prefer: Option<usize>,
+        call: impl Fn(&'a dyn Backend) -> CallFuture<'a, T>,
+    ) -> Result<(T, usize)> {
+        let inner = &self.inner;
+        if inner.shut_down.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        let start = Instant::now();
+        let deadline = start + inner.deadline;
+        let (views, candidates) = self.candidates(route, start, prefer);
+        if candidates.is_empty() {
+            return Err(self.unavailable(operation, route));
+        }
+        let mut attempts = Vec::new();
+        for (position, index) in candidates.iter().enumerate() {
+            let slot = &inner.slots[index];
+            let now = Instant::now();
+            let remaining = deadline.saturating_duration_since(now);
+            if remaining.is_zero() {
+                break;
+            }
+            let permit = match slot.breaker.try_acquire_at(now) {
+                Ok(permit) => permit,
+                Err(rejected) => {
+                    tracing::debug!(backend = %slot.name, %operation, state = %rejected.state, "breaker refused the call");
+                    attempts.push(Attempt {
+                        backend: slot.name.clone(),
+                        error: Error::CircuitOpen {
+                            backend: slot.name.clone(),
+                        },
+                    });
+                    continue;
+                }
+            };
+            let budget = inner.attempt_timeout.min(remaining);
+            let result = tokio::time::timeout(budget, call(&*slot.backend)).await;
+            let end = Instant::now();
+            let elapsed = end.saturating_duration_since(now);
+            let error = match result {
+                Ok(Ok(value)) => {
+                    permit.success_at(elapsed, end);
+                    slot.health.observe_latency(elapsed);
+                    let routing = Routing {
+                        backends: &views[..inner.slots.len()],
+                        now: end,
+                    };
+                    self.served(operation, index, position, &candidates, &attempts, &routing);
+                    return Ok((value, index));
+                }
+                Ok(Err(error)) if error.is_transient() => {
+                    permit.failure_at(end);
+                    error
+                }
+                Ok(Err(error)) => {
+                    permit.ignore();
+                    return Err(error);
+                }
+                Err(_) => {
+                    permit.failure_at(end);
+                    slot.health.observe_latency(elapsed);
+                    Error::Timeout {
+                        backend: slot.name.clone(),
+                        operation,
+                        after: budget,
+                    }
+                }
+            };
+            tracing::warn!(backend = %slot.name, %operation, error = %error, "backend attempt failed");
+            attempts.push(Attempt {
+                backend: slot.name.clone(),
+                error,
+            });
+        }
+        let attempts = Attempts(attempts);
+        if Instant::now() >= deadline {
+            Err(Error::DeadlineExceeded {
+                operation,
+                deadline: inner.deadline,
+                attempts,
+            })
+        } else {
+            Err(Error::AllFailed {
+                operation,
+                attempts,
+            })
+        }
+    }
+
+    fn served(
+        &self,
+        operation: Operation,
+        index: usize,
+        position: usize,
+        candidates: &Candidates,
+        attempts: &[Attempt],
+        routing: &Routing<'_>,
+    ) {
+        let inner = &self.inner;
+        inner.strategy.served(routing, index);
+        let name = &inner.slots[index].name;
+        if position > 0
+            && let (Some(first), Some(last)) = (candidates.first(), attempts.last())
+        {
+            let from = &inner.slots[first].name;
+            tracing::warn!(%operation, %from, to = %name, reason = %last.error, "failed over");
+            let _ = inner.events.send(StorageEvent::Failover {
+                operation,
+                from: from.clone(),
+                to: name.clone(),
+                reason: last.error.to_string(),
+            });
+        }
+        let previous = inner.active.load(Ordering::Relaxed);
+        if previous != index {
+            inner.active.store(index, Ordering::Relaxed);
+            if !inner.strategy.spreads_load() {
+                let from = inner.slots.get(previous).map(|s| s.name.clone());
+                tracing::info!(from = ?from, to = %name, "active backend changed");
+                let _ = inner.events.send(StorageEvent::ActiveBackendChanged {
+                    from,
+                    to: name.clone(),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The behaviour every backend must share: byte-exact round trips, the same keys accepted,
+//! TTLs, and lock ownership. A backend crate runs [`run`] against a live instance; each check
+//! is also public, so a failure names what broke.
+//!
+//! Keys are prefixed with a random run id, so the suite can share a server with other tests.
+//! Expiry checks wait on the backend's own clock (a real server's), polling every 20 ms.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::backend::{Backend, LockOutcome};
+use crate::key::MAX_KEY_LEN_BOUND;
+
+const SHORT_TTL: Duration = Duration::from_millis(300);
+const EXPIRY_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs every check against `backend`; panics with the name of the first that fails.
+pub async fn run(backend: &dyn Backend) {
+    let p = prefix();
+    missing_keys_read_as_none(backend, &p).await;
+    values_round_trip_byte_exact(backend, &p).await;
+    every_valid_key_is_stored_verbatim(backend, &p).await;
+    set_overwrites_and_delete_reports_existence(backend, &p).await;
+    ttl_expires_keys(backend, &p).await;
+    a_new_set_replaces_the_ttl(backend, &p).await;
+    locks_are_exclusive_and_owner_checked(backend, &p).await;
+    lock_tokens_grow_across_grants(backend, &p).await;
+    locks_expire(backend, &p).await;
+    locks_and_keys_do_not_collide(backend, &p).await;
+    health_check_passes(backend).await;
+}
+
+/// A fresh random key prefix.
+pub fn prefix() -> String {
+    format!("conformance-{:016x}:", fastrand::u64(..))
+}
+
+/// Absent keys read as `None`, and deleting them reports false.
+pub async fn missing_keys_read_as_none(b: &dyn Backend, p: &str) {
+    let key = format!("{p}missing");
+    assert_eq!(
+        b.get(&key).await.expect("get"),
+        None,
+        "missing key must read as None"
+    );
+    assert!(
+        !b.delete(&key).await.expect("delete"),
+        "deleting a missing key must say false"
+    );
+}
+
+/// Empty, binary, text and large values come back byte for byte.
+pub async fn values_round_trip_byte_exact(b: &dyn Backend, p: &str) {
+    let mut large = vec![0_u8; 1024 * 1024];
+    fastrand::fill(&mut large);
+    let values: Vec<(&str, Bytes)> = vec![
+        ("empty", Bytes::new()),
+        ("every-byte", (0..=255_u8).collect::<Vec<_>>().into()),
+        ("nul-and-high", Bytes::from_static(b"\0\xff\0\xfe")),
+        ("text", Bytes::from("ünïcødé ✓ 🔑")),
+        ("large", large.into()),
+    ];
+    for (name, value) in values {
+        let key = format!("{p}value-{name}");
+        b.set(&key, value.clone(), None).await.expect("set");
+        let read = b.get(&key).await.expect("get");
+        assert_eq!(
+            read.as_deref(),
+            Some(&value[..]),
+            "value {name:?} must round-trip byte-exactly"
+        );
+    }
+}
+
+/// The keys the router accepts: any UTF-8 without NUL up to [`MAX_KEY_LEN_BOUND`] bytes, quotes,
+/// SQL and glob characters included.
+pub async fn every_valid_key_is_stored_verbatim(b: &dyn Backend, p: &str) {
+    let mut keys: Vec<String> = [
+        "a",
+        "with space",
+        "tab\tand\nnewline",
+        "quote'double\"back\\slash",
+        "'; DROP TABLE storage; --",
+        "glob*?[x]{y}",
+        "percent%_like",
+        "unicode-ключ-键-🔑",
+        "{hash}tag",
+    ]
+    .iter()
+    .map(|k| format!("{p}{k}"))
+    .collect();
+    let mut long = p.to_owned();
+    let pieces = ['a', 'é', '键', '🔑'];
+    while long.len() < MAX_KEY_LEN_BOUND - 4 {
+        long.push(pieces[fastrand::usize(..pieces.len())]);
+    }
+    while long.len() < MAX_KEY_LEN_BOUND {
+        long.push('z');
+    }
+    keys.push(long);
+    for (i, key) in keys.iter().enumerate() {
+        b.set(key, Bytes::from(i.to_string()), None)
+            .await
+            .expect("set");
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let read = b.get(key).await.expect("get");
+        assert_eq!(
+            read.as_deref(),
+            Some(i.to_string().as_bytes()),
+            "key #{i} ({} bytes) must be stored verbatim and distinct from the others",
+            key.len()
+        );
+    }
+}
+
+/// A second set replaces the value; delete reports whether the key existed.
+pub async fn set_overwrites_and_delete_reports_existence(b: &dyn Backend, p: &str) {
+    let key = format!("{p}overwrite");
+    b.set(&key, Bytes::from_static(b"one"), None)
+        .await
+        .expect("set");
+    b.set(&key, Bytes::from_static(b"two"), None)
+        .await
+        .expect("set");
+    assert_eq!(
+        b.get(&key).await.expect("get").as_deref(),
+        Some(&b"two"[..])
+    );
+    assert!(
+        b.delete(&key).await.expect("delete"),
+        "delete of a present key must say true"
+    );
+    assert_eq!(
+        b.get(&key).await.expect("get"),
+        None,
+        "a deleted key must read as None"
+    );
+    assert!(!b.delete(&key).await.expect("delete"));
+}
+
+/// A key with a TTL is readable at once and gone after the TTL.
+pub async fn ttl_expires_keys(b: &dyn Backend, p: &str) {
+    let key = format!("{p}ttl");
+    let kept = format!("{p}no-ttl");
+    b.set(&kept, Bytes::from_static(b"kept"), None)
+        .await
+        .expect("set");
+    b.set(&key, Bytes::from_static(b"v"), Some(SHORT_TTL))
+        .await
+        .expect("set");
+    assert!(
+        b.get(&key).await.expect("get").is_some(),
+        "a key must be readable before its TTL"
+    );
+    wait_until("a key with a TTL to expire", || async {
+        b.get(&key).await.expect("get").is_none()
+    })
+    .await;
+    assert!(
+        b.get(&kept).await.expect("get").is_some(),
+        "a key without TTL must stay"
+    );
+}
+
+/// A new set replaces the old TTL: no TTL means forever, a shorter one applies.
+pub async fn a_new_set_replaces_the_ttl(b: &dyn Backend, p: &str) {
+    let persisted = format!("{p}ttl-removed");
+    let shortened = format!("{p}ttl-shortened");
+    let witness = format!("{p}ttl-witness");
+    b.set(&persisted, Bytes::from_static(b"1"), Some(SHORT_TTL))
+        .await
+        .expect("set");
+    b.set(&persisted, Bytes::from_static(b"2"), None)
+        .await
+        .expect("set");
+    b.set(
+        &shortened,
+        Bytes::from_static(b"1"),
+        Some(Duration::from_secs(3600)),
+    )
+    .await
+    .expect("set");
+    b.set(&shortened, Bytes::from_static(b"2"), Some(SHORT_TTL))
+        .await
+        .expect("set");
+    b.set(&witness, Bytes::from_static(b"w"), Some(SHORT_TTL))
+        .await
+        .expect("set");
+    wait_until("the shortened TTL to apply", || async {
+        b.get(&shortened).await.expect("get").is_none()
+    })
+    .await;
+    wait_until("the witness key to expire", || async {
+        b.get(&witness).await.expect("get").is_none()
+    })
+    .await;
+    assert_eq!(
+        b.get(&persisted).await.expect("get").as_deref(),
+        Some(&b"2"[..]),
+        "a set without TTL must clear the earlier TTL"
+    );
+}
+
+/// One holder at a time; only the holder extends or releases; re-acquiring keeps the token.
+pub async fn locks_are_exclusive_and_owner_checked(b: &dyn Backend, p: &str) {
+    let name = format!("{p}lock");
+    let ttl = Duration::from_secs(30);
+    let first = match b.acquire_lock(&name, "alice", ttl).await.expect("acquire") {
+        LockOutcome::Acquired(grant) => grant,
+        held => panic!("a free lock must be granted, got {held:?}"),
+    };
+    match b.acquire_lock(&name, "bob", ttl).await.expect("acquire") {
+        LockOutcome::Held { .. } => {}
+        other => panic!("a held lock must not be granted to another holder, got {other:?}"),
+    }
+    let again = b.acquire_lock(&name, "alice", ttl).await.expect("acquire");
+    assert_eq!(
+        again.grant().map(|g| g.token),
+        Some(first.token),
+        "the same holder re-acquiring keeps its token"
+    );
+    assert!(
+        b.extend_lock(&name, "bob", ttl)
+            .await
+            .expect("extend")
+            .is_none(),
+        "only the holder extends"
+    );
+    assert!(
+        !b.release_lock(&name, "bob").await.expect("release"),
+        "only the holder releases"
+    );
+    assert!(
+        !b.acquire_lock(&name, "bob", ttl)
+            .await
+            .expect("acquire")
+            .is_acquired(),
+        "a failed release by another holder must leave the lock held"
+    );
+    let extended = b.extend_lock(&name, "alice", ttl).await.expect("extend");
+    assert_eq!(
+        extended.map(|g| g.token),
+        Some(first.token),
+        "extending keeps the token"
+    );
+    assert!(b.release_lock(&name, "alice").await.expect("release"));
+    assert!(
+        !b.release_lock(&name, "alice").await.expect("release"),
+        "a released lock is not held"
+    );
+    assert!(
+        b.extend_lock(&name, "alice", ttl)
+            .await
+            .expect("extend")
+            .is_none()
+    );
+}
+
+/// Each new grant of a lock name carries a larger fencing token.
+pub async fn lock_tokens_grow_across_grants(b: &dyn Backend, p: &str) {
+    let name = format!("{p}tokens");
+    let mut last = None;
+    for holder in ["a", "b", "c", "a"] {
+        let grant = b
+            .acquire_lock(&name, holder, Duration::from_secs(30))
+            .await
+            .expect("acquire")
+            .grant()
+            .cloned()
+            .expect("a free lock must be granted");
+        if let Some(last) = last {
+            assert!(
+                grant.token > last,
+                "fencing tokens must grow: {last} then {}",
+                grant.token
+            );
+        }
+        last = Some(grant.token);
+        assert!(b.release_lock(&name, holder).await.expect("release"));
+    }
+}
+
+/// A lease ends at its TTL: another holder then gets the lock with a larger token, and the old
+/// holder can no longer extend or release it.
+pub async fn locks_expire(b: &dyn Backend, p: &str) {
+    let name = format!("{p}expiring");
+    let first = b
+        .acquire_lock(&name, "alice", SHORT_TTL)
+        .await
+        .expect("acquire")
+        .grant()
+        .cloned()
+        .expect("granted");
+    wait_until("the lease to expire", || async {
+        b.acquire_lock(&name, "bob", Duration::from_secs(30))
+            .await
+            .expect("acquire")
+            .is_acquired()
+    })
+    .await;
+    let bob = b
+        .acquire_lock(&name, "bob", Duration::from_secs(30))
+        .await
+        .expect("acquire")
+        .grant()
+        .cloned()
+        .expect("bob re-acquires his own lock");
+    assert!(
+        bob.token > first.token,
+        "the next holder gets a larger token"
+    );
+    assert!(
+        b.extend_lock(&name, "alice", SHORT_TTL)
+            .await
+            .expect("extend")
+            .is_none()
+    );
+    assert!(!b.release_lock(&name, "alice").await.expect("release"));
+    assert!(b.release_lock(&name, "bob").await.expect("release"));
+}
+
+/// A lock and a key of the same name are independent.
+pub async fn locks_and_keys_do_not_collide(b: &dyn Backend, p: &str) {
+    let name = format!("{p}shared-name");
+    b.set(&name, Bytes::from_static(b"data"), None)
+        .await
+        .expect("set");
+    assert!(
+        b.acquire_lock(&name, "alice", Duration::from_secs(30))
+            .await
+            .expect("acquire")
+            .is_acquired(),
+        "a key must not block a lock of the same name"
+    );
+    assert!(b.release_lock(&name, "alice").await.expect("release"));
+    assert_eq!(
+        b.get(&name).await.expect("get").as_deref(),
+        Some(&b"data"[..])
+    );
+}
+
+/// The health check passes on a working backend.
+pub async fn health_check_passes(b: &dyn Backend) {
+    b.health_check()
+        .await
+        .expect("health check of a working backend");
+}
+
+async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let give_up = tokio::time::Instant::now() + EXPIRY_WAIT;
+    let mut poll = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        poll.tick().await;
+        if condition().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "timed out after {EXPIRY_WAIT:?} waiting for {what}"
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! Backend URLs that never show their credentials.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// A backend URL such as `redis://:secret@127.0.0.1:6379/0`.
+///
+/// `Debug` and `Display` show it with the password, and any `password=` query option, replaced
+/// by `***`; only [`expose`](Self::expose) returns the original, for handing to a client library.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BackendUrl {
+    raw: String,
+    scheme_end: usize,
+}
+
+impl BackendUrl {
+    /// Parses the scheme; the rest is the backend's business.
+    pub fn parse(url: &str) -> Result<Self> {
+        let scheme_end = url
+            .find("://")
+            .filter(|&end| {
+                end > 0
+                    && url[..end].bytes().enumerate().all(|(i, c)| {
+                        c.is_ascii_alphabetic()
+                            || (i > 0 && (c.is_ascii_digit() || b"+-.".contains(&c)))
+                    })
+            })
+            // A malformed URL cannot be redacted reliably, so it is not echoed.
+            .ok_or_else(|| {
+                Error::config(
+                    "url",
+                    "not a URL of the form scheme://... (the value is not shown: it may hold a password)",
+                )
+            })?;
+        Ok(Self {
+            raw: url.to_owned(),
+            scheme_end,
+        })
+    }
+
+    /// The scheme, lowercase as written (`redis`, `postgres`, `memory`, ...).
+    pub fn scheme(&self) -> &str {
+        &self.raw[..self.scheme_end]
+    }
+
+    /// The full URL with credentials. Hand it to a client library; never log it.
+    pub fn expose(&self) -> &str {
+        &self.raw
+    }
+
+    /// The URL with credentials replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact(&self.raw)
+    }
+
+    /// The query options as `(name, value)` pairs, undecoded.
+    pub fn query_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.raw
+            .split_once('?')
+            .map(|(_, q)| q)
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split_once('=').unwrap_or((p, "")))
+    }
+}
+
+impl fmt::Debug for BackendUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("BackendUrl").field(&self.redacted()).finish()
+    }
+}
+
+impl fmt::Display for BackendUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host` and the values of `password=`-like
+/// query options with `***`. Works on any string that may be a URL; text without credentials
+/// comes back unchanged.
+pub fn redact(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    let (main, query) = match url.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (url, None),
+    };
+    match main.find("://") {
+        Some(start) => {
+            let rest = &main[start + 3..];
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let authority = &rest[..authority_end];
+            out.push_str(&main[..start + 3]);
+            match authority.rfind('@') {
+                Some(at) => {
+                    let userinfo = &authority[..at];
+                    match userinfo.split_once(':') {
+                        Some((user, _)) => {
+                            out.push_str(user);
+                            out.push_str(":***");
+                        }
+                        None => out.push_str(userinfo),
+                    }
+                    out.push_str(&authority[at..]);
+                }
+                None => out.push_str(authority),
+            }
+            out.push_str(&rest[authority_end..]);
+        }
+        None => out.push_str(main),
+    }
+    if let Some(query) = query {
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, _)) if is_secret_option(name) => {
+                    out.push_str(name);
+                    out.push_str("=***");
+                }
+                _ => out.push_str(pair),
+            }
+        }
+    }
+    out
+}
+
+fn is_secret_option(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "password",
+        "passwd",
+        "pass",
+        "secret",
+        "token",
+        "sslpassword",
+    ]
+    .iter()
+    .any(|s| name == *s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_in_every_rendering() {
+        let url =
+            BackendUrl::parse("redis://user:s3cr3t@127.0.0.1:6379/0?password=also&db=1").unwrap();
+        for shown in [format!("{url}"), format!("{url:?}"), url.redacted()] {
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+            assert!(!shown.contains("also"), "{shown}");
+            assert!(shown.contains("127.0.0.1:6379"), "{shown}");
+        }
+        assert_eq!(
+            url.redacted(),
+            "redis://user:***@127.0.0.1:6379/0?password=***&db=1"
+        );
+        assert_eq!(
+            url.expose(),
+            "redis://user:s3cr3t@127.0.0.1:6379/0?password=also&db=1"
+        );
+        assert_eq!(url.scheme(), "redis");
+    }
+
+    #[test]
+    fn an_at_sign_in_the_password_is_still_redacted() {
+        assert_eq!(
+            redact("postgres://app:p@ss@db/app"),
+            "postgres://app:***@db/app"
+        );
+        assert_eq!(redact("redis://:pw@h"), "redis://:***@h");
+        assert_eq!(redact("memory://"), "memory://");
+    }
+
+    #[test]
+    fn schemes_and_query_pairs() {
+        assert_eq!(
+            BackendUrl::parse("redis+cluster://a,b").unwrap().scheme(),
+            "redis+cluster"
+        );
+        assert!(BackendUrl::parse("no scheme").is_err());
+        assert!(BackendUrl::parse("://x").is_err());
+        assert!(BackendUrl::parse("1abc://x").is_err());
+        let url = BackendUrl::parse("memory://?max_bytes=10&x").unwrap();
+        assert_eq!(
+            url.query_pairs().collect::<Vec<_>>(),
+            vec![("max_bytes", "10"), ("x", "")]
+        );
+    }
+
+    #[test]
+    fn a_bad_url_error_does_not_show_the_password() {
+        let err = BackendUrl::parse("redis//user:hunter2@host")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}

@@ -1,0 +1,457 @@
+//! Failover, deadlines, breakers, strategies and health checks through the router, on tokio's
+//! paused clock with scripted faults.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{ATTEMPT, DEADLINE, builder, drain, fault};
+use resilient_core::testing::Fault;
+use resilient_core::{
+    Backend, CircuitState, Error, HealthConfig, HealthState, LockOutcome, Operation, StorageEvent,
+    Strategy,
+};
+use tokio::time::{Instant, sleep};
+
+/// On the paused clock, sleeping advances virtual time: every timer due meanwhile fires.
+async fn pass(d: Duration) {
+    sleep(d).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_backend_costs_the_caller_exactly_the_attempt_timeout() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres]).build().await.unwrap();
+    redis.inject(Fault::Hang);
+    let start = Instant::now();
+    storage.set("k", "v", None).await.unwrap();
+    assert_eq!(start.elapsed(), ATTEMPT);
+    assert_eq!(storage.active_backend().as_deref(), Some("postgres"));
+    assert_eq!(
+        Backend::get(&*postgres, "k").await.unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_whole_chain_never_passes_the_deadline() {
+    let backends = [fault("a"), fault("b"), fault("c")];
+    let storage = builder(&backends.iter().collect::<Vec<_>>())
+        .build()
+        .await
+        .unwrap();
+    backends.iter().for_each(|b| b.inject(Fault::Hang));
+    let start = Instant::now();
+    let err = storage.get("k").await.unwrap_err();
+    assert_eq!(start.elapsed(), DEADLINE);
+    match err {
+        Error::DeadlineExceeded {
+            operation: Operation::Get,
+            deadline,
+            attempts,
+        } => {
+            assert_eq!(deadline, DEADLINE);
+            let budgets: Vec<_> = attempts
+                .0
+                .iter()
+                .map(|a| match &a.error {
+                    Error::Timeout { after, .. } => *after,
+                    other => panic!("expected a timeout, got {other}"),
+                })
+                .collect();
+            assert_eq!(
+                budgets,
+                vec![ATTEMPT, ATTEMPT, DEADLINE - ATTEMPT - ATTEMPT],
+                "the last attempt only gets what is left of the deadline"
+            );
+        }
+        other => panic!("expected DeadlineExceeded, got {other}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_backend_fails_the_error_lists_each_attempt_in_order() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres]).build().await.unwrap();
+    redis.inject(Fault::Fail);
+    postgres.inject(Fault::Fail);
+    let err = storage.set("k", "v", None).await.unwrap_err();
+    let Error::AllFailed {
+        operation,
+        attempts,
+    } = &err
+    else {
+        panic!("expected AllFailed, got {err}");
+    };
+    assert_eq!(*operation, Operation::Set);
+    let names: Vec<_> = attempts.0.iter().map(|a| a.backend.as_str()).collect();
+    assert_eq!(names, ["redis", "postgres"]);
+    assert!(attempts.0.iter().all(|a| a.error.is_transient()));
+    assert_eq!(
+        err.to_string(),
+        "set: every backend failed: [redis] redis: set failed: injected failure; \
+         [postgres] postgres: set failed: injected failure"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_miss_is_an_answer_and_never_fails_over() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres]).build().await.unwrap();
+    Backend::set(&*postgres, "k", Bytes::from_static(b"stale"), None)
+        .await
+        .unwrap();
+    let before = postgres.calls();
+    assert_eq!(storage.get("k").await.unwrap(), None);
+    assert_eq!(postgres.calls(), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lock_held_by_another_holder_is_an_answer_and_never_fails_over() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres]).build().await.unwrap();
+    Backend::acquire_lock(&*redis, "job", "other", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let before = postgres.calls();
+    let outcome = storage
+        .acquire_lock("job", "me", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, LockOutcome::Held { holder: Some(ref h), .. } if h == "other"));
+    assert_eq!(postgres.calls(), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_stops_calls_to_a_failing_backend_and_probes_it_after_the_open_time() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres])
+        .strategy(Strategy::Priority)
+        .build()
+        .await
+        .unwrap();
+    let mut events = storage.subscribe();
+    redis.inject(Fault::Fail);
+    for _ in 0..3 {
+        storage.get("k").await.unwrap();
+    }
+    assert_eq!(redis.calls(), 3);
+    storage.get("k").await.unwrap();
+    assert_eq!(redis.calls(), 3, "an open circuit is not called");
+    assert!(storage.health().backends["redis"].circuit_open);
+
+    pass(Duration::from_millis(999)).await;
+    storage.get("k").await.unwrap();
+    assert_eq!(
+        redis.calls(),
+        3,
+        "still open 1 ms before the open time ends"
+    );
+    pass(Duration::from_millis(1)).await;
+    storage.get("k").await.unwrap();
+    assert_eq!(redis.calls(), 4, "one probe after the open time");
+    storage.get("k").await.unwrap();
+    assert_eq!(redis.calls(), 4, "the failed probe reopened the circuit");
+
+    redis.inject(Fault::Pass);
+    pass(Duration::from_secs(2)).await;
+    storage.get("k").await.unwrap();
+    assert_eq!(redis.calls(), 5);
+    assert_eq!(storage.active_backend().as_deref(), Some("redis"));
+
+    let circuit: Vec<_> = drain(&mut events)
+        .into_iter()
+        .filter_map(|e| match e {
+            StorageEvent::CircuitChanged {
+                backend,
+                from,
+                to,
+                open_for,
+                ..
+            } => Some((backend, from, to, open_for)),
+            _ => None,
+        })
+        .collect();
+    use CircuitState::*;
+    let r = || "redis".to_owned();
+    assert_eq!(
+        circuit,
+        vec![
+            (r(), Closed, Open, Some(Duration::from_secs(1))),
+            (r(), Open, HalfOpen, None),
+            (r(), HalfOpen, Open, Some(Duration::from_secs(2))),
+            (r(), Open, HalfOpen, None),
+            (r(), HalfOpen, Closed, None),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_probe_gives_its_slot_back() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres])
+        .strategy(Strategy::Priority)
+        .build()
+        .await
+        .unwrap();
+    redis.inject(Fault::Fail);
+    for _ in 0..3 {
+        storage.get("k").await.unwrap();
+    }
+    pass(Duration::from_secs(1)).await;
+    redis.inject(Fault::Hang);
+    let cancelled = tokio::time::timeout(Duration::from_millis(10), storage.get("k")).await;
+    assert!(cancelled.is_err(), "the caller gave up during the probe");
+    assert_eq!(redis.calls(), 4);
+    redis.inject(Fault::Pass);
+    storage.get("k").await.unwrap();
+    assert_eq!(redis.calls(), 5, "the next call probes again");
+    assert_eq!(
+        storage.health().backends["redis"].circuit_state,
+        CircuitState::Closed
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failover_stays_on_the_fallback_until_the_failback_delay_then_returns() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres]).build().await.unwrap();
+    storage.get("k").await.unwrap();
+    let mut events = storage.subscribe();
+
+    redis.inject(Fault::Fail);
+    storage.get("k").await.unwrap();
+    assert_eq!(storage.active_backend().as_deref(), Some("postgres"));
+    redis.inject(Fault::Pass);
+    let redis_calls = redis.calls();
+    for _ in 0..5 {
+        pass(Duration::from_millis(300)).await;
+        storage.get("k").await.unwrap();
+    }
+    assert_eq!(
+        redis.calls(),
+        redis_calls,
+        "no traffic back before the failback delay"
+    );
+    pass(Duration::from_millis(500)).await;
+    storage.get("k").await.unwrap();
+    assert_eq!(redis.calls(), redis_calls + 1);
+    assert_eq!(storage.active_backend().as_deref(), Some("redis"));
+
+    let events = drain(&mut events);
+    assert!(matches!(
+        &events[0],
+        StorageEvent::Failover { operation: Operation::Get, from, to, .. } if from == "redis" && to == "postgres"
+    ));
+    let switches: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            StorageEvent::ActiveBackendChanged { from, to } => Some((from.clone(), to.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        switches,
+        vec![
+            (Some("redis".to_owned()), "postgres".to_owned()),
+            (Some("postgres".to_owned()), "redis".to_owned()),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn priority_returns_to_the_primary_as_soon_as_it_answers() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres])
+        .strategy(Strategy::Priority)
+        .build()
+        .await
+        .unwrap();
+    redis.inject(Fault::Fail);
+    storage.get("k").await.unwrap();
+    assert_eq!(storage.active_backend().as_deref(), Some("postgres"));
+    redis.inject(Fault::Pass);
+    storage.get("k").await.unwrap();
+    assert_eq!(storage.active_backend().as_deref(), Some("redis"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn round_robin_alternates_and_skips_an_open_circuit() {
+    let (a, b) = (fault("a"), fault("b"));
+    let storage = builder(&[&a, &b])
+        .strategy(Strategy::RoundRobin)
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        storage.get("k").await.unwrap();
+    }
+    assert_eq!((a.calls(), b.calls()), (5, 5));
+    assert!(storage.force_open("a", true));
+    for _ in 0..10 {
+        storage.get("k").await.unwrap();
+    }
+    assert_eq!((a.calls(), b.calls()), (5, 15));
+}
+
+#[tokio::test(start_paused = true)]
+async fn latency_aware_moves_traffic_to_the_faster_backend() {
+    let (slow, fast) = (fault("slow"), fault("fast"));
+    let storage = builder(&[&slow, &fast])
+        .strategy(Strategy::LatencyAware)
+        .build()
+        .await
+        .unwrap();
+    slow.inject(Fault::Delay(Duration::from_millis(20)));
+    for _ in 0..100 {
+        storage.get("k").await.unwrap();
+    }
+    assert!(slow.calls() <= 2, "slow got {} calls", slow.calls());
+    assert!(fast.calls() >= 98);
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_checks_take_an_unhealthy_backend_out_with_hysteresis_and_bring_it_back() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres])
+        .strategy(Strategy::Priority)
+        .health(
+            HealthConfig::default()
+                .interval(Duration::from_secs(1), Duration::from_millis(100))
+                .hysteresis(2, 3),
+        )
+        .build()
+        .await
+        .unwrap();
+    let mut events = storage.subscribe();
+    redis.inject_health(Some(Fault::Fail));
+    // Checks run at 0 s, 1 s, 2 s: the third failure makes it unhealthy.
+    pass(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        storage.health().backends["redis"].health,
+        HealthState::Degraded
+    );
+    storage.get("k").await.unwrap();
+    assert_eq!(redis.calls(), 1, "degraded is still routable");
+    pass(Duration::from_secs(1)).await;
+    assert_eq!(
+        storage.health().backends["redis"].health,
+        HealthState::Unhealthy
+    );
+    assert_eq!(
+        storage.health().backends["redis"].last_error.as_deref(),
+        Some("redis: health_check failed: injected failure")
+    );
+    storage.get("k").await.unwrap();
+    assert_eq!(
+        redis.calls(),
+        1,
+        "unhealthy is skipped even with a closed circuit"
+    );
+
+    redis.inject_health(None);
+    pass(Duration::from_secs(1)).await; // one pass at 3 s: not enough
+    storage.get("k").await.unwrap();
+    assert_eq!(redis.calls(), 1);
+    pass(Duration::from_secs(1)).await; // second pass at 4 s
+    assert_eq!(
+        storage.health().backends["redis"].health,
+        HealthState::Healthy
+    );
+    storage.get("k").await.unwrap();
+    assert_eq!(redis.calls(), 2);
+
+    let health: Vec<_> = drain(&mut events)
+        .into_iter()
+        .filter_map(|e| match e {
+            StorageEvent::HealthChanged {
+                backend, from, to, ..
+            } if backend == "redis" => Some((from, to)),
+            _ => None,
+        })
+        .collect();
+    use HealthState::*;
+    assert_eq!(
+        health,
+        vec![
+            (Unknown, Degraded),
+            (Degraded, Unhealthy),
+            (Unhealthy, Healthy)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_frozen_health_check_times_out_and_the_monitor_keeps_going() {
+    let redis = fault("redis");
+    let storage = builder(&[&redis])
+        .health(
+            HealthConfig::default()
+                .interval(Duration::from_secs(1), Duration::from_millis(200))
+                .hysteresis(1, 2),
+        )
+        .build()
+        .await
+        .unwrap();
+    redis.inject_health(Some(Fault::Hang));
+    // Each round is 200 ms of timeout plus 1 s of interval: checks start at 0 and 1.2 s, and
+    // the second times out at 1.4 s.
+    pass(Duration::from_millis(1_500)).await;
+    assert_eq!(redis.health_checks(), 2);
+    assert_eq!(
+        storage.health().backends["redis"].health,
+        HealthState::Unhealthy
+    );
+    assert_eq!(
+        storage.health().backends["redis"].last_error.as_deref(),
+        Some("health check timed out after 200ms")
+    );
+    pass(Duration::from_millis(1_200 * 5)).await;
+    assert_eq!(redis.health_checks(), 7);
+    storage.shutdown().await;
+    let checks = redis.health_checks();
+    pass(Duration::from_secs(10)).await;
+    assert_eq!(
+        redis.health_checks(),
+        checks,
+        "the monitor stops on shutdown"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_recovery_lets_an_open_circuit_probe_before_its_open_time_ends() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres])
+        .strategy(Strategy::Priority)
+        .breaker(common::breaker().open_duration(Duration::from_secs(30), Duration::from_secs(30)))
+        .health(
+            HealthConfig::default()
+                .interval(Duration::from_millis(500), Duration::from_millis(100))
+                .hysteresis(1, 1),
+        )
+        .build()
+        .await
+        .unwrap();
+    redis.inject(Fault::Fail);
+    for _ in 0..3 {
+        storage.get("k").await.unwrap();
+    }
+    pass(Duration::from_millis(600)).await;
+    assert_eq!(
+        storage.health().backends["redis"].health,
+        HealthState::Unhealthy
+    );
+    redis.inject(Fault::Pass);
+    pass(Duration::from_millis(500)).await;
+    assert_eq!(
+        storage.health().backends["redis"].circuit_state,
+        CircuitState::HalfOpen
+    );
+    storage.get("k").await.unwrap();
+    assert_eq!(storage.active_backend().as_deref(), Some("redis"));
+    assert_eq!(
+        storage.health().backends["redis"].circuit_state,
+        CircuitState::Closed
+    );
+}
