@@ -46,7 +46,8 @@ pub enum StorageEvent {
         from: CircuitState,
         /// State after.
         to: CircuitState,
-        /// For a move to open: how long it stays open.
+        /// For a move to open: how long it stays open (`"1s"`, `"2s 500ms"` in JSON).
+        #[serde(with = "humantime_serde::option")]
         open_for: Option<Duration>,
     },
     /// Active health checks changed a backend's health state.

@@ -1,1 +1,16 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+pub use resilient_core::*;
+
+/// The in-process memory backend (feature `memory`).
+#[cfg(feature = "memory")]
+pub use resilient_backend_memory as memory;
+
+/// The types most programs need.
+pub mod prelude {
+    pub use resilient_core::{
+        Backend, BreakerConfig, Bytes, Error, FencingToken, HealthConfig, HealthReport,
+        HealthState, KeyPolicy, LockGrant, LockOutcome, OverallStatus, ResilientStorage,
+        StorageConfig, StorageEvent, Strategy,
+    };
+}

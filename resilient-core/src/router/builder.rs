@@ -216,12 +216,18 @@ impl StorageBuilder {
     pub async fn build(mut self) -> Result<ResilientStorage> {
         self.validate()?;
         self.entries.retain(|(_, options)| options.enabled);
-        let has_memory = self.entries.iter().any(|(source, _)| match source {
-            Source::Instance(b) => b.scheme() == "memory",
-            Source::Url(url, _) => url.scheme() == "memory",
-        });
-        if self.memory_fallback && !has_memory {
-            let url = BackendUrl::parse("memory://")?;
+        let mut backends = Vec::with_capacity(self.entries.len() + 1);
+        for (source, options) in self.entries {
+            let backend = match source {
+                Source::Instance(backend) => backend,
+                Source::Url(url, factory) => (factory.build)(url).await?,
+            };
+            backends.push((backend, options));
+        }
+        let has_local_memory = backends
+            .iter()
+            .any(|(b, _)| b.scheme() == "memory" && !b.capabilities().shared);
+        if self.memory_fallback && !has_local_memory {
             let factory = registry::lookup("memory").map_err(|_| {
                 Error::config(
                     "memory_fallback",
@@ -229,31 +235,20 @@ impl StorageBuilder {
                      resilient-storage or turn the memory fallback off",
                 )
             })?;
-            self.entries.push((
-                Source::Url(url, factory),
-                BackendOptions::new(MEMORY_FALLBACK_PRIORITY),
-            ));
+            let backend = (factory.build)(BackendUrl::parse("memory://")?).await?;
+            backends.push((backend, BackendOptions::new(MEMORY_FALLBACK_PRIORITY)));
         }
-        if self.entries.is_empty() {
+        if backends.is_empty() {
             return Err(Error::config(
                 "backends",
                 "at least one enabled backend is needed",
             ));
         }
-        if self.entries.len() > MAX_BACKENDS {
+        if backends.len() > MAX_BACKENDS {
             return Err(Error::config(
                 "backends",
                 format!("at most {MAX_BACKENDS} backends are supported"),
             ));
-        }
-
-        let mut backends = Vec::with_capacity(self.entries.len());
-        for (source, options) in self.entries {
-            let backend = match source {
-                Source::Instance(backend) => backend,
-                Source::Url(url, factory) => (factory.build)(url).await?,
-            };
-            backends.push((backend, options));
         }
         backends.sort_by_key(|(_, options)| options.priority);
 
