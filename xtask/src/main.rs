@@ -1,6 +1,7 @@
 //! Project automation, run as `cargo xtask <command>`:
 //!
-//! - `test`: every test of the workspace, the quickstart example with no server, the facade's
+//! - `test`: installs `redis-server` and `postgresql` with apt when they are missing (as root),
+//!   then every test of the workspace, the quickstart example with no server, the facade's
 //!   per-feature registry check, and a crate outside the workspace that must see exactly the
 //!   enabled backends.
 //! - `lint`: `cargo fmt --check`, clippy with `-D warnings`, and docs with `-D warnings`.
@@ -84,6 +85,7 @@ fn lint() -> Result<(), String> {
 }
 
 fn test() -> Result<(), String> {
+    ensure_servers()?;
     run(
         "workspace tests",
         cargo().args(["test", "--workspace", "--all-features"]),
@@ -120,6 +122,82 @@ fn test() -> Result<(), String> {
         outside_crate(features, schemes)?;
     }
     Ok(())
+}
+
+/// The server binaries the tests start, and the Debian package of each.
+const SERVER_BINARIES: &[(&str, &str)] = &[
+    ("redis-server", "redis-server"),
+    ("redis-cli", "redis-tools"),
+    ("initdb", "postgresql"),
+    ("postgres", "postgresql"),
+    ("pg_ctl", "postgresql"),
+    ("pg_isready", "postgresql-client"),
+    ("psql", "postgresql-client"),
+];
+
+/// Installs the Redis and PostgreSQL packages with apt when a binary the tests need is missing
+/// and this runs as root; otherwise says what to run. The tests start their own servers; this
+/// only provides the binaries.
+fn ensure_servers() -> Result<(), String> {
+    let mut packages: Vec<&str> = SERVER_BINARIES
+        .iter()
+        .filter(|(binary, _)| !binary_exists(binary))
+        .map(|(_, package)| *package)
+        .collect();
+    packages.dedup();
+    if packages.is_empty() {
+        return Ok(());
+    }
+    let install = format!(
+        "apt-get install -y --no-install-recommends {}",
+        packages.join(" ")
+    );
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !is_root {
+        return Err(format!(
+            "the tests need {} and this is not root: run `sudo apt-get update && sudo {install}`",
+            packages.join(", ")
+        ));
+    }
+    eprintln!("xtask: installing {}", packages.join(" "));
+    run(
+        "apt-get update",
+        Command::new("apt-get").args(["update", "-q"]),
+    )?;
+    run(
+        &install,
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    match SERVER_BINARIES
+        .iter()
+        .find(|(binary, _)| !binary_exists(binary))
+    {
+        Some((binary, package)) => Err(format!(
+            "`{binary}` is still missing after installing {package}"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// On PATH, or in `/usr/lib/postgresql/<version>/bin` where Debian keeps the server binaries.
+fn binary_exists(binary: &str) -> bool {
+    let path = env::var_os("PATH").unwrap_or_default();
+    let postgres_dirs = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.path().join("bin"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    env::split_paths(&path)
+        .chain(postgres_dirs)
+        .any(|dir| dir.join(binary).is_file())
 }
 
 /// Builds the consumer crate with `features` and checks the schemes it prints.

@@ -1,0 +1,226 @@
+//! A TCP proxy that injects faults between a client and a server while traffic flows.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::Result;
+
+/// What the proxy does to traffic. Switch with [`FaultProxy::set_mode`] at any time; the new
+/// mode applies to every connection, established or new.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProxyMode {
+    /// Forward everything.
+    Pass,
+    /// Hold each chunk, in each direction, for `fixed` plus a random share of `jitter`.
+    Latency {
+        /// Added to every chunk.
+        fixed: Duration,
+        /// Up to this much more, uniformly at random.
+        jitter: Duration,
+    },
+    /// Accept connections and swallow everything: nothing is ever answered.
+    Blackhole,
+    /// Close the listening socket: new connections are refused. Established ones keep flowing.
+    Refuse,
+    /// Forward requests, but cut each reply short and close the connection.
+    Truncate,
+}
+
+#[derive(Debug)]
+struct Shared {
+    mode: watch::Sender<ProxyMode>,
+    // Bumped by `reset_all`: every connection alive at that moment is reset.
+    resets: watch::Sender<u64>,
+    connections: Mutex<u64>,
+}
+
+/// A fault-injecting TCP proxy on a free loopback port, in front of `upstream`. Stops when
+/// dropped. Needs a tokio runtime.
+#[derive(Debug)]
+pub struct FaultProxy {
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy to `upstream` in [`ProxyMode::Pass`].
+    pub async fn start(upstream: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            mode: watch::channel(ProxyMode::Pass).0,
+            resets: watch::channel(0).0,
+            connections: Mutex::new(0),
+        });
+        let task = tokio::spawn(accept_loop(listener, addr, upstream, shared.clone()));
+        Ok(Self {
+            addr,
+            upstream,
+            shared,
+            task,
+        })
+    }
+
+    /// The proxy's address: point the client here.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server behind the proxy.
+    pub fn upstream(&self) -> SocketAddr {
+        self.upstream
+    }
+
+    /// Switches the fault mode.
+    pub fn set_mode(&self, mode: ProxyMode) {
+        self.shared.mode.send_replace(mode);
+    }
+
+    /// The current mode.
+    pub fn mode(&self) -> ProxyMode {
+        self.shared.mode.borrow().clone()
+    }
+
+    /// Resets (TCP RST) every established connection; new ones are accepted as the mode says.
+    pub fn reset_all(&self) {
+        self.shared.resets.send_modify(|n| *n += 1);
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        *self
+            .shared
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        // Ends every connection task too.
+        self.shared.resets.send_modify(|n| *n += 1);
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    shared: Arc<Shared>,
+) {
+    let mut mode = shared.mode.subscribe();
+    let mut listener = Some(listener);
+    loop {
+        let refusing = *mode.borrow_and_update() == ProxyMode::Refuse;
+        if refusing {
+            // Closing the socket makes the kernel refuse new connections.
+            listener = None;
+        } else if listener.is_none() {
+            match TcpListener::bind(addr).await {
+                Ok(l) => listener = Some(l),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(active) = &listener else {
+            if mode.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        tokio::select! {
+            accepted = active.accept() => {
+                if let Ok((client, _)) = accepted {
+                    *shared.connections.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                    tokio::spawn(connection(client, upstream, shared.clone()));
+                }
+            }
+            changed = mode.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+async fn connection(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) {
+    let mut resets = shared.resets.subscribe();
+    resets.borrow_and_update();
+    let Ok(server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let up = pump(
+        client_read,
+        server_write,
+        shared.mode.subscribe(),
+        resets.clone(),
+        false,
+    );
+    let down = pump(
+        server_read,
+        client_write,
+        shared.mode.subscribe(),
+        resets,
+        true,
+    );
+    tokio::join!(up, down);
+}
+
+/// Copies one direction, applying the mode to each chunk, until either side closes or a reset
+/// is ordered.
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    mode: watch::Receiver<ProxyMode>,
+    mut resets: watch::Receiver<u64>,
+    reply_direction: bool,
+) {
+    let mut buffer = vec![0_u8; 16 * 1024];
+    loop {
+        let n = tokio::select! {
+            read = from.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            _ = resets.changed() => {
+                // Linger 0 makes the close send RST instead of FIN, on both sockets.
+                let _ = to.as_ref().set_zero_linger();
+                let _ = from.as_ref().set_zero_linger();
+                return;
+            }
+        };
+        let current = mode.borrow().clone();
+        match current {
+            ProxyMode::Pass | ProxyMode::Refuse => {}
+            ProxyMode::Latency { fixed, jitter } => {
+                let extra = jitter.mul_f64(fastrand::f64());
+                tokio::time::sleep(fixed + extra).await;
+            }
+            ProxyMode::Blackhole => continue,
+            ProxyMode::Truncate if reply_direction => {
+                let _ = to.write_all(&buffer[..n / 2]).await;
+                break;
+            }
+            ProxyMode::Truncate => {}
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}

@@ -1,0 +1,318 @@
+//! Throwaway `redis-server`s, alone or as a Redis Cluster.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+
+use crate::process::{ServerProcess, wait_ready};
+use crate::{Result, binaries, free_port};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How to run a [`RedisServer`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct RedisOptions {
+    /// Keep an append-only file, so a restart brings the data back. Off: a restart is empty.
+    pub appendonly: bool,
+    /// Require this password (`requirepass`).
+    pub password: Option<String>,
+    cluster: bool,
+}
+
+impl RedisOptions {
+    /// Sets [`appendonly`](Self::appendonly).
+    pub fn appendonly(mut self, yes: bool) -> Self {
+        self.appendonly = yes;
+        self
+    }
+
+    /// Sets [`password`](Self::password).
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+}
+
+/// A `redis-server` on a free loopback port with a temporary directory, stopped on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    process: ServerProcess,
+    port: u16,
+    options: RedisOptions,
+    // Dropped after the process (fields drop in order).
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server that keeps nothing on disk.
+    pub fn start() -> Result<Self> {
+        Self::start_with(RedisOptions::default())
+    }
+
+    /// Starts a server with `options`.
+    pub fn start_with(options: RedisOptions) -> Result<Self> {
+        let binary = binaries::find("redis-server", "redis-server")?;
+        let mut last_error = None;
+        // A port found free can be taken before the server binds it: try a few.
+        for _ in 0..5 {
+            let port = if options.cluster {
+                free_cluster_port()?
+            } else {
+                free_port()?
+            };
+            let dir = tempfile::Builder::new().prefix("redis-").tempdir()?;
+            let process = ServerProcess::start(
+                "redis-server",
+                binary.clone(),
+                args(port, dir.path(), &options),
+                None,
+                dir.path().join("redis.log"),
+            )?;
+            let mut server = Self {
+                process,
+                port,
+                options: options.clone(),
+                dir,
+            };
+            match server.wait_ready() {
+                Ok(()) => return Ok(server),
+                Err(e) if e.to_string().contains("Address already in use") => last_error = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| "could not start redis-server".into()))
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let addr = self.addr();
+        let password = self.options.password.clone();
+        wait_ready(&mut self.process, READY_TIMEOUT, || {
+            let mut auth = vec![];
+            if let Some(p) = &password {
+                auth.push(vec!["AUTH".to_owned(), p.clone()]);
+            }
+            auth.push(vec!["PING".to_owned()]);
+            command_sequence(addr, &auth).is_ok_and(|reply| reply == "PONG")
+        })
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// `redis://[:password@]127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        match &self.options.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The server's pid, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// Runs one command over a raw connection and returns a simple, bulk or error reply as text.
+    pub fn command(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec![];
+        if let Some(p) = &self.options.password {
+            all.push(vec!["AUTH".to_owned(), p.clone()]);
+        }
+        all.push(args.iter().map(|a| (*a).to_owned()).collect());
+        command_sequence(self.addr(), &all)
+    }
+
+    /// SIGKILL: in-flight connections drop, the port closes.
+    pub fn kill(&mut self) -> Result<()> {
+        self.process.kill()
+    }
+
+    /// SIGSTOP: connections stay open and nothing answers.
+    pub fn freeze(&self) -> Result<()> {
+        self.process.signal(Signal::SIGSTOP)
+    }
+
+    /// SIGCONT after [`freeze`](Self::freeze).
+    pub fn thaw(&self) -> Result<()> {
+        self.process.signal(Signal::SIGCONT)
+    }
+
+    /// Kills the server if it runs, starts it again on the same port and directory, and waits
+    /// until it answers.
+    pub fn restart(&mut self) -> Result<()> {
+        self.process.restart()?;
+        self.wait_ready()
+    }
+}
+
+fn args(port: u16, dir: &Path, options: &RedisOptions) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--protected-mode",
+        "no",
+        "--daemonize",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        if options.appendonly { "yes" } else { "no" },
+        "--dir",
+        &dir.to_string_lossy(),
+        "--logfile",
+        "",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    if let Some(p) = &options.password {
+        args.extend(["--requirepass".to_owned(), p.clone()]);
+    }
+    if options.cluster {
+        args.extend(
+            [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ]
+            .map(str::to_owned),
+        );
+    }
+    args
+}
+
+/// A port free for the server and for its cluster bus (port + 10000).
+fn free_cluster_port() -> Result<u16> {
+    loop {
+        let port = free_port()?;
+        if port <= 55_535
+            && TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port + 10_000)).is_ok()
+        {
+            return Ok(port);
+        }
+    }
+}
+
+/// Sends commands on one connection and returns the last reply as text (`-ERR ...` for an
+/// error reply).
+fn command_sequence(addr: SocketAddr, commands: &[Vec<String>]) -> Result<String> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut last = String::new();
+    for args in commands {
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        writer.write_all(request.as_bytes())?;
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end();
+        last = match line.as_bytes().first() {
+            Some(b'+') | Some(b':') => line[1..].to_owned(),
+            Some(b'-') => line.to_owned(),
+            Some(b'$') => {
+                let len: i64 = line[1..].parse()?;
+                if len < 0 {
+                    String::new()
+                } else {
+                    let mut body = vec![0; len as usize + 2];
+                    reader.read_exact(&mut body)?;
+                    String::from_utf8_lossy(&body[..len as usize]).into_owned()
+                }
+            }
+            _ => return Err(format!("unexpected reply {line:?}").into()),
+        };
+    }
+    Ok(last)
+}
+
+/// A Redis Cluster of masters on loopback, stopped on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `masters` nodes (at least 3), joins them with `redis-cli --cluster create`, and
+    /// waits until every node reports `cluster_state:ok`.
+    pub fn start(masters: usize) -> Result<Self> {
+        let cli = binaries::find("redis-cli", "redis-tools")?;
+        let options = RedisOptions {
+            cluster: true,
+            ..RedisOptions::default()
+        };
+        let nodes = (0..masters.max(3))
+            .map(|_| RedisServer::start_with(options.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        let output = Command::new(cli)
+            .args(["--cluster", "create"])
+            .args(nodes.iter().map(|n| n.addr().to_string()))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()?;
+        if !output.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+            .into());
+        }
+        let give_up = std::time::Instant::now() + READY_TIMEOUT;
+        for node in &nodes {
+            loop {
+                let info = node.command(&["CLUSTER", "INFO"]).unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                if std::time::Instant::now() > give_up {
+                    return Err(
+                        format!("cluster node {} never reported ok: {info}", node.addr()).into(),
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(Self { nodes })
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// The nodes, mutable (to kill or restart one).
+    pub fn nodes_mut(&mut self) -> &mut [RedisServer] {
+        &mut self.nodes
+    }
+
+    /// `redis://127.0.0.1:port` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+}
