@@ -209,6 +209,17 @@ pub enum Error {
         /// How long the attempt was allowed.
         after: Duration,
     },
+    /// A backend refused the request as invalid (a key holding another type of value, for
+    /// example). The backend is working: not counted, not failed over.
+    #[error("{backend}: {operation} rejected: {message}")]
+    Rejected {
+        /// Backend name.
+        backend: String,
+        /// The operation.
+        operation: Operation,
+        /// The backend's reason, without credentials.
+        message: String,
+    },
     /// A backend's circuit breaker refused the call.
     #[error("{backend}: circuit open")]
     CircuitOpen {
@@ -309,6 +320,7 @@ impl Error {
             | Error::ValueTooLarge { .. }
             | Error::InvalidTtl { .. }
             | Error::Config { .. }
+            | Error::Rejected { .. }
             | Error::UnknownScheme { .. }
             | Error::DuplicateScheme { .. }
             | Error::Serde { .. } => ErrorClass::Caller,

@@ -6,6 +6,10 @@ pub use resilient_core::*;
 #[cfg(feature = "memory")]
 pub use resilient_backend_memory as memory;
 
+/// The Redis backend (feature `redis`).
+#[cfg(feature = "redis")]
+pub use resilient_backend_redis as redis;
+
 /// The types most programs need.
 pub mod prelude {
     pub use resilient_core::{

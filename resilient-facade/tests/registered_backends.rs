@@ -7,6 +7,9 @@ fn exactly_the_enabled_backends_are_registered() {
     if cfg!(feature = "memory") {
         expected.push("memory");
     }
+    if cfg!(feature = "redis") {
+        expected.extend(["redis", "redis+cluster", "rediss", "rediss+cluster"]);
+    }
     expected.sort_unstable();
     assert_eq!(resilient_storage::registry::schemes(), expected);
 }

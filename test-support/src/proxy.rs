@@ -182,15 +182,22 @@ async fn connection(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>
 }
 
 /// Copies one direction, applying the mode to each chunk, until either side closes or a reset
-/// is ordered.
+/// is ordered. Added latency holds each chunk until its arrival time plus the delay, in order,
+/// so it delays traffic without capping throughput.
 async fn pump(
     mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
+    to: OwnedWriteHalf,
     mode: watch::Receiver<ProxyMode>,
     mut resets: watch::Receiver<u64>,
     reply_direction: bool,
 ) {
+    let (chunks, delayed) = tokio::sync::mpsc::unbounded_channel();
+    let mut writer = tokio::spawn(write_delayed(to, delayed));
     let mut buffer = vec![0_u8; 16 * 1024];
+    let linger_zero = |from: &OwnedReadHalf| {
+        // Linger 0 makes the close send RST instead of FIN.
+        let _ = from.as_ref().set_zero_linger();
+    };
     loop {
         let n = tokio::select! {
             read = from.read(&mut buffer) => match read {
@@ -198,28 +205,51 @@ async fn pump(
                 Ok(n) => n,
             },
             _ = resets.changed() => {
-                // Linger 0 makes the close send RST instead of FIN, on both sockets.
-                let _ = to.as_ref().set_zero_linger();
-                let _ = from.as_ref().set_zero_linger();
+                linger_zero(&from);
+                writer.abort();
                 return;
             }
+            _ = &mut writer => return,
         };
         let current = mode.borrow().clone();
-        match current {
-            ProxyMode::Pass | ProxyMode::Refuse => {}
+        let (release_at, chunk, last) = match current {
+            ProxyMode::Pass | ProxyMode::Refuse => (None, &buffer[..n], false),
             ProxyMode::Latency { fixed, jitter } => {
-                let extra = jitter.mul_f64(fastrand::f64());
-                tokio::time::sleep(fixed + extra).await;
+                let delay = fixed + jitter.mul_f64(fastrand::f64());
+                (
+                    Some(tokio::time::Instant::now() + delay),
+                    &buffer[..n],
+                    false,
+                )
             }
             ProxyMode::Blackhole => continue,
-            ProxyMode::Truncate if reply_direction => {
-                let _ = to.write_all(&buffer[..n / 2]).await;
-                break;
-            }
-            ProxyMode::Truncate => {}
-        }
-        if to.write_all(&buffer[..n]).await.is_err() {
+            ProxyMode::Truncate if reply_direction => (None, &buffer[..n / 2], true),
+            ProxyMode::Truncate => (None, &buffer[..n], false),
+        };
+        if chunks.send((release_at, chunk.to_vec())).is_err() || last {
             break;
+        }
+    }
+    drop(chunks);
+    tokio::select! {
+        _ = &mut writer => {}
+        _ = resets.changed() => {
+            linger_zero(&from);
+            writer.abort();
+        }
+    }
+}
+
+async fn write_delayed(
+    mut to: OwnedWriteHalf,
+    mut chunks: tokio::sync::mpsc::UnboundedReceiver<(Option<tokio::time::Instant>, Vec<u8>)>,
+) {
+    while let Some((release_at, chunk)) = chunks.recv().await {
+        if let Some(at) = release_at {
+            tokio::time::sleep_until(at).await;
+        }
+        if to.write_all(&chunk).await.is_err() {
+            return;
         }
     }
     let _ = to.shutdown().await;

@@ -13,7 +13,15 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 /// The facade feature sets whose backends are checked, with the schemes each must register.
-const FEATURE_SETS: &[(&str, &str)] = &[("", ""), ("memory", "memory")];
+const FEATURE_SETS: &[(&str, &str)] = &[
+    ("", ""),
+    ("memory", "memory"),
+    ("redis", "redis,redis+cluster,rediss,rediss+cluster"),
+    (
+        "memory,redis",
+        "memory,redis,redis+cluster,rediss,rediss+cluster",
+    ),
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();

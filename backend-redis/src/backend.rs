@@ -1,0 +1,349 @@
+//! [`RedisBackend`]: the [`Backend`] trait on the redis crate.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, RedisFuture, RedisResult, Value};
+use resilient_core::{
+    Backend, Capabilities, Error, FencingToken, HealthProbe, LockGrant, LockOutcome, Operation,
+    Result,
+};
+use tokio::sync::OnceCell;
+
+use crate::config::RedisConfig;
+use crate::error::{bad_reply, classify};
+use crate::scripts;
+
+/// A Redis server or Redis Cluster as a resilient-storage backend.
+///
+/// Connects lazily and reconnects by itself: building one never waits for the server, and a
+/// server that comes back is used again without any action. Health checks use a connection of
+/// their own, so a check never queues behind data commands.
+///
+/// Keys are stored as `prefix + key`. A lock `name` is stored at `prefix + "\0lock:{name}"`
+/// with its fencing counter at `prefix + "\0lock:{name}:fence"`: the NUL byte keeps locks apart
+/// from every valid data key, and the braces put both keys in one Cluster slot.
+#[derive(Debug)]
+pub struct RedisBackend {
+    config: RedisConfig,
+    data: Link,
+    health: Link,
+}
+
+enum Link {
+    Single(ConnectionManager),
+    // Boxed: a cluster client is much larger than a connection manager handle.
+    Cluster(Box<ClusterLink>),
+}
+
+struct ClusterLink {
+    client: ClusterClient,
+    connection: OnceCell<ClusterConnection>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Link::Single(_) => "Link::Single",
+            Link::Cluster(_) => "Link::Cluster",
+        })
+    }
+}
+
+/// One connection handle, standalone or cluster, cheap to clone per call.
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Link {
+    fn new(config: &RedisConfig) -> RedisResult<Self> {
+        if config.cluster {
+            let client = ClusterClient::builder(config.nodes.clone())
+                .connection_timeout(config.connect_timeout)
+                .response_timeout(config.response_timeout)
+                .retries(config.reconnect_retries as u32)
+                .min_retry_wait(50)
+                .max_retry_wait(config.reconnect_max_delay.as_millis() as u64)
+                .build()?;
+            Ok(Link::Cluster(Box::new(ClusterLink {
+                client,
+                connection: OnceCell::new(),
+            })))
+        } else {
+            let client = redis::Client::open(config.nodes[0].as_str())?;
+            let manager = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(config.response_timeout))
+                .set_connection_timeout(Some(config.connect_timeout))
+                .set_number_of_retries(config.reconnect_retries)
+                .set_min_delay(Duration::from_millis(50))
+                .set_max_delay(config.reconnect_max_delay);
+            Ok(Link::Single(ConnectionManager::new_lazy_with_config(
+                client, manager,
+            )?))
+        }
+    }
+
+    async fn conn(&self) -> RedisResult<Conn> {
+        match self {
+            Link::Single(manager) => Ok(Conn::Single(manager.clone())),
+            Link::Cluster(cluster) => Ok(Conn::Cluster(
+                cluster
+                    .connection
+                    .get_or_try_init(|| cluster.client.get_async_connection())
+                    .await?
+                    .clone(),
+            )),
+        }
+    }
+}
+
+impl RedisBackend {
+    /// A backend with the given settings. Does not connect: the first call does.
+    pub fn new(config: RedisConfig) -> Result<Self> {
+        if config.tls {
+            return Err(Error::config(
+                "redis.url",
+                "TLS (rediss://) is not built into this version of resilient-backend-redis; \
+                 refusing to fall back to plain TCP",
+            ));
+        }
+        let link = |what: &str| {
+            Link::new(&config).map_err(|e| {
+                Error::config(format!("redis.url ({what})"), config.scrub(&e.to_string()))
+            })
+        };
+        Ok(Self {
+            data: link("data connection")?,
+            health: link("health connection")?,
+            config,
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    async fn query<T: FromRedisValue>(&self, operation: Operation, cmd: &Cmd) -> Result<T> {
+        let run = async {
+            let mut conn = self.data.conn().await?;
+            cmd.query_async::<T>(&mut conn).await
+        };
+        run.await.map_err(|e| classify(&self.config, operation, e))
+    }
+
+    async fn script<T: FromRedisValue>(
+        &self,
+        operation: Operation,
+        script: &redis::Script,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+    ) -> Result<T> {
+        let run = async {
+            let mut conn = self.data.conn().await?;
+            let mut invocation = script.prepare_invoke();
+            for key in keys {
+                invocation.key(*key);
+            }
+            for arg in args {
+                invocation.arg(*arg);
+            }
+            invocation.invoke_async::<T>(&mut conn).await
+        };
+        run.await.map_err(|e| classify(&self.config, operation, e))
+    }
+
+    fn data_key(&self, key: &str) -> Vec<u8> {
+        [self.config.prefix.as_bytes(), key.as_bytes()].concat()
+    }
+
+    fn lock_keys(&self, name: &str) -> (Vec<u8>, Vec<u8>) {
+        let lock = [
+            self.config.prefix.as_bytes(),
+            b"\0lock:{",
+            name.as_bytes(),
+            b"}",
+        ]
+        .concat();
+        let fence = [lock.as_slice(), b":fence"].concat();
+        (lock, fence)
+    }
+
+    fn grant(&self, name: &str, holder: &str, token: u64, ttl: Duration) -> LockGrant {
+        let mut grant = LockGrant::new(name, holder, FencingToken(token), ttl);
+        grant.backend.clone_from(&self.config.name);
+        grant
+    }
+
+    fn token(&self, operation: Operation, value: &Value) -> Result<u64> {
+        String::from_redis_value(value.clone())
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                bad_reply(
+                    &self.config,
+                    operation,
+                    "a fencing token that is not a number",
+                )
+            })
+    }
+}
+
+fn millis(ttl: Duration) -> Vec<u8> {
+    // The router caps TTLs at 100 years, far inside what PX takes; at least 1 ms.
+    ttl.as_millis().max(1).to_string().into_bytes()
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn scheme(&self) -> &str {
+        if self.config.cluster {
+            "redis+cluster"
+        } else {
+            "redis"
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+            .shared(true)
+            .native_ttl(true)
+            .locks(true)
+    }
+
+    async fn health_check(&self) -> Result<HealthProbe> {
+        let run = async {
+            let mut conn = self.health.conn().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        };
+        match run.await {
+            Ok(reply) if reply == "PONG" => Ok(HealthProbe::Healthy),
+            Ok(other) => Ok(HealthProbe::Degraded(format!("PING answered {other:?}"))),
+            Err(e) => Err(classify(&self.config, Operation::HealthCheck, e)),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let value: Option<Vec<u8>> = self
+            .query(Operation::Get, redis::cmd("GET").arg(self.data_key(key)))
+            .await?;
+        Ok(value.map(Bytes::from))
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.data_key(key)).arg(value.as_ref());
+        if let Some(ttl) = ttl {
+            cmd.arg("PX").arg(millis(ttl));
+        }
+        self.query::<()>(Operation::Set, &cmd).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let removed: u64 = self
+            .query(Operation::Delete, redis::cmd("DEL").arg(self.data_key(key)))
+            .await?;
+        Ok(removed > 0)
+    }
+
+    async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {
+        let op = Operation::AcquireLock;
+        let (lock, fence) = self.lock_keys(name);
+        let reply: Vec<Value> = self
+            .script(
+                op,
+                &scripts::ACQUIRE,
+                &[&lock, &fence],
+                &[holder.as_bytes(), &millis(ttl)],
+            )
+            .await?;
+        match reply.as_slice() {
+            [Value::Int(1), token] => Ok(LockOutcome::Acquired(self.grant(
+                name,
+                holder,
+                self.token(op, token)?,
+                ttl,
+            ))),
+            [Value::Int(0), _, current, pttl] => Ok(LockOutcome::Held {
+                holder: String::from_redis_value(current.clone()).ok(),
+                remaining: i64::from_redis_value(pttl.clone())
+                    .ok()
+                    .filter(|ms| *ms >= 0)
+                    .map(|ms| Duration::from_millis(ms as u64)),
+            }),
+            _ => Err(bad_reply(&self.config, op, "acquire script")),
+        }
+    }
+
+    async fn extend_lock(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<LockGrant>> {
+        let op = Operation::ExtendLock;
+        let (lock, _) = self.lock_keys(name);
+        let reply: Value = self
+            .script(
+                op,
+                &scripts::EXTEND,
+                &[&lock],
+                &[holder.as_bytes(), &millis(ttl)],
+            )
+            .await?;
+        match reply {
+            Value::Nil => Ok(None),
+            token => Ok(Some(self.grant(name, holder, self.token(op, &token)?, ttl))),
+        }
+    }
+
+    async fn release_lock(&self, name: &str, holder: &str) -> Result<bool> {
+        let (lock, _) = self.lock_keys(name);
+        let released: u64 = self
+            .script(
+                Operation::ReleaseLock,
+                &scripts::RELEASE,
+                &[&lock],
+                &[holder.as_bytes()],
+            )
+            .await?;
+        Ok(released > 0)
+    }
+}

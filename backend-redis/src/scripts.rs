@@ -1,0 +1,61 @@
+//! Lua scripts for the locks. Each runs atomically on the server and touches two keys that
+//! share a hash tag (the lock and its fencing counter), so it stays in one Cluster slot.
+//!
+//! The lock value is `<token>:<holder>`: the token is digits, so the first `:` separates them.
+//! Tokens travel as strings, so no Lua number formatting can mangle them.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// KEYS: lock, fence. ARGV: holder, ttl in ms.
+/// Returns `{1, token}` when granted (new, or extended for the same holder) or
+/// `{0, token, holder, pttl}` when another holder has it.
+pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local current = redis.call('GET', KEYS[1])
+if not current then
+  local token = string.format('%d', redis.call('INCR', KEYS[2]))
+  redis.call('SET', KEYS[1], token .. ':' .. ARGV[1], 'PX', ARGV[2])
+  return {1, token}
+end
+local sep = string.find(current, ':', 1, true)
+local token = string.sub(current, 1, sep - 1)
+local holder = string.sub(current, sep + 1)
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, token}
+end
+return {0, token, holder, redis.call('PTTL', KEYS[1])}
+",
+    )
+});
+
+/// KEYS: lock. ARGV: holder, ttl in ms. Returns the token when `holder` holds the lock (and
+/// its lease is reset to ttl), nil otherwise.
+pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local current = redis.call('GET', KEYS[1])
+if not current then return false end
+local sep = string.find(current, ':', 1, true)
+if string.sub(current, sep + 1) ~= ARGV[1] then return false end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return string.sub(current, 1, sep - 1)
+",
+    )
+});
+
+/// KEYS: lock. ARGV: holder. Deletes the lock when `holder` holds it; returns 1 then, else 0.
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+local sep = string.find(current, ':', 1, true)
+if string.sub(current, sep + 1) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+",
+    )
+});

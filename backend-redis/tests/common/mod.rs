@@ -1,0 +1,13 @@
+//! Building a Redis backend from a harness server's URL.
+
+#![allow(dead_code, unreachable_pub)]
+
+// rustc links only the crates a test names: this links the memory backend, the router's default
+// fallback, into every test that uses this module.
+use resilient_backend_memory as _;
+use resilient_backend_redis::{RedisBackend, RedisConfig};
+use resilient_core::BackendUrl;
+
+pub fn backend(url: &str) -> RedisBackend {
+    RedisBackend::new(RedisConfig::from_url(&BackendUrl::parse(url).unwrap()).unwrap()).unwrap()
+}
