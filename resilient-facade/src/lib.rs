@@ -10,6 +10,10 @@ pub use resilient_backend_memory as memory;
 #[cfg(feature = "redis")]
 pub use resilient_backend_redis as redis;
 
+/// The PostgreSQL backend (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub use resilient_backend_postgres as postgres;
+
 /// The types most programs need.
 pub mod prelude {
     pub use resilient_core::{

@@ -10,6 +10,9 @@ fn exactly_the_enabled_backends_are_registered() {
     if cfg!(feature = "redis") {
         expected.extend(["redis", "redis+cluster", "rediss", "rediss+cluster"]);
     }
+    if cfg!(feature = "postgres") {
+        expected.extend(["postgres", "postgresql"]);
+    }
     expected.sort_unstable();
     assert_eq!(resilient_storage::registry::schemes(), expected);
 }

@@ -17,9 +17,10 @@ const FEATURE_SETS: &[(&str, &str)] = &[
     ("", ""),
     ("memory", "memory"),
     ("redis", "redis,redis+cluster,rediss,rediss+cluster"),
+    ("postgres", "postgres,postgresql"),
     (
-        "memory,redis",
-        "memory,redis,redis+cluster,rediss,rediss+cluster",
+        "memory,redis,postgres",
+        "memory,postgres,postgresql,redis,redis+cluster,rediss,rediss+cluster",
     ),
 ];
 

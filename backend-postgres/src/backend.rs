@@ -1,0 +1,327 @@
+//! [`PostgresBackend`]: the [`Backend`] trait on a sqlx `PgPool`.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use resilient_core::{
+    Backend, Capabilities, Error, FencingToken, HealthProbe, LockGrant, LockOutcome, Operation,
+    Result,
+};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::watch;
+
+use crate::config::PostgresConfig;
+use crate::error::{classify, schema_missing};
+use crate::sql::Statements;
+
+/// PostgreSQL as a durable resilient-storage backend.
+///
+/// - Connects lazily: building one never waits for the server; the pool reconnects by itself.
+/// - Every call is bounded three times: the pool's acquire timeout, the server's
+///   `statement_timeout`, and a client-side timeout that holds even when the server is frozen.
+/// - Tables (logged, so a crash loses no acknowledged write) are created on the first call that
+///   reaches the server, under an advisory lock, so several processes may start at once.
+/// - Expiry is decided on the server's clock; a background sweeper deletes expired rows in
+///   bounded batches and stops on shutdown.
+/// - Locks are lease rows taken with one `INSERT ... ON CONFLICT ... WHERE expired OR same
+///   holder`, tokens from a sequence; not session advisory locks, which leak through pooled
+///   connections.
+/// - Health checks use a pool of their own, so a check never waits behind data calls.
+#[derive(Debug)]
+pub struct PostgresBackend {
+    config: PostgresConfig,
+    pool: PgPool,
+    health: PgPool,
+    sql: Statements,
+    schema_ready: AtomicBool,
+    schema_lock: tokio::sync::Mutex<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl PostgresBackend {
+    /// A backend with the given settings, and its sweeper task. Does not connect: the first call
+    /// does. Needs a tokio runtime.
+    pub fn new(config: PostgresConfig) -> Result<Arc<Self>> {
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .min_connections(0)
+            .acquire_timeout(config.acquire_timeout)
+            // Each call is bounded on the client; pinging before every acquire would double the
+            // latency of every call for nothing.
+            .test_before_acquire(false)
+            .connect_lazy_with(config.connect.clone());
+        let health = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(config.acquire_timeout)
+            .test_before_acquire(false)
+            .connect_lazy_with(config.connect.clone());
+        let backend = Arc::new(Self {
+            sql: Statements::new(&config.schema, &config.table),
+            config,
+            pool,
+            health,
+            schema_ready: AtomicBool::new(false),
+            schema_lock: tokio::sync::Mutex::new(()),
+            stop: watch::channel(false).0,
+        });
+        tokio::spawn(sweeper(Arc::downgrade(&backend), backend.stop.subscribe()));
+        Ok(backend)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &PostgresConfig {
+        &self.config
+    }
+
+    /// Deletes expired rows now, in batches; returns how many.
+    pub async fn sweep(&self) -> Result<u64> {
+        self.call(Operation::Delete, async {
+            let mut total = 0;
+            for statement in [&self.sql.sweep_values, &self.sql.sweep_locks] {
+                loop {
+                    let deleted = sqlx::query(statement.clone())
+                        .bind(i64::from(self.config.sweep_batch))
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected();
+                    total += deleted;
+                    if deleted < u64::from(self.config.sweep_batch) {
+                        break;
+                    }
+                }
+            }
+            Ok(total)
+        })
+        .await
+    }
+
+    /// Runs `work` after making sure the tables exist, under the client-side timeout.
+    async fn call<T>(
+        &self,
+        operation: Operation,
+        work: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T> {
+        let bounded = async {
+            self.ensure_schema().await?;
+            work.await
+        };
+        match tokio::time::timeout(self.config.query_timeout, bounded).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => {
+                if schema_missing(&err) {
+                    self.schema_ready.store(false, Ordering::Release);
+                }
+                Err(classify(&self.config, operation, err))
+            }
+            Err(_) => Err(Error::backend(
+                &self.config.name,
+                operation,
+                format!("no answer within {:?}", self.config.query_timeout),
+            )),
+        }
+    }
+
+    async fn ensure_schema(&self) -> Result<(), sqlx::Error> {
+        if self.schema_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _guard = self.schema_lock.lock().await;
+        if self.schema_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        // Serialises schema creation across processes: concurrent CREATE ... IF NOT EXISTS
+        // can still collide on the catalog.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(&self.sql.schema_key)
+            .execute(&mut *tx)
+            .await?;
+        for ddl in &self.sql.ddl {
+            sqlx::query(ddl.clone()).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        self.schema_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn grant(&self, name: &str, holder: &str, token: i64, ttl: Duration) -> LockGrant {
+        let mut grant = LockGrant::new(name, holder, FencingToken(token as u64), ttl);
+        grant.backend.clone_from(&self.config.name);
+        grant
+    }
+}
+
+impl Drop for PostgresBackend {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// Milliseconds as float8 for `$3::float8 * interval '1 millisecond'`.
+fn millis(ttl: Duration) -> f64 {
+    ttl.as_millis() as f64
+}
+
+async fn sweeper(backend: Weak<PostgresBackend>, mut stop: watch::Receiver<bool>) {
+    let Some(interval) = backend.upgrade().map(|b| b.config.sweep_interval) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let Some(backend) = backend.upgrade() else {
+            return;
+        };
+        match backend.sweep().await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::debug!(backend = %backend.config.name, rows = n, "swept expired rows")
+            }
+            Err(e) => tracing::debug!(backend = %backend.config.name, error = %e, "sweep failed"),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for PostgresBackend {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn scheme(&self) -> &str {
+        "postgres"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new().shared(true).durable(true).locks(true)
+    }
+
+    async fn health_check(&self) -> Result<HealthProbe> {
+        let check =
+            sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()").fetch_one(&self.health);
+        match tokio::time::timeout(self.config.query_timeout, check).await {
+            Ok(Ok(false)) => Ok(HealthProbe::Healthy),
+            Ok(Ok(true)) => Ok(HealthProbe::Degraded(
+                "server is in recovery (a read-only standby)".to_owned(),
+            )),
+            Ok(Err(e)) => Err(classify(&self.config, Operation::HealthCheck, e)),
+            Err(_) => Err(Error::backend(
+                &self.config.name,
+                Operation::HealthCheck,
+                format!("no answer within {:?}", self.config.query_timeout),
+            )),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let value: Option<Vec<u8>> = self
+            .call(Operation::Get, async {
+                sqlx::query_scalar(self.sql.get.clone())
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await
+            })
+            .await?;
+        Ok(value.map(Bytes::from))
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
+        self.call(Operation::Set, async {
+            sqlx::query(self.sql.set.clone())
+                .bind(key)
+                .bind(value.as_ref())
+                .bind(ttl.map(millis))
+                .execute(&self.pool)
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let live: Option<bool> = self
+            .call(Operation::Delete, async {
+                sqlx::query_scalar(self.sql.delete.clone())
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await
+            })
+            .await?;
+        Ok(live.unwrap_or(false))
+    }
+
+    async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {
+        let op = Operation::AcquireLock;
+        let token: Option<i64> = self
+            .call(op, async {
+                sqlx::query_scalar(self.sql.acquire.clone())
+                    .bind(name)
+                    .bind(holder)
+                    .bind(millis(ttl))
+                    .fetch_optional(&self.pool)
+                    .await
+            })
+            .await?;
+        if let Some(token) = token {
+            return Ok(LockOutcome::Acquired(self.grant(name, holder, token, ttl)));
+        }
+        // Held by someone else. Who, and for how long, is informational and may have changed.
+        let current: Option<(String, f64)> = self
+            .call(op, async {
+                sqlx::query_as(self.sql.lock_holder.clone())
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await
+            })
+            .await?;
+        Ok(LockOutcome::Held {
+            holder: current.as_ref().map(|(h, _)| h.clone()),
+            remaining: current.map(|(_, ms)| Duration::from_secs_f64(ms.max(0.0) / 1e3)),
+        })
+    }
+
+    async fn extend_lock(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<LockGrant>> {
+        let token: Option<i64> = self
+            .call(Operation::ExtendLock, async {
+                sqlx::query_scalar(self.sql.extend.clone())
+                    .bind(name)
+                    .bind(holder)
+                    .bind(millis(ttl))
+                    .fetch_optional(&self.pool)
+                    .await
+            })
+            .await?;
+        Ok(token.map(|token| self.grant(name, holder, token, ttl)))
+    }
+
+    async fn release_lock(&self, name: &str, holder: &str) -> Result<bool> {
+        let released = self
+            .call(Operation::ReleaseLock, async {
+                sqlx::query(self.sql.release.clone())
+                    .bind(name)
+                    .bind(holder)
+                    .execute(&self.pool)
+                    .await
+            })
+            .await?;
+        Ok(released.rows_affected() > 0)
+    }
+
+    async fn shutdown(&self) {
+        self.stop.send_replace(true);
+        self.pool.close().await;
+        self.health.close().await;
+    }
+}

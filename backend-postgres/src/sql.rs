@@ -1,0 +1,99 @@
+//! Every statement, built once from the validated schema and table names. Values travel only
+//! as bind parameters.
+
+use std::sync::Arc;
+
+use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
+
+/// Prepared statement texts, cheap to clone per call.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    pub(crate) ddl: Vec<SqlStr>,
+    pub(crate) get: SqlStr,
+    pub(crate) set: SqlStr,
+    pub(crate) delete: SqlStr,
+    pub(crate) acquire: SqlStr,
+    pub(crate) lock_holder: SqlStr,
+    pub(crate) extend: SqlStr,
+    pub(crate) release: SqlStr,
+    pub(crate) sweep_values: SqlStr,
+    pub(crate) sweep_locks: SqlStr,
+    pub(crate) schema_key: String,
+}
+
+fn sql(text: String) -> SqlStr {
+    // Audited: only identifiers validated by `config::identifier` are interpolated, and quoted.
+    AssertSqlSafe(Arc::<str>::from(text)).into_sql_str()
+}
+
+impl Statements {
+    pub(crate) fn new(schema: &str, table: &str) -> Self {
+        let values = format!(r#""{schema}"."{table}""#);
+        let locks = format!(r#""{schema}"."{table}_locks""#);
+        let fence = format!(r#""{schema}"."{table}_fence""#);
+        // A TTL travels as milliseconds (float8, exact up to 2^53) and expiry is computed on the
+        // server's clock: `now()` is the statement's transaction time.
+        let expiry = "now() + $3::float8 * interval '1 millisecond'";
+        Self {
+            ddl: vec![
+                sql(format!(r#"CREATE SCHEMA IF NOT EXISTS "{schema}""#)),
+                sql(format!(
+                    "CREATE TABLE IF NOT EXISTS {values} (\
+                     key text PRIMARY KEY, value bytea NOT NULL, expires_at timestamptz)"
+                )),
+                sql(format!(
+                    r#"CREATE INDEX IF NOT EXISTS "{table}_expires_at" ON {values} (expires_at) WHERE expires_at IS NOT NULL"#
+                )),
+                sql(format!(
+                    "CREATE TABLE IF NOT EXISTS {locks} (\
+                     name text PRIMARY KEY, holder text NOT NULL, token bigint NOT NULL, \
+                     expires_at timestamptz NOT NULL)"
+                )),
+                sql(format!("CREATE SEQUENCE IF NOT EXISTS {fence}")),
+            ],
+            get: sql(format!(
+                "SELECT value FROM {values} WHERE key = $1 AND (expires_at IS NULL OR expires_at > now())"
+            )),
+            set: sql(format!(
+                "INSERT INTO {values} (key, value, expires_at) VALUES ($1, $2, {expiry}) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at"
+            )),
+            delete: sql(format!(
+                "DELETE FROM {values} WHERE key = $1 RETURNING (expires_at IS NULL OR expires_at > now())"
+            )),
+            // Granted when the lease is free, expired, or already the caller's (then extended,
+            // keeping its token). The token comes from a sequence, so it only grows.
+            acquire: sql(format!(
+                "INSERT INTO {locks} AS l (name, holder, token, expires_at) \
+                 VALUES ($1, $2, nextval('{fence}'), {expiry}) \
+                 ON CONFLICT (name) DO UPDATE SET \
+                   holder = EXCLUDED.holder, \
+                   token = CASE WHEN l.holder = EXCLUDED.holder AND l.expires_at > now() \
+                                THEN l.token ELSE EXCLUDED.token END, \
+                   expires_at = EXCLUDED.expires_at \
+                 WHERE l.expires_at <= now() OR l.holder = EXCLUDED.holder \
+                 RETURNING token"
+            )),
+            lock_holder: sql(format!(
+                "SELECT holder, (extract(epoch FROM expires_at - now()) * 1000)::float8 \
+                 FROM {locks} WHERE name = $1 AND expires_at > now()"
+            )),
+            extend: sql(format!(
+                "UPDATE {locks} SET expires_at = {expiry} \
+                 WHERE name = $1 AND holder = $2 AND expires_at > now() RETURNING token"
+            )),
+            release: sql(format!(
+                "DELETE FROM {locks} WHERE name = $1 AND holder = $2 AND expires_at > now()"
+            )),
+            sweep_values: sql(format!(
+                "DELETE FROM {values} WHERE ctid = ANY(ARRAY(\
+                 SELECT ctid FROM {values} WHERE expires_at <= now() LIMIT $1))"
+            )),
+            sweep_locks: sql(format!(
+                "DELETE FROM {locks} WHERE ctid = ANY(ARRAY(\
+                 SELECT ctid FROM {locks} WHERE expires_at <= now() LIMIT $1))"
+            )),
+            schema_key: format!("resilient-storage:{schema}.{table}"),
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The PostgreSQL backend passes the shared conformance suite, stores long random keys and
+//! SQL-shaped keys verbatim, and sweeps expired rows.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use resilient_core::Backend;
+use resilient_core::key::MAX_KEY_LEN_BOUND;
+use resilient_core::testing::conformance;
+use resilient_test_support::PostgresServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_passes_the_conformance_suite() {
+    let server = PostgresServer::start().unwrap();
+    conformance::run(&*common::backend(&server.url())).await;
+}
+
+fn random_key(len: usize) -> String {
+    let mut key = String::with_capacity(len);
+    while key.len() < len {
+        let c = loop {
+            // Any scalar value but NUL, all planes.
+            if let Some(c) = char::from_u32(fastrand::u32(1..=0x10FFFF)) {
+                break c;
+            }
+        };
+        if key.len() + c.len_utf8() <= len {
+            key.push(c);
+        } else {
+            key.push('a');
+        }
+    }
+    key
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_the_maximum_length_in_random_utf8_are_stored_and_read_back() {
+    let server = PostgresServer::start().unwrap();
+    let backend = common::backend(&server.url());
+    let keys: Vec<String> = (0..200).map(|_| random_key(MAX_KEY_LEN_BOUND)).collect();
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(key.len(), MAX_KEY_LEN_BOUND);
+        backend
+            .set(key, Bytes::from(i.to_string()), None)
+            .await
+            .unwrap();
+    }
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(
+            backend.get(key).await.unwrap().as_deref(),
+            Some(i.to_string().as_bytes())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_shaped_like_sql_injection_are_stored_verbatim_and_the_tables_survive() {
+    let server = PostgresServer::start().unwrap();
+    let backend = common::backend(&server.url());
+    let nasty = [
+        "'; DROP TABLE resilient_kv; --",
+        "'); DELETE FROM resilient_kv_locks; --",
+        "\\'; TRUNCATE resilient_kv CASCADE; --",
+        "$1; DROP SCHEMA public CASCADE",
+        "\" OR 1=1 --",
+    ];
+    for (i, key) in nasty.iter().enumerate() {
+        backend
+            .set(key, Bytes::from(format!("v{i}")), None)
+            .await
+            .unwrap();
+        assert!(
+            backend
+                .acquire_lock(key, key, Duration::from_secs(30))
+                .await
+                .unwrap()
+                .is_acquired()
+        );
+    }
+    for (i, key) in nasty.iter().enumerate() {
+        assert_eq!(
+            backend.get(key).await.unwrap().as_deref(),
+            Some(format!("v{i}").as_bytes())
+        );
+    }
+    assert_eq!(
+        server.psql("SELECT count(*) FROM resilient_kv").unwrap(),
+        "5"
+    );
+    assert_eq!(
+        server
+            .psql("SELECT count(*) FROM resilient_kv_locks")
+            .unwrap(),
+        "5"
+    );
+    assert_eq!(
+        server
+            .psql("SELECT key FROM resilient_kv ORDER BY key LIMIT 1")
+            .unwrap(),
+        "\" OR 1=1 --"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_rows_are_invisible_and_the_sweeper_removes_them() {
+    let server = PostgresServer::start().unwrap();
+    let backend = common::backend(&format!(
+        "{}?sweep_interval=200ms&sweep_batch=7",
+        server.url()
+    ));
+    for i in 0..50 {
+        backend
+            .set(
+                &format!("short{i}"),
+                Bytes::from_static(b"v"),
+                Some(Duration::from_millis(100)),
+            )
+            .await
+            .unwrap();
+    }
+    backend
+        .set("kept", Bytes::from_static(b"v"), None)
+        .await
+        .unwrap();
+    assert!(
+        backend
+            .acquire_lock("lease", "a", Duration::from_millis(100))
+            .await
+            .unwrap()
+            .is_acquired()
+    );
+    let set_at = std::time::Instant::now();
+    let give_up = set_at + Duration::from_secs(10);
+    // Expiry shows at once through get, whether or not the sweeper has run.
+    while backend.get("short49").await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the TTL was never honoured"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        set_at.elapsed() >= Duration::from_millis(90),
+        "not expired before its TTL"
+    );
+    for i in 0..50 {
+        assert_eq!(backend.get(&format!("short{i}")).await.unwrap(), None);
+    }
+    loop {
+        let rows = server.psql("SELECT count(*) FROM resilient_kv").unwrap();
+        let leases = server
+            .psql("SELECT count(*) FROM resilient_kv_locks")
+            .unwrap();
+        if rows == "1" && leases == "0" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "sweeper left {rows} rows and {leases} leases"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(backend.get("kept").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_backends_in_separate_schemas_do_not_see_each_other() {
+    let server = PostgresServer::start().unwrap();
+    let a = common::backend(&format!("{}?schema=tenant_a", server.url()));
+    let b = common::backend(&format!("{}?schema=tenant_b&table=cache", server.url()));
+    a.set("k", Bytes::from_static(b"a"), None).await.unwrap();
+    assert_eq!(b.get("k").await.unwrap(), None);
+    assert_eq!(
+        server
+            .psql("SELECT count(*) FROM tenant_a.resilient_kv")
+            .unwrap(),
+        "1"
+    );
+    assert_eq!(
+        server.psql("SELECT count(*) FROM tenant_b.cache").unwrap(),
+        "0"
+    );
+}
+
+#[test]
+fn both_postgres_schemes_are_registered() {
+    let schemes = resilient_core::registry::schemes();
+    assert!(
+        schemes.contains(&"postgres") && schemes.contains(&"postgresql"),
+        "{schemes:?}"
+    );
+    resilient_backend_postgres::register().expect("registering again is a no-op");
+}
