@@ -34,9 +34,9 @@ use sqlx::postgres::PgConnectOptions;
 /// Schema and table names are identifiers: lowercase ASCII letters, digits and `_`, starting with
 /// a letter or `_`, at most 50 bytes.
 ///
-/// TLS: `sslmode=require`, `verify-ca` and `verify-full` are refused with an error unless the
-/// crate is built with TLS support; a connection that must be encrypted is never made in plain
-/// text.
+/// TLS as libpq spells it: `sslmode=require` encrypts, `verify-ca` also checks the certificate's
+/// chain against `sslrootcert` (or the webpki roots), `verify-full` also checks the host name. A
+/// mode that requires TLS fails when the server does not offer it: never a silent downgrade.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct PostgresConfig {

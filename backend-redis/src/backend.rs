@@ -7,7 +7,7 @@ use bytes::Bytes;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, FromRedisValue, RedisFuture, RedisResult, Value};
+use redis::{Cmd, FromRedisValue, RedisFuture, RedisResult, TlsCertificates, Value};
 use resilient_core::{
     Backend, Capabilities, Error, FencingToken, HealthProbe, LockGrant, LockOutcome, Operation,
     Result,
@@ -89,9 +89,13 @@ impl ConnectionLike for Conn {
 }
 
 impl Link {
-    fn new(config: &RedisConfig) -> RedisResult<Self> {
+    fn new(config: &RedisConfig, certificates: Option<&TlsCertificates>) -> RedisResult<Self> {
         if config.cluster {
-            let client = ClusterClient::builder(config.nodes.clone())
+            let mut builder = ClusterClient::builder(config.nodes.clone());
+            if let Some(certificates) = certificates {
+                builder = builder.certs(certificates.clone());
+            }
+            let client = builder
                 .connection_timeout(config.connect_timeout)
                 .response_timeout(config.response_timeout)
                 .retries(config.reconnect_retries as u32)
@@ -103,7 +107,12 @@ impl Link {
                 connection: OnceCell::new(),
             })))
         } else {
-            let client = redis::Client::open(config.nodes[0].as_str())?;
+            let client = match certificates {
+                Some(certificates) => {
+                    redis::Client::build_with_tls(config.nodes[0].as_str(), certificates.clone())?
+                }
+                None => redis::Client::open(config.nodes[0].as_str())?,
+            };
             let manager = ConnectionManagerConfig::new()
                 .set_response_timeout(Some(config.response_timeout))
                 .set_connection_timeout(Some(config.connect_timeout))
@@ -133,15 +142,26 @@ impl Link {
 impl RedisBackend {
     /// A backend with the given settings. Does not connect: the first call does.
     pub fn new(config: RedisConfig) -> Result<Self> {
-        if config.tls {
-            return Err(Error::config(
-                "redis.url",
-                "TLS (rediss://) is not built into this version of resilient-backend-redis; \
-                 refusing to fall back to plain TCP",
-            ));
-        }
+        let certificates = if config.tls {
+            // A process may already have chosen a provider; either way one is installed.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            match &config.ca_cert {
+                Some(path) => Some(TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(path).map_err(|e| {
+                        Error::config(
+                            "redis.ca_cert",
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?),
+                }),
+                None => None,
+            }
+        } else {
+            None
+        };
         let link = |what: &str| {
-            Link::new(&config).map_err(|e| {
+            Link::new(&config, certificates.as_ref()).map_err(|e| {
                 Error::config(format!("redis.url ({what})"), config.scrub(&e.to_string()))
             })
         };

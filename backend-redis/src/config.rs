@@ -13,7 +13,7 @@ use resilient_core::{BackendUrl, Error, Result};
 /// ```text
 /// redis://[user:password@]host:port[/db][?options]
 /// redis+cluster://[user:password@]host1:port1,host2:port2[?options]
-/// rediss://...           TLS (needs the `tls` feature; never downgraded to plain TCP)
+/// rediss://...           TLS, verified against the system's roots or `ca_cert`
 /// rediss+cluster://...   TLS to a cluster
 /// ```
 ///
@@ -25,6 +25,7 @@ use resilient_core::{BackendUrl, Error, Result};
 /// | `connect_timeout` | `500ms` | a connection attempt without a handshake by then fails |
 /// | `reconnect_retries` | `1` | extra connection attempts per reconnect |
 /// | `reconnect_max_delay` | `500ms` | the longest wait between those attempts |
+/// | `ca_cert` | system roots | PEM file of the CA that signed the server's certificate (`rediss` only) |
 ///
 /// Any other option (`protocol=resp3`, ...) is passed to the redis crate. Durations are written
 /// like `250ms` or `2s`.
@@ -53,6 +54,8 @@ pub struct RedisConfig {
     pub reconnect_retries: usize,
     /// See the option table.
     pub reconnect_max_delay: Duration,
+    /// See the option table.
+    pub ca_cert: Option<std::path::PathBuf>,
     pub(crate) secrets: Vec<String>,
 }
 
@@ -71,6 +74,7 @@ impl fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("reconnect_retries", &self.reconnect_retries)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("ca_cert", &self.ca_cert)
             .finish()
     }
 }
@@ -111,6 +115,7 @@ impl RedisConfig {
             connect_timeout: Duration::from_millis(500),
             reconnect_retries: 1,
             reconnect_max_delay: Duration::from_millis(500),
+            ca_cert: None,
             secrets: Vec::new(),
         };
         if let Some(password) = userinfo.and_then(|u| u.split_once(':')).map(|(_, p)| p) {
@@ -137,6 +142,12 @@ impl RedisConfig {
                 "response_timeout" => config.response_timeout = duration(&field, value)?,
                 "connect_timeout" => config.connect_timeout = duration(&field, value)?,
                 "reconnect_max_delay" => config.reconnect_max_delay = duration(&field, value)?,
+                "ca_cert" if !value.is_empty() => {
+                    if !tls {
+                        return Err(Error::config(field, "needs a rediss:// URL"));
+                    }
+                    config.ca_cert = Some(percent_decode(value).into());
+                }
                 "reconnect_retries" => {
                     config.reconnect_retries = value
                         .parse()

@@ -45,14 +45,3 @@ fn every_redis_scheme_is_registered() {
     }
     resilient_backend_redis::register().expect("registering again is a no-op");
 }
-
-#[tokio::test]
-async fn tls_is_refused_rather_than_downgraded() {
-    let url = resilient_core::BackendUrl::parse("rediss://127.0.0.1:6380").unwrap();
-    let err = resilient_backend_redis::RedisBackend::new(
-        resilient_backend_redis::RedisConfig::from_url(&url).unwrap(),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("refusing to fall back to plain TCP"), "{err}");
-}

@@ -7,6 +7,7 @@
 //!   abort.
 //! - Handles kill (SIGKILL), freeze (SIGSTOP), thaw (SIGCONT) and restart a server on the same
 //!   port and data directory.
+//! - [`TestCertificates`] makes a CA and a server certificate, for servers that speak TLS.
 //! - [`FaultProxy`] sits between a client and a server and injects latency, blackholes,
 //!   refusals, resets and truncated replies while traffic flows.
 //!
@@ -18,6 +19,7 @@ mod postgres;
 mod process;
 mod proxy;
 mod redis;
+mod tls;
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 
@@ -26,6 +28,7 @@ pub use postgres::PostgresServer;
 pub use process::{ServerProcess, pid_alive};
 pub use proxy::{FaultProxy, ProxyMode};
 pub use redis::{RedisCluster, RedisOptions, RedisServer};
+pub use tls::TestCertificates;
 
 /// Anything that can go wrong starting or handling a server.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;

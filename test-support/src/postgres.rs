@@ -11,7 +11,7 @@ use nix::unistd::{Pid, User, geteuid};
 use tempfile::TempDir;
 
 use crate::process::{ServerProcess, wait_ready};
-use crate::{Result, binaries, free_port};
+use crate::{Result, TestCertificates, binaries, free_port};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -35,6 +35,12 @@ pub struct PostgresServer {
 impl PostgresServer {
     /// Creates a cluster and starts it.
     pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Creates a cluster and starts it; with `tls`, the server offers TLS (`ssl=on`) with those
+    /// certificates, and still accepts plain connections.
+    pub fn start_with(tls: Option<&TestCertificates>) -> Result<Self> {
         let initdb = binaries::find("initdb", "postgresql")?;
         let postgres = binaries::find("postgres", "postgresql")?;
         let pg_ctl = binaries::find("pg_ctl", "postgresql")?;
@@ -78,10 +84,34 @@ impl PostgresServer {
                 format!("initdb failed: {}", String::from_utf8_lossy(&output.stderr)).into(),
             );
         }
+        let mut ssl = Vec::new();
+        if let Some(tls) = tls {
+            // The server reads its key as its own user, and only from a 0600 file.
+            for (name, source) in [("server.crt", tls.cert()), ("server.key", tls.key())] {
+                let target = root.path().join(name);
+                std::fs::copy(&source, &target)?;
+                std::fs::set_permissions(
+                    &target,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )?;
+                if let Some(user) = &run_as {
+                    let user = User::from_name(user)?.ok_or("the postgres user vanished")?;
+                    chown(&target, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
+                }
+            }
+            ssl = vec![
+                "-c".to_owned(),
+                "ssl=on".to_owned(),
+                "-c".to_owned(),
+                format!("ssl_cert_file={}", root.path().join("server.crt").display()),
+                "-c".to_owned(),
+                format!("ssl_key_file={}", root.path().join("server.key").display()),
+            ];
+        }
         let mut last_error = None;
         for _ in 0..5 {
             let port = free_port()?;
-            let args = vec![
+            let mut args = vec![
                 "-D".to_owned(),
                 data.to_string_lossy().into_owned(),
                 "-p".to_owned(),
@@ -93,6 +123,7 @@ impl PostgresServer {
                 "-c".to_owned(),
                 "max_connections=200".to_owned(),
             ];
+            args.extend(ssl.iter().cloned());
             let process = ServerProcess::start(
                 "postgres",
                 postgres.clone(),

@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
 use crate::process::{ServerProcess, wait_ready};
-use crate::{Result, binaries, free_port};
+use crate::{Result, TestCertificates, binaries, free_port};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -22,6 +22,8 @@ pub struct RedisOptions {
     pub appendonly: bool,
     /// Require this password (`requirepass`).
     pub password: Option<String>,
+    /// Speak only TLS, with these certificates (clients are not asked for one).
+    pub tls: Option<std::sync::Arc<TestCertificates>>,
     cluster: bool,
 }
 
@@ -35,6 +37,12 @@ impl RedisOptions {
     /// Sets [`password`](Self::password).
     pub fn password(mut self, password: impl Into<String>) -> Self {
         self.password = Some(password.into());
+        self
+    }
+
+    /// Sets [`tls`](Self::tls).
+    pub fn tls(mut self, certificates: std::sync::Arc<TestCertificates>) -> Self {
+        self.tls = Some(certificates);
         self
     }
 }
@@ -92,6 +100,18 @@ impl RedisServer {
     fn wait_ready(&mut self) -> Result<()> {
         let addr = self.addr();
         let password = self.options.password.clone();
+        if let Some(tls) = self.options.tls.clone() {
+            let cli = binaries::find("redis-cli", "redis-tools")?;
+            let port = self.port.to_string();
+            return wait_ready(&mut self.process, READY_TIMEOUT, || {
+                Command::new(&cli)
+                    .args(["--tls", "--cacert"])
+                    .arg(tls.ca())
+                    .args(["-h", "127.0.0.1", "-p", &port, "PING"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+            });
+        }
         wait_ready(&mut self.process, READY_TIMEOUT, || {
             let mut auth = vec![];
             if let Some(p) = &password {
@@ -112,11 +132,16 @@ impl RedisServer {
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port))
     }
 
-    /// `redis://[:password@]127.0.0.1:port`.
+    /// `redis://[:password@]127.0.0.1:port`, or `rediss://` for a TLS server.
     pub fn url(&self) -> String {
+        let scheme = if self.options.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         match &self.options.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
     }
 
@@ -164,9 +189,15 @@ impl RedisServer {
 }
 
 fn args(port: u16, dir: &Path, options: &RedisOptions) -> Vec<String> {
+    let (plain_port, tls_port) = match options.tls {
+        Some(_) => ("0".to_owned(), port.to_string()),
+        None => (port.to_string(), "0".to_owned()),
+    };
     let mut args: Vec<String> = [
         "--port",
-        &port.to_string(),
+        &plain_port,
+        "--tls-port",
+        &tls_port,
         "--bind",
         "127.0.0.1",
         "--protected-mode",
@@ -187,6 +218,16 @@ fn args(port: u16, dir: &Path, options: &RedisOptions) -> Vec<String> {
     .collect();
     if let Some(p) = &options.password {
         args.extend(["--requirepass".to_owned(), p.clone()]);
+    }
+    if let Some(tls) = &options.tls {
+        for (option, path) in [
+            ("--tls-cert-file", tls.cert()),
+            ("--tls-key-file", tls.key()),
+            ("--tls-ca-cert-file", tls.ca()),
+        ] {
+            args.extend([option.to_owned(), path.to_string_lossy().into_owned()]);
+        }
+        args.extend(["--tls-auth-clients".to_owned(), "no".to_owned()]);
     }
     if options.cluster {
         args.extend(
