@@ -1,5 +1,6 @@
 //! [`RedisBackend`]: the [`Backend`] trait on the redis crate.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,6 +33,9 @@ pub struct RedisBackend {
     config: RedisConfig,
     data: Link,
     health: Link,
+    // Set when a data call lost its connection; the next passing health check reconnects the
+    // data link too, so the breaker's first probe after an outage finds a fresh connection.
+    data_broken: AtomicBool,
 }
 
 enum Link {
@@ -168,6 +172,7 @@ impl RedisBackend {
         Ok(Self {
             data: link("data connection")?,
             health: link("health connection")?,
+            data_broken: AtomicBool::new(false),
             config,
         })
     }
@@ -182,7 +187,29 @@ impl RedisBackend {
             let mut conn = self.data.conn().await?;
             cmd.query_async::<T>(&mut conn).await
         };
-        run.await.map_err(|e| classify(&self.config, operation, e))
+        run.await.map_err(|e| self.failed(operation, e))
+    }
+
+    fn failed(&self, operation: Operation, err: redis::RedisError) -> Error {
+        if err.is_io_error() || err.is_connection_dropped() {
+            self.data_broken.store(true, Ordering::Relaxed);
+        }
+        classify(&self.config, operation, err)
+    }
+
+    /// PING on `link`, retried once after a connection-level error: after an outage the
+    /// connection manager hands the next call the failure of the last reconnect attempt, made
+    /// while the server was still down, and only then reconnects; the retry waits on that
+    /// fresh reconnect.
+    async fn ping(link: &Link) -> RedisResult<String> {
+        let ping = || async {
+            let mut conn = link.conn().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        };
+        match ping().await {
+            Err(e) if e.is_io_error() || e.is_connection_dropped() => ping().await,
+            other => other,
+        }
     }
 
     async fn script<T: FromRedisValue>(
@@ -203,7 +230,7 @@ impl RedisBackend {
             }
             invocation.invoke_async::<T>(&mut conn).await
         };
-        run.await.map_err(|e| classify(&self.config, operation, e))
+        run.await.map_err(|e| self.failed(operation, e))
     }
 
     fn data_key(&self, key: &str) -> Vec<u8> {
@@ -269,12 +296,15 @@ impl Backend for RedisBackend {
     }
 
     async fn health_check(&self) -> Result<HealthProbe> {
-        let run = async {
-            let mut conn = self.health.conn().await?;
-            redis::cmd("PING").query_async::<String>(&mut conn).await
-        };
-        match run.await {
-            Ok(reply) if reply == "PONG" => Ok(HealthProbe::Healthy),
+        match Self::ping(&self.health).await {
+            Ok(reply) if reply == "PONG" => {
+                if self.data_broken.swap(false, Ordering::Relaxed)
+                    && Self::ping(&self.data).await.is_err()
+                {
+                    self.data_broken.store(true, Ordering::Relaxed);
+                }
+                Ok(HealthProbe::Healthy)
+            }
             Ok(other) => Ok(HealthProbe::Degraded(format!("PING answered {other:?}"))),
             Err(e) => Err(classify(&self.config, Operation::HealthCheck, e)),
         }

@@ -5,7 +5,10 @@
 //!   per-feature registry check, and a crate outside the workspace that must see exactly the
 //!   enabled backends.
 //! - `lint`: `cargo fmt --check`, clippy with `-D warnings`, and docs with `-D warnings`.
-//! - `ci`: `lint`, then `test`.
+//! - `ci`: `lint`, the benchmarks built (`cargo bench --no-run`), then `test`.
+//! - `bench`: installs the servers when missing, runs the criterion suite against throwaway
+//!   servers, and writes `target/criterion/summary.md`: each figure as a ratio to its baseline
+//!   from the same run, against the goal.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -29,9 +32,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("lint") => lint(),
-        Some("ci") => lint().and_then(|()| test()),
+        Some("ci") => lint().and_then(|()| bench_build()).and_then(|()| test()),
+        Some("bench") => bench(),
         _ => {
-            eprintln!("usage: cargo xtask <test|lint|ci>");
+            eprintln!("usage: cargo xtask <test|lint|ci|bench>");
             return ExitCode::from(2);
         }
     };
@@ -235,4 +239,172 @@ fn outside_crate(features: &str, expected: &str) -> Result<(), String> {
     }
     eprintln!("xtask: {what}: schemes {seen:?} as expected");
     Ok(())
+}
+
+fn bench_build() -> Result<(), String> {
+    run(
+        "benchmarks build",
+        cargo().args(["bench", "-p", "resilient-benches", "--no-run"]),
+    )
+}
+
+fn bench() -> Result<(), String> {
+    ensure_servers()?;
+    run(
+        "benchmarks",
+        cargo().args(["bench", "-p", "resilient-benches"]),
+    )?;
+    let summary = summary()?;
+    let path = root().join("target/criterion/summary.md");
+    std::fs::write(&path, &summary).map_err(|e| format!("write {}: {e}", path.display()))?;
+    println!("{summary}");
+    eprintln!("xtask: summary written to {}", path.display());
+    Ok(())
+}
+
+/// Criterion groups compared with their baseline: (group, what, how the ratio is read, goal).
+/// `Lower` ratios are time over baseline time; `Higher` ratios are throughput over baseline.
+const GROUPS: &[(&str, &str, Goal)] = &[
+    (
+        "memory_get",
+        "memory get (hit), through ResilientStorage vs moka get",
+        Goal::AtMost(1.3),
+    ),
+    (
+        "memory_set",
+        "memory set, through ResilientStorage vs moka insert",
+        Goal::AtMost(1.3),
+    ),
+    (
+        "redis_get",
+        "Redis get, one task, vs the redis crate's ConnectionManager",
+        Goal::AtMost(1.05),
+    ),
+    (
+        "redis_get_64_tasks",
+        "Redis get, 64 concurrent tasks, throughput vs the same direct",
+        Goal::ThroughputAtLeast(0.95),
+    ),
+    (
+        "postgres_get",
+        "PostgreSQL get vs sqlx with the same SQL",
+        Goal::AtMost(1.05),
+    ),
+    (
+        "postgres_set",
+        "PostgreSQL set vs sqlx with the same SQL",
+        Goal::AtMost(1.05),
+    ),
+    (
+        "breaker_closed",
+        "breaker admit and record, closed, vs failsafe",
+        Goal::AtMost(1.0),
+    ),
+    (
+        "routing_3_backends",
+        "routing over 3 backends vs 1, primary healthy",
+        Goal::AtMost(1.1),
+    ),
+];
+
+#[derive(Clone, Copy)]
+enum Goal {
+    AtMost(f64),
+    ThroughputAtLeast(f64),
+}
+
+fn mean_ns(group: &str, function: &str) -> Result<f64, String> {
+    let path = root().join(format!(
+        "target/criterion/{group}/{function}/new/estimates.json"
+    ));
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    json["mean"]["point_estimate"]
+        .as_f64()
+        .ok_or_else(|| format!("no mean in {}", path.display()))
+}
+
+fn custom(name: &str) -> Result<serde_json::Value, String> {
+    let path = root().join(format!("target/criterion/resilient-custom/{name}.json"));
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}
+
+fn summary() -> Result<String, String> {
+    let mut out = String::from(
+        "# resilient-storage benchmarks\n\nEvery figure is measured in the same run as its baseline.\n\n\
+         | benchmark | resilient | baseline | ratio | goal | met |\n|---|---|---|---|---|---|\n",
+    );
+    let time = |ns: f64| {
+        if ns >= 1e6 {
+            format!("{:.2} ms", ns / 1e6)
+        } else if ns >= 1e3 {
+            format!("{:.2} µs", ns / 1e3)
+        } else {
+            format!("{ns:.1} ns")
+        }
+    };
+    for (group, what, goal) in GROUPS {
+        let ours = mean_ns(group, "resilient")?;
+        let base = mean_ns(group, "baseline")?;
+        let (ratio, goal_text, met) = match goal {
+            Goal::AtMost(limit) => (ours / base, format!("≤ {limit}x"), ours / base <= *limit),
+            Goal::ThroughputAtLeast(limit) => (
+                base / ours,
+                format!("throughput ≥ {limit}x"),
+                base / ours >= *limit,
+            ),
+        };
+        out.push_str(&format!(
+            "| {what} | {} | {} | {ratio:.3}x | {goal_text} | {} |\n",
+            time(ours),
+            time(base),
+            if met { "yes" } else { "**no**" }
+        ));
+    }
+    let latency = custom("latency_aware_vs_failover")?;
+    let p99 = |s: &str| {
+        latency["strategies"][s]["p99_us"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    };
+    let ratio = latency["p99_ratio"].as_f64().unwrap_or(f64::NAN);
+    out.push_str(&format!(
+        "| p99 of LatencyAware vs Failover, primary +5 ms (fault proxy) | {:.0} µs | {:.0} µs | {ratio:.3}x | ≤ 0.3x | {} |\n",
+        p99("latency_aware"),
+        p99("failover"),
+        if ratio <= 0.3 { "yes" } else { "**no**" }
+    ));
+    for config in ["defaults", "fast_failback"] {
+        let times = custom(&format!("failover_times_{config}"))?;
+        let get = |k: &str| times[k].as_f64().unwrap_or(f64::NAN);
+        let rows = [
+            (
+                "Redis SIGKILL to first call served by the fallback",
+                get("failover_ms"),
+                get("failover_baseline_ms"),
+                "attempt timeout",
+            ),
+            (
+                "Redis restart to first call served by Redis",
+                get("failback_ms"),
+                get("failback_baseline_ms"),
+                "health interval + one probe",
+            ),
+        ];
+        for (what, ours, base, baseline_name) in rows {
+            out.push_str(&format!(
+                "| {what} ({config}) | {ours:.1} ms | {base:.0} ms ({baseline_name}) | {:.3}x | ≤ 1x | {} |\n",
+                ours / base,
+                if ours <= base { "yes" } else { "**no**" }
+            ));
+        }
+    }
+    out.push_str(
+        "\n`defaults`: Failover strategy, health rise 2 / fall 3 every 1 s, failback delay 2 s. \
+         `fast_failback`: Priority strategy, rise 1, no failback delay.\n",
+    );
+    Ok(out)
 }

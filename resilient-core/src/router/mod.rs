@@ -34,6 +34,19 @@ use crate::strategy::{BackendView, Candidates, MAX_BACKENDS, Routing, SelectionS
 
 type CallFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
+/// Runs `call` under `budget`. A call that completes on its first poll (an in-process backend)
+/// never arms a timer; any other gets `tokio::time::timeout`.
+async fn bounded<T>(
+    budget: Duration,
+    mut call: CallFuture<'_, T>,
+) -> std::result::Result<Result<T>, tokio::time::error::Elapsed> {
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(result) => Ok(result),
+        std::task::Poll::Pending => tokio::time::timeout(budget, call).await,
+    }
+}
+
 const NONE: usize = usize::MAX;
 const MAX_LOCK_HINTS: usize = 4096;
 
@@ -455,7 +468,7 @@ impl ResilientStorage {
         let mut attempts = Vec::new();
         for (position, index) in candidates.iter().enumerate() {
             let slot = &inner.slots[index];
-            let now = Instant::now();
+            let now = if position == 0 { start } else { Instant::now() };
             let remaining = deadline.saturating_duration_since(now);
             if remaining.is_zero() {
                 break;
@@ -474,7 +487,7 @@ impl ResilientStorage {
                 }
             };
             let budget = inner.attempt_timeout.min(remaining);
-            let result = tokio::time::timeout(budget, call(&*slot.backend)).await;
+            let result = bounded(budget, call(&*slot.backend)).await;
             let end = Instant::now();
             let elapsed = end.saturating_duration_since(now);
             let error = match result {

@@ -116,14 +116,19 @@ pub(crate) async fn monitor(
             Err(_) => Err(format!("health check timed out after {:?}", config.timeout)),
         };
         let error = outcome.as_ref().err().cloned();
-        if let Some(change) = slot.health.record_check(outcome, Instant::now()) {
+        let passed = error.is_none();
+        let change = slot.health.record_check(outcome, Instant::now());
+        // A passing check while the breaker is open means the backend answers again: let a
+        // request probe it now rather than wait out the open time, whether or not the outage
+        // lasted long enough to mark the backend unhealthy.
+        if passed && slot.health.state().is_routable() {
+            slot.breaker.health_recovered();
+        }
+        if let Some(change) = change {
             if change.to == HealthState::Unhealthy {
                 tracing::warn!(backend = %slot.name, from = %change.from, error = ?error, "backend unhealthy");
             } else {
                 tracing::info!(backend = %slot.name, from = %change.from, to = %change.to, "backend health changed");
-            }
-            if change.from == HealthState::Unhealthy && change.to.is_routable() {
-                slot.breaker.health_recovered();
             }
             let _ = events.send(StorageEvent::HealthChanged {
                 backend: slot.name.clone(),

@@ -44,7 +44,12 @@ pub struct Routing<'a> {
     pub now: Instant,
 }
 
-impl Routing<'_> {
+impl<'a> Routing<'a> {
+    /// A routing decision over `backends` (in priority order) at `now`.
+    pub fn new(backends: &'a [BackendView], now: Instant) -> Self {
+        Self { backends, now }
+    }
+
     /// Indices of the available backends, in priority order.
     pub fn available(&self) -> impl Iterator<Item = usize> + '_ {
         self.backends

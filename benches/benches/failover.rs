@@ -1,0 +1,180 @@
+//! Figures criterion does not measure: p99 latency of `LatencyAware` against `Failover` when the
+//! primary is slowed by the fault proxy, and how long a failover and a failback take after a
+//! real SIGKILL and restart. Written as JSON for `cargo xtask bench`'s summary.
+
+use std::time::{Duration, Instant};
+
+use resilient_benches::{percentile, write_result};
+use resilient_storage::prelude::*;
+use resilient_storage::{BackendOptions, HealthConfig};
+use resilient_test_support::{FaultProxy, ProxyMode, RedisServer};
+use serde_json::json;
+
+const SAMPLES: usize = 2_000;
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        latency_aware_against_failover().await;
+        failover_and_failback_times(
+            "defaults",
+            Strategy::Failover,
+            HealthConfig::default(),
+            Duration::from_secs(2),
+        )
+        .await;
+        failover_and_failback_times(
+            "fast_failback",
+            Strategy::Priority,
+            HealthConfig::default().hysteresis(1, 3),
+            Duration::ZERO,
+        )
+        .await;
+    });
+}
+
+async fn latency_aware_against_failover() {
+    let slow_server = RedisServer::start().expect("redis-server");
+    let fast_server = RedisServer::start().expect("redis-server");
+    let proxy = FaultProxy::start(slow_server.addr()).await.unwrap();
+    // 2.5 ms each way: 5 ms added to every round trip to the primary.
+    proxy.set_mode(ProxyMode::Latency {
+        fixed: Duration::from_micros(2_500),
+        jitter: Duration::ZERO,
+    });
+    let mut figures = serde_json::Map::new();
+    for strategy in [Strategy::Failover, Strategy::LatencyAware] {
+        let storage = ResilientStorage::builder()
+            .strategy(strategy)
+            .memory_fallback(false)
+            .backend_url_with(
+                &format!("redis://{}", proxy.addr()),
+                BackendOptions::new(1).named("slow"),
+            )
+            .unwrap()
+            .backend_url_with(&fast_server.url(), BackendOptions::new(2).named("fast"))
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+        storage.set("key", "value", None).await.unwrap();
+        for _ in 0..100 {
+            storage.get("key").await.unwrap();
+        }
+        let mut samples = Vec::with_capacity(SAMPLES);
+        for _ in 0..SAMPLES {
+            let start = Instant::now();
+            storage.get("key").await.unwrap();
+            samples.push(start.elapsed());
+        }
+        samples.sort_unstable();
+        let name = serde_json::to_value(strategy)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned();
+        figures.insert(
+            name,
+            json!({
+                "p50_us": percentile(&samples, 50.0).as_secs_f64() * 1e6,
+                "p99_us": percentile(&samples, 99.0).as_secs_f64() * 1e6,
+            }),
+        );
+        storage.shutdown().await;
+    }
+    let p99 = |s: &str| figures[s]["p99_us"].as_f64().unwrap();
+    let ratio = p99("latency_aware") / p99("failover");
+    println!("latency_aware vs failover, primary +5 ms: {figures:?}, p99 ratio {ratio:.3}");
+    write_result(
+        "latency_aware_vs_failover",
+        &json!({ "strategies": figures, "p99_ratio": ratio, "goal": 0.3 }),
+    );
+}
+
+/// Kills Redis under a steady workload, then restarts it, and times the moves of the active
+/// backend from the events.
+async fn failover_and_failback_times(
+    name: &str,
+    strategy: Strategy,
+    health: HealthConfig,
+    failback_delay: Duration,
+) {
+    let mut server = RedisServer::start().expect("redis-server");
+    let interval = health.interval;
+    let attempt = Duration::from_millis(500);
+    let storage = ResilientStorage::builder()
+        .strategy(strategy)
+        .health(health)
+        .failback_delay(failback_delay)
+        .attempt_timeout(attempt)
+        .backend_url(&server.url(), 1)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    storage.set("key", "value", None).await.unwrap();
+    let mut events = storage.subscribe();
+    let workload = {
+        let storage = storage.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = storage.get("key").await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.kill().unwrap();
+    let killed = Instant::now();
+    let on_fallback = switch_to(&mut events, "memory").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (server, accepting) = tokio::task::spawn_blocking(move || {
+        server.restart().unwrap();
+        (server, Instant::now())
+    })
+    .await
+    .unwrap();
+    let back = switch_to(&mut events, "redis").await;
+    workload.abort();
+    storage.shutdown().await;
+    drop(server);
+    let failover = on_fallback - killed;
+    let failback = back.saturating_duration_since(accepting);
+    println!(
+        "{name}: failover {failover:?} (baseline {attempt:?}), failback {failback:?} (baseline {interval:?} + one probe)"
+    );
+    write_result(
+        &format!("failover_times_{name}"),
+        &json!({
+            "failover_ms": failover.as_secs_f64() * 1e3,
+            "failover_baseline_ms": attempt.as_secs_f64() * 1e3,
+            "failback_ms": failback.as_secs_f64() * 1e3,
+            "failback_baseline_ms": interval.as_secs_f64() * 1e3,
+        }),
+    );
+}
+
+/// The moment the active backend becomes `target`.
+async fn switch_to(
+    events: &mut tokio::sync::broadcast::Receiver<StorageEvent>,
+    target: &str,
+) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, events.recv()).await {
+            Ok(Ok(StorageEvent::ActiveBackendChanged { to, .. })) if to == target => {
+                return Instant::now();
+            }
+            Ok(_) => {}
+            Err(_) => panic!("no switch to {target} within 30 s"),
+        }
+    }
+}

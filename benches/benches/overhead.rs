@@ -1,0 +1,283 @@
+//! What the resilience layer costs on the healthy path, each against its raw baseline in the
+//! same run: memory, Redis and PostgreSQL calls, the breaker, and routing over three backends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use resilient_benches::{storage_of, storage_over};
+use resilient_storage::memory::{MemoryBackend, MemoryConfig};
+use resilient_storage::prelude::*;
+use resilient_storage::{BreakerConfig, CircuitBreaker};
+use resilient_test_support::{PostgresServer, RedisServer};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[derive(Clone)]
+struct Entry {
+    value: Bytes,
+    ttl: Option<Duration>,
+}
+
+struct PerEntryTtl;
+
+impl moka::Expiry<String, Entry> for PerEntryTtl {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        e: &Entry,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        e.ttl
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        e: &Entry,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        e.ttl
+    }
+}
+
+fn memory(c: &mut Criterion) {
+    let rt = runtime();
+    let value = Bytes::from(vec![7_u8; 100]);
+    let storage = rt.block_on(async {
+        let storage = ResilientStorage::builder().build().await.unwrap();
+        storage.set("key", value.clone(), None).await.unwrap();
+        storage
+    });
+    // The baseline is moka configured as the memory backend configures it (bytes weigher, LRU,
+    // per-entry expiry, eviction listener), so the ratio is the cost of the resilience layer
+    // and not of moka features that both sides pay for.
+    let moka: moka::future::Cache<String, Entry> = moka::future::Cache::builder()
+        .max_capacity(256 * 1024 * 1024)
+        .weigher(|k: &String, v: &Entry| (k.len() + v.value.len() + 64) as u32)
+        .eviction_policy(moka::policy::EvictionPolicy::lru())
+        .expire_after(PerEntryTtl)
+        .eviction_listener(|_, _, _| {})
+        .build();
+    let entry = Entry {
+        value: value.clone(),
+        ttl: None,
+    };
+    rt.block_on(moka.insert("key".to_owned(), entry.clone()));
+
+    let mut group = c.benchmark_group("memory_get");
+    group.bench_function("resilient", |b| {
+        b.to_async(&rt)
+            .iter(|| async { storage.get("key").await.unwrap() })
+    });
+    group.bench_function("baseline", |b| {
+        b.to_async(&rt).iter(|| async { moka.get("key").await })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("memory_set");
+    group.bench_function("resilient", |b| {
+        b.to_async(&rt)
+            .iter(|| async { storage.set("key", value.clone(), None).await.unwrap() })
+    });
+    group.bench_function("baseline", |b| {
+        b.to_async(&rt)
+            .iter(|| async { moka.insert("key".to_owned(), entry.clone()).await })
+    });
+    group.finish();
+}
+
+fn breaker(c: &mut Criterion) {
+    let ours = CircuitBreaker::new(BreakerConfig::default());
+    let theirs = failsafe::Config::new().build();
+    let mut group = c.benchmark_group("breaker_closed");
+    group.bench_function("resilient", |b| {
+        b.iter(|| {
+            ours.try_acquire()
+                .expect("closed")
+                .success(Duration::from_micros(50))
+        })
+    });
+    group.bench_function("baseline", |b| {
+        use failsafe::CircuitBreaker as _;
+        b.iter(|| {
+            assert!(theirs.is_call_permitted());
+            theirs.call(|| Ok::<(), ()>(())).unwrap();
+        })
+    });
+    group.finish();
+}
+
+fn routing(c: &mut Criterion) {
+    let rt = runtime();
+    let memory = |name: &str| -> Arc<dyn Backend> {
+        Arc::new(MemoryBackend::new(MemoryConfig::default().name(name)))
+    };
+    let (three, one) = rt.block_on(async {
+        let three = storage_of(
+            vec![memory("a"), memory("b"), memory("c")],
+            Strategy::Failover,
+        )
+        .await;
+        let one = storage_of(vec![memory("a")], Strategy::Failover).await;
+        three.set("key", "value", None).await.unwrap();
+        one.set("key", "value", None).await.unwrap();
+        (three, one)
+    });
+    let mut group = c.benchmark_group("routing_3_backends");
+    group.bench_function("resilient", |b| {
+        b.to_async(&rt)
+            .iter(|| async { three.get("key").await.unwrap() })
+    });
+    group.bench_function("baseline", |b| {
+        b.to_async(&rt)
+            .iter(|| async { one.get("key").await.unwrap() })
+    });
+    group.finish();
+}
+
+fn redis(c: &mut Criterion) {
+    let server = RedisServer::start().expect("redis-server for the benchmarks");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (storage, raw) = rt.block_on(async {
+        let storage = storage_over(&server.url(), true).await;
+        storage.set("key", vec![7_u8; 100], None).await.unwrap();
+        let client = redis::Client::open(server.url()).unwrap();
+        let raw = redis::aio::ConnectionManager::new(client).await.unwrap();
+        (storage, raw)
+    });
+    let mut group = c.benchmark_group("redis_get");
+    group.bench_function("resilient", |b| {
+        b.to_async(&rt)
+            .iter(|| async { storage.get("key").await.unwrap() })
+    });
+    group.bench_function("baseline", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut conn = raw.clone();
+            redis::cmd("GET")
+                .arg("key")
+                .query_async::<Option<Vec<u8>>>(&mut conn)
+                .await
+                .unwrap()
+        })
+    });
+    group.finish();
+
+    // 64 tasks, 16 gets each, per iteration: time per iteration is the inverse of throughput.
+    let mut group = c.benchmark_group("redis_get_64_tasks");
+    group.bench_function("resilient", |b| {
+        b.to_async(&rt).iter(|| async {
+            let tasks: Vec<_> = (0..64)
+                .map(|_| {
+                    let storage = storage.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..16 {
+                            storage.get("key").await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+        })
+    });
+    group.bench_function("baseline", |b| {
+        b.to_async(&rt).iter(|| async {
+            let tasks: Vec<_> = (0..64)
+                .map(|_| {
+                    let mut conn = raw.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..16 {
+                            redis::cmd("GET")
+                                .arg("key")
+                                .query_async::<Option<Vec<u8>>>(&mut conn)
+                                .await
+                                .unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+        })
+    });
+    group.finish();
+    rt.block_on(async { storage.shutdown().await });
+    drop(server);
+}
+
+fn postgres(c: &mut Criterion) {
+    let server = PostgresServer::start().expect("postgres for the benchmarks");
+    let rt = runtime();
+    let get_sql = "SELECT value FROM \"public\".\"resilient_kv\" WHERE key = $1 AND (expires_at IS NULL OR expires_at > now())";
+    let set_sql = "INSERT INTO \"public\".\"resilient_kv\" (key, value, expires_at) VALUES ($1, $2, now() + $3::float8 * interval '1 millisecond') ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at";
+    let value = vec![7_u8; 100];
+    let (storage, pool) = rt.block_on(async {
+        let storage = storage_over(&server.url(), true).await;
+        storage.set("key", value.clone(), None).await.unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(16)
+            .test_before_acquire(false)
+            .connect(&server.url())
+            .await
+            .unwrap();
+        (storage, pool)
+    });
+    let mut group = c.benchmark_group("postgres_get");
+    group.bench_function("resilient", |b| {
+        b.to_async(&rt)
+            .iter(|| async { storage.get("key").await.unwrap() })
+    });
+    group.bench_function("baseline", |b| {
+        b.to_async(&rt).iter(|| async {
+            sqlx::query_scalar::<_, Vec<u8>>(get_sql)
+                .bind("key")
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        })
+    });
+    group.finish();
+    let mut group = c.benchmark_group("postgres_set");
+    group.bench_function("resilient", |b| {
+        b.to_async(&rt)
+            .iter(|| async { storage.set("key2", value.clone(), None).await.unwrap() })
+    });
+    group.bench_function("baseline", |b| {
+        b.to_async(&rt).iter(|| async {
+            sqlx::query(set_sql)
+                .bind("key3")
+                .bind(value.as_slice())
+                .bind(None::<f64>)
+                .execute(&pool)
+                .await
+                .unwrap()
+        })
+    });
+    group.finish();
+    rt.block_on(async { storage.shutdown().await });
+    drop(server);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(50);
+    targets = memory, breaker, routing, redis, postgres
+}
+criterion_main!(benches);

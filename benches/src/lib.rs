@@ -1,0 +1,62 @@
+//! Shared set-up of the benchmarks: storages over throwaway servers, and where results go.
+//!
+//! Run everything with `cargo xtask bench`, which also writes `target/criterion/summary.md`
+//! with each figure as a ratio to its baseline from the same run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use resilient_storage::prelude::*;
+
+/// Where figures that criterion does not measure (percentiles, failover times) are written, as
+/// JSON, for the summary.
+pub fn custom_results_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("criterion").join("resilient-custom");
+    std::fs::create_dir_all(&dir).expect("create the results directory");
+    dir
+}
+
+/// Writes one custom result.
+pub fn write_result(name: &str, value: &serde_json::Value) {
+    let path = custom_results_dir().join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(value).unwrap()).expect("write a result");
+}
+
+/// A storage over one backend URL with no fallback, or with the memory fallback.
+pub async fn storage_over(url: &str, memory_fallback: bool) -> ResilientStorage {
+    ResilientStorage::builder()
+        .backend_url(url, 1)
+        .expect("known scheme")
+        .memory_fallback(memory_fallback)
+        .build()
+        .await
+        .expect("storage")
+}
+
+/// A storage over the given backends in priority order.
+pub async fn storage_of(backends: Vec<Arc<dyn Backend>>, strategy: Strategy) -> ResilientStorage {
+    let mut builder = ResilientStorage::builder()
+        .strategy(strategy)
+        .memory_fallback(false)
+        .attempt_timeout(Duration::from_millis(500));
+    for (i, backend) in backends.into_iter().enumerate() {
+        builder = builder.backend_with(
+            backend,
+            resilient_storage::BackendOptions::new(i as u32 + 1).named(format!("b{i}")),
+        );
+    }
+    builder.build().await.expect("storage")
+}
+
+/// Percentile of sorted samples.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}

@@ -1,0 +1,142 @@
+//! The breaker, the strategies and the router allocate nothing on the healthy path of a get:
+//! the only allocation is the backend call's own boxed future (from async-trait).
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use resilient_core::strategy::{BackendView, Candidates, Routing};
+use resilient_core::{
+    Backend, BackendOptions, BreakerConfig, Bytes, Capabilities, CircuitBreaker, HealthProbe,
+    LockGrant, LockOutcome, ResilientStorage, Result, Strategy, async_trait,
+};
+
+/// Answers every get at once, from a value it already holds.
+#[derive(Debug)]
+struct Ready(Bytes);
+
+#[async_trait]
+impl Backend for Ready {
+    fn name(&self) -> &str {
+        "ready"
+    }
+    fn scheme(&self) -> &str {
+        "ready"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+    }
+    async fn health_check(&self) -> Result<HealthProbe> {
+        Ok(HealthProbe::Healthy)
+    }
+    async fn get(&self, _: &str) -> Result<Option<Bytes>> {
+        Ok(Some(self.0.clone()))
+    }
+    async fn set(&self, _: &str, _: Bytes, _: Option<Duration>) -> Result<()> {
+        Ok(())
+    }
+    async fn delete(&self, _: &str) -> Result<bool> {
+        Ok(false)
+    }
+    async fn acquire_lock(&self, _: &str, _: &str, _: Duration) -> Result<LockOutcome> {
+        unreachable!("not used")
+    }
+    async fn extend_lock(&self, _: &str, _: &str, _: Duration) -> Result<Option<LockGrant>> {
+        unreachable!("not used")
+    }
+    async fn release_lock(&self, _: &str, _: &str) -> Result<bool> {
+        unreachable!("not used")
+    }
+}
+
+/// Polls a future that completes without waiting, with a no-op waker: no executor machinery
+/// is counted.
+fn complete<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the call should complete without waiting"),
+    }
+}
+
+#[test]
+fn the_closed_breaker_path_allocates_nothing() {
+    let breaker = CircuitBreaker::new(BreakerConfig::default());
+    let counted = allocation_counter::measure(|| {
+        for i in 0..1_000 {
+            let permit = breaker.try_acquire().unwrap();
+            if i % 10 == 0 {
+                permit.failure();
+            } else {
+                permit.success(Duration::from_micros(50));
+            }
+        }
+    });
+    assert_eq!(counted.count_total, 0, "{counted:?}");
+}
+
+#[test]
+fn selecting_candidates_allocates_nothing() {
+    let mut views = [BackendView::default(); 3];
+    for (i, view) in views.iter_mut().enumerate() {
+        view.priority = i as u32 + 1;
+        view.available = true;
+        view.available_for = Duration::from_secs(10);
+        view.latency = Some(Duration::from_micros(100 * (i as u64 + 1)));
+    }
+    let now = tokio::time::Instant::now();
+    for strategy in [
+        Strategy::Failover,
+        Strategy::Priority,
+        Strategy::RoundRobin,
+        Strategy::LatencyAware,
+    ] {
+        let strategy = strategy.build(Duration::from_secs(2));
+        let counted = allocation_counter::measure(|| {
+            for _ in 0..1_000 {
+                let mut out = Candidates::new();
+                strategy.select(&Routing::new(&views, now), &mut out);
+                strategy.served(&Routing::new(&views, now), out.first().unwrap());
+            }
+        });
+        assert_eq!(counted.count_total, 0, "{}: {counted:?}", strategy.name());
+    }
+}
+
+#[test]
+fn a_healthy_get_through_the_router_allocates_only_the_backend_future() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let storage = runtime.block_on(async {
+        ResilientStorage::builder()
+            .backend(Arc::new(Ready(Bytes::from_static(b"value"))), 1)
+            .backend_with(
+                Arc::new(Ready(Bytes::from_static(b"other"))),
+                BackendOptions::new(2).named("spare"),
+            )
+            .memory_fallback(false)
+            .build()
+            .await
+            .unwrap()
+    });
+    let _context = runtime.enter();
+    // The first call records the active backend and sends an event: not the steady state.
+    complete(storage.get("key")).unwrap();
+    let calls = 1_000;
+    let counted = allocation_counter::measure(|| {
+        for _ in 0..calls {
+            assert!(complete(storage.get("key")).unwrap().is_some());
+        }
+    });
+    assert_eq!(
+        counted.count_total, calls,
+        "one boxed backend future per call and nothing else: {counted:?}"
+    );
+}
