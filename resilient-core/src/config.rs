@@ -10,7 +10,7 @@ use crate::health::HealthConfig;
 use crate::key::KeyPolicy;
 use crate::router::{
     BackendOptions, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_FAILBACK_DELAY,
-    ResilientStorage, StorageBuilder,
+    DEFAULT_MAX_HINTS, DEFAULT_MEMORY_TTL_CAP, ResilientStorage, StorageBuilder, WritePolicy,
 };
 use crate::strategy::Strategy;
 use crate::url::BackendUrl;
@@ -101,6 +101,13 @@ pub struct StorageConfig {
     pub local_locks: bool,
     /// Key and value limits and namespace.
     pub keys: KeyPolicy,
+    /// Where writes go: `selected` or `write_through`.
+    pub write_policy: WritePolicy,
+    /// The longest TTL of write-through copies to the memory store.
+    #[serde(with = "humantime_serde")]
+    pub memory_ttl_cap: Duration,
+    /// Missed writes kept per backend for replay.
+    pub max_hints: usize,
 }
 
 impl Default for StorageConfig {
@@ -116,6 +123,9 @@ impl Default for StorageConfig {
             memory_fallback: true,
             local_locks: false,
             keys: KeyPolicy::default(),
+            write_policy: WritePolicy::default(),
+            memory_ttl_cap: DEFAULT_MEMORY_TTL_CAP,
+            max_hints: DEFAULT_MAX_HINTS,
         }
     }
 }
@@ -133,7 +143,10 @@ impl StorageConfig {
             .deadline(self.deadline)
             .memory_fallback(self.memory_fallback)
             .local_locks(self.local_locks)
-            .keys(self.keys);
+            .keys(self.keys)
+            .write_policy(self.write_policy)
+            .memory_ttl_cap(self.memory_ttl_cap)
+            .max_hints(self.max_hints);
         for (i, backend) in self.backends.into_iter().enumerate() {
             let mut options = BackendOptions::new(backend.priority).enabled(backend.enabled);
             options.name = backend.name;

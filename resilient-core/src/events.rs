@@ -50,6 +50,24 @@ pub enum StorageEvent {
         #[serde(with = "humantime_serde::option")]
         open_for: Option<Duration>,
     },
+    /// A backend that missed writes while another served them has been brought up to date,
+    /// and takes traffic again.
+    #[serde(rename_all = "camelCase")]
+    ReplayCompleted {
+        /// The backend.
+        backend: String,
+        /// Writes and deletes replayed to it.
+        records: u64,
+    },
+    /// Writes a backend missed could not all be kept for replay (the bound was reached) or were
+    /// refused by it: that backend may serve older values for those keys after it recovers.
+    #[serde(rename_all = "camelCase")]
+    ReplayLost {
+        /// The backend.
+        backend: String,
+        /// Records lost so far for it.
+        lost: u64,
+    },
     /// Active health checks changed a backend's health state.
     #[serde(rename_all = "camelCase")]
     HealthChanged {

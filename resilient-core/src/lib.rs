@@ -38,7 +38,8 @@ pub use registry::BackendFactory;
 pub use report::{BackendReport, HealthReport, OverallStatus};
 pub use router::{
     BackendOptions, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_FAILBACK_DELAY,
-    MEMORY_FALLBACK_PRIORITY, ResilientStorage, StorageBuilder,
+    DEFAULT_MAX_HINTS, DEFAULT_MEMORY_TTL_CAP, MEMORY_FALLBACK_PRIORITY, ResilientStorage,
+    StorageBuilder, WritePolicy,
 };
 pub use strategy::{SelectionStrategy, Strategy};
 pub use url::BackendUrl;

@@ -13,7 +13,8 @@ use crate::health::HealthState;
 pub enum OverallStatus {
     /// Every backend is healthy with its circuit closed.
     Healthy,
-    /// Serving, but some backend is unhealthy, degraded or has its circuit open.
+    /// Serving, but some backend is unhealthy, degraded, has its circuit open, or has writes to
+    /// replay or lost.
     Degraded,
     /// No backend can serve.
     Unhealthy,
@@ -69,4 +70,9 @@ pub struct BackendReport {
     pub last_error: Option<String>,
     /// What the backend can do.
     pub capabilities: Capabilities,
+    /// Writes and deletes it missed, waiting to be replayed to it; it takes no key-value
+    /// traffic until they are.
+    pub pending_replay: usize,
+    /// Missed writes that could not be kept or replayed: keys it may serve stale.
+    pub replay_lost: u64,
 }

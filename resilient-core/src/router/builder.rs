@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
-use super::slot::{Slot, monitor};
+use super::slot::{Slot, monitor, replayer};
 use super::{Inner, ResilientStorage};
 use crate::backend::Backend;
 use crate::breaker::BreakerConfig;
@@ -29,6 +29,27 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Default failback delay of [`Strategy::Failover`].
 pub const DEFAULT_FAILBACK_DELAY: Duration = Duration::from_secs(2);
+
+/// Default bound on the writes kept for replay, per backend.
+pub const DEFAULT_MAX_HINTS: usize = 100_000;
+
+/// Default TTL cap of write-through copies to the memory store.
+pub const DEFAULT_MEMORY_TTL_CAP: Duration = Duration::from_secs(300);
+
+/// Where a write goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum WritePolicy {
+    /// To the backend the strategy selects (failing over as needed). Backends above it that
+    /// missed the write get it replayed when they recover.
+    #[default]
+    Selected,
+    /// As `Selected`, then a best-effort copy to every available backend below it, so a later
+    /// failover finds fresh values. Copies to the memory store get a TTL of at most
+    /// `memory_ttl_cap`.
+    WriteThrough,
+}
 
 /// Per-backend options: priority, an optional name, and whether it is enabled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +115,9 @@ pub struct StorageBuilder {
     local_locks: bool,
     keys: KeyPolicy,
     event_capacity: usize,
+    write_policy: WritePolicy,
+    memory_ttl_cap: Duration,
+    max_hints: usize,
 }
 
 impl Default for StorageBuilder {
@@ -111,6 +135,9 @@ impl Default for StorageBuilder {
             local_locks: false,
             keys: KeyPolicy::default(),
             event_capacity: 1024,
+            write_policy: WritePolicy::default(),
+            memory_ttl_cap: DEFAULT_MEMORY_TTL_CAP,
+            max_hints: DEFAULT_MAX_HINTS,
         }
     }
 }
@@ -206,6 +233,26 @@ impl StorageBuilder {
         self
     }
 
+    /// Where writes go. Default [`WritePolicy::Selected`].
+    pub fn write_policy(mut self, policy: WritePolicy) -> Self {
+        self.write_policy = policy;
+        self
+    }
+
+    /// The longest TTL of write-through copies to the memory store. Default 5 minutes.
+    pub fn memory_ttl_cap(mut self, cap: Duration) -> Self {
+        self.memory_ttl_cap = cap;
+        self
+    }
+
+    /// How many missed writes (distinct keys) are kept per backend for replay. Beyond it a
+    /// missed write is counted as lost, reported in the health report and by a
+    /// [`ReplayLost`](crate::StorageEvent::ReplayLost) event. Default 100,000.
+    pub fn max_hints(mut self, max: usize) -> Self {
+        self.max_hints = max;
+        self
+    }
+
     /// Capacity of the event channel. Default 1,024.
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity;
@@ -269,12 +316,13 @@ impl StorageBuilder {
                 backend,
                 self.breaker.clone(),
                 self.health.clone(),
+                self.max_hints,
                 events.clone(),
             )));
         }
 
         let (stop, _) = watch::channel(false);
-        let monitors = if self.health.enabled {
+        let mut monitors: Vec<_> = if self.health.enabled {
             slots
                 .iter()
                 .map(|slot| tokio::spawn(monitor(slot.clone(), events.clone(), stop.subscribe())))
@@ -282,6 +330,12 @@ impl StorageBuilder {
         } else {
             Vec::new()
         };
+        monitors.push(tokio::spawn(replayer(
+            slots.clone(),
+            events.clone(),
+            stop.subscribe(),
+            self.attempt_timeout,
+        )));
         let strategy = self
             .strategy
             .unwrap_or_else(|| self.builtin.build(self.failback_delay));
@@ -293,6 +347,8 @@ impl StorageBuilder {
                 self.attempt_timeout,
                 self.deadline,
                 self.local_locks,
+                self.write_policy,
+                self.memory_ttl_cap,
                 events,
                 stop,
                 monitors,
@@ -312,6 +368,9 @@ impl StorageBuilder {
         }
         if self.event_capacity == 0 {
             return Err(Error::config("event_capacity", "must be at least 1"));
+        }
+        if self.memory_ttl_cap.is_zero() {
+            return Err(Error::config("memory_ttl_cap", "must not be zero"));
         }
         if let Some((_, o)) = self
             .entries

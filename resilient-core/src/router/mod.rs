@@ -2,6 +2,7 @@
 //! attempt under its breaker, its timeout and the call's deadline.
 
 mod builder;
+mod handoff;
 mod slot;
 
 use std::collections::HashMap;
@@ -20,8 +21,10 @@ use tokio::time::Instant;
 
 pub use builder::{
     BackendOptions, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_FAILBACK_DELAY,
-    MEMORY_FALLBACK_PRIORITY, StorageBuilder,
+    DEFAULT_MAX_HINTS, DEFAULT_MEMORY_TTL_CAP, MEMORY_FALLBACK_PRIORITY, StorageBuilder,
+    WritePolicy,
 };
+use handoff::Hint;
 use slot::Slot;
 
 use crate::backend::{Backend, LockGrant, LockOutcome};
@@ -74,6 +77,8 @@ struct Inner {
     attempt_timeout: Duration,
     deadline: Duration,
     local_locks: bool,
+    write_policy: WritePolicy,
+    memory_ttl_cap: Duration,
     events: broadcast::Sender<StorageEvent>,
     active: AtomicUsize,
     shut_down: AtomicBool,
@@ -92,6 +97,8 @@ impl Inner {
         attempt_timeout: Duration,
         deadline: Duration,
         local_locks: bool,
+        write_policy: WritePolicy,
+        memory_ttl_cap: Duration,
         events: broadcast::Sender<StorageEvent>,
         stop: watch::Sender<bool>,
         monitors: Vec<JoinHandle<()>>,
@@ -103,6 +110,8 @@ impl Inner {
             attempt_timeout,
             deadline,
             local_locks,
+            write_policy,
+            memory_ttl_cap,
             events,
             active: AtomicUsize::new(NONE),
             shut_down: AtomicBool::new(false),
@@ -124,9 +133,16 @@ impl ResilientStorage {
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let key = self.inner.keys.full_key(key)?;
         let key = &*key;
-        self.route(Operation::Get, Route::Data, None, |b| b.get(key))
-            .await
-            .map(|(value, _)| value)
+        self.route(Operation::Get, Route::Data, None, |index, b| {
+            // A backend with writes still to replay is not routed to; this covers a read that
+            // raced with the end of its replay.
+            match self.inner.slots[index].hints.get(key) {
+                Some(hint) => Box::pin(std::future::ready(Ok(hint.read(Instant::now())))),
+                None => b.get(key),
+            }
+        })
+        .await
+        .map(|(value, _)| value)
     }
 
     /// Writes a key, with an optional TTL that replaces any earlier one.
@@ -143,20 +159,47 @@ impl ResilientStorage {
             check_ttl(ttl)?;
         }
         let key = &*key;
-        self.route(Operation::Set, Route::Data, None, |b| {
-            b.set(key, value.clone(), ttl)
-        })
-        .await
-        .map(|_| ())
+        let (_, served) = self
+            .route(Operation::Set, Route::Data, None, |_, b| {
+                b.set(key, value.clone(), ttl)
+            })
+            .await?;
+        let hint = || Hint::Set {
+            value: value.clone(),
+            expires_at: ttl.and_then(|ttl| Instant::now().checked_add(ttl)),
+        };
+        self.hand_off(served, key, hint);
+        if self.inner.write_policy == WritePolicy::WriteThrough {
+            self.write_through(served, |slot| {
+                let ttl = if slot.is_local_memory() {
+                    Some(ttl.map_or(self.inner.memory_ttl_cap, |t| {
+                        t.min(self.inner.memory_ttl_cap)
+                    }))
+                } else {
+                    ttl
+                };
+                slot.backend.set(key, value.clone(), ttl)
+            })
+            .await;
+        }
+        Ok(())
     }
 
     /// Removes a key; true when it existed on the backend that served the call.
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let key = self.inner.keys.full_key(key)?;
         let key = &*key;
-        self.route(Operation::Delete, Route::Data, None, |b| b.delete(key))
-            .await
-            .map(|(existed, _)| existed)
+        let (existed, served) = self
+            .route(Operation::Delete, Route::Data, None, |_, b| b.delete(key))
+            .await?;
+        self.hand_off(served, key, || Hint::Delete);
+        if self.inner.write_policy == WritePolicy::WriteThrough {
+            self.write_through(served, |slot| {
+                Box::pin(async move { slot.backend.delete(key).await.map(|_| ()) })
+            })
+            .await;
+        }
+        Ok(existed)
     }
 
     /// Reads a key and decodes it from JSON.
@@ -202,7 +245,7 @@ impl ResilientStorage {
         check_ttl(ttl)?;
         let full = &*full;
         let (outcome, index) = self
-            .route(Operation::AcquireLock, Route::Lock, None, |b| {
+            .route(Operation::AcquireLock, Route::Lock, None, |_, b| {
                 b.acquire_lock(full, holder, ttl)
             })
             .await?;
@@ -230,7 +273,7 @@ impl ResilientStorage {
         let full = &*full;
         let prefer = self.lock_hint(name, holder);
         let (grant, index) = self
-            .route(Operation::ExtendLock, Route::Lock, prefer, |b| {
+            .route(Operation::ExtendLock, Route::Lock, prefer, |_, b| {
                 b.extend_lock(full, holder, ttl)
             })
             .await?;
@@ -248,7 +291,7 @@ impl ResilientStorage {
         let full = &*full;
         let prefer = self.lock_hint(name, holder);
         let (released, _) = self
-            .route(Operation::ReleaseLock, Route::Lock, prefer, |b| {
+            .route(Operation::ReleaseLock, Route::Lock, prefer, |_, b| {
                 b.release_lock(full, holder)
             })
             .await?;
@@ -269,7 +312,7 @@ impl ResilientStorage {
         let routable = inner
             .slots
             .iter()
-            .filter(|slot| slot.view(now, true).available)
+            .filter(|slot| slot.view(now, true, true).available)
             .count();
         let all_well = backends.values().all(|b| {
             b.circuit_state == CircuitState::Closed
@@ -277,6 +320,8 @@ impl ResilientStorage {
                     b.health,
                     crate::HealthState::Healthy | crate::HealthState::Unknown
                 )
+                && b.pending_replay == 0
+                && b.replay_lost == 0
         });
         let status = if routable == 0 || inner.shut_down.load(Ordering::Acquire) {
             OverallStatus::Unhealthy
@@ -351,6 +396,62 @@ impl ResilientStorage {
         }
     }
 
+    /// After a write served by backend `served`: every backend above it missed the write and
+    /// keeps a record of it for replay; a record the serving backend already had is replaced,
+    /// so its replay ends with this newest value. Strategies that spread load treat backends as
+    /// peers and record nothing (use [`WritePolicy::WriteThrough`] with them).
+    fn hand_off(&self, served: usize, key: &str, hint: impl Fn() -> Hint) {
+        let inner = &self.inner;
+        if inner.strategy.spreads_load() {
+            return;
+        }
+        for slot in &inner.slots[..served] {
+            if slot.hints.record(key, hint()).is_err() {
+                let lost = slot.hints.lost();
+                tracing::warn!(backend = %slot.name, lost, "replay records full: a missed write is lost");
+                // One event per thousand, so an overflow cannot flood subscribers.
+                if lost % 1000 == 1 {
+                    let _ = inner.events.send(StorageEvent::ReplayLost {
+                        backend: slot.name.clone(),
+                        lost,
+                    });
+                }
+            }
+        }
+        if let Some(slot) = inner.slots.get(served) {
+            slot.hints.refresh(key, hint());
+        }
+    }
+
+    /// Best-effort copies of a write to every available backend below the one that served it;
+    /// failures are logged, not returned.
+    async fn write_through<'a>(
+        &'a self,
+        served: usize,
+        call: impl Fn(&'a Slot) -> CallFuture<'a, ()>,
+    ) {
+        let inner = &self.inner;
+        let now = Instant::now();
+        for slot in &inner.slots[served + 1..] {
+            if !slot.view(now, true, true).available {
+                continue;
+            }
+            let Ok(permit) = slot.breaker.try_acquire() else {
+                continue;
+            };
+            let start = Instant::now();
+            match bounded(inner.attempt_timeout, call(slot)).await {
+                Ok(Ok(())) => permit.success(start.elapsed()),
+                Ok(Err(error)) if error.is_transient() => {
+                    permit.failure();
+                    tracing::debug!(backend = %slot.name, %error, "write-through copy failed");
+                }
+                Ok(Err(_)) => permit.ignore(),
+                Err(_) => permit.failure(),
+            }
+        }
+    }
+
     fn finish_grant(&self, mut grant: LockGrant, name: &str, index: usize) -> LockGrant {
         let slot = &self.inner.slots[index];
         name.clone_into(&mut grant.name);
@@ -404,7 +505,7 @@ impl ResilientStorage {
         let inner = &self.inner;
         let mut views = [BackendView::default(); MAX_BACKENDS];
         for (view, slot) in views.iter_mut().zip(&inner.slots) {
-            *view = slot.view(now, self.eligible(slot, route));
+            *view = slot.view(now, self.eligible(slot, route), route == Route::Data);
         }
         let backends = &views[..inner.slots.len()];
         let mut candidates = Candidates::new();
@@ -453,7 +554,7 @@ impl ResilientStorage {
         operation: Operation,
         route: Route,
         prefer: Option<usize>,
-        call: impl Fn(&'a dyn Backend) -> CallFuture<'a, T>,
+        call: impl Fn(usize, &'a dyn Backend) -> CallFuture<'a, T>,
     ) -> Result<(T, usize)> {
         let inner = &self.inner;
         if inner.shut_down.load(Ordering::Acquire) {
@@ -487,7 +588,7 @@ impl ResilientStorage {
                 }
             };
             let budget = inner.attempt_timeout.min(remaining);
-            let result = bounded(budget, call(&*slot.backend)).await;
+            let result = bounded(budget, call(index, &*slot.backend)).await;
             let end = Instant::now();
             let elapsed = end.saturating_duration_since(now);
             let error = match result {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
+use super::handoff::{Hints, Replay};
 use crate::backend::{Backend, Capabilities};
 use crate::breaker::{BreakerConfig, CircuitBreaker};
 use crate::events::StorageEvent;
@@ -22,6 +23,7 @@ pub(crate) struct Slot {
     pub(crate) capabilities: Capabilities,
     pub(crate) breaker: CircuitBreaker,
     pub(crate) health: HealthTracker,
+    pub(crate) hints: Hints,
 }
 
 impl Slot {
@@ -31,6 +33,7 @@ impl Slot {
         backend: Arc<dyn Backend>,
         breaker: BreakerConfig,
         health: HealthConfig,
+        max_hints: usize,
         events: broadcast::Sender<StorageEvent>,
     ) -> Self {
         let capabilities = backend.capabilities();
@@ -60,10 +63,18 @@ impl Slot {
             capabilities,
             breaker,
             health: HealthTracker::new(health),
+            hints: Hints::new(max_hints),
         }
     }
 
-    pub(crate) fn view(&self, now: Instant, eligible: bool) -> BackendView {
+    /// True for the process-local memory store.
+    pub(crate) fn is_local_memory(&self) -> bool {
+        self.backend.scheme() == "memory" && !self.capabilities.shared
+    }
+
+    /// `data`: the view is for a key-value operation, which a backend with writes still to
+    /// replay must not serve.
+    pub(crate) fn view(&self, now: Instant, eligible: bool, data: bool) -> BackendView {
         let available_for =
             self.health
                 .routable_for(now)
@@ -71,9 +82,10 @@ impl Slot {
                     Some(closed) => Some(closed.min(healthy)),
                     None => self.breaker.would_admit_at(now).then_some(Duration::ZERO),
                 });
+        let replaying = data && self.hints.pending() > 0;
         BackendView {
             priority: self.priority,
-            available: eligible && available_for.is_some(),
+            available: eligible && !replaying && available_for.is_some(),
             available_for: available_for.unwrap_or_default(),
             latency: self.health.latency(),
         }
@@ -91,6 +103,8 @@ impl Slot {
             latency_ms: self.health.latency().map(|l| l.as_secs_f64() * 1e3),
             last_error: self.health.last_error(),
             capabilities: self.capabilities,
+            pending_replay: self.hints.pending(),
+            replay_lost: self.hints.lost(),
         }
     }
 }
@@ -142,5 +156,91 @@ pub(crate) async fn monitor(
             _ = stop.changed() => return,
             _ = tokio::time::sleep(config.interval) => {}
         }
+    }
+}
+
+/// How often the replayer looks for recovered backends with writes to replay.
+const REPLAY_TICK: Duration = Duration::from_millis(100);
+const REPLAY_BATCH: usize = 256;
+
+/// Replays the writes each backend missed, once it answers again, until `stop` fires. Each
+/// replayed write goes through the backend's breaker: while it is open nothing is sent, and in
+/// half-open the first replayed write is the one probe.
+pub(crate) async fn replayer(
+    slots: Vec<Arc<Slot>>,
+    events: broadcast::Sender<StorageEvent>,
+    mut stop: watch::Receiver<bool>,
+    attempt_timeout: Duration,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(REPLAY_TICK) => {}
+        }
+        for slot in &slots {
+            if slot.hints.pending() > 0 && slot.health.state().is_routable() {
+                replay(slot, &events, attempt_timeout).await;
+            }
+        }
+    }
+}
+
+async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_timeout: Duration) {
+    let mut replayed = 0_u64;
+    'drain: loop {
+        let batch = slot.hints.batch(REPLAY_BATCH);
+        if batch.is_empty() {
+            break;
+        }
+        for (key, hint, version) in batch {
+            let Ok(permit) = slot.breaker.try_acquire() else {
+                break 'drain;
+            };
+            let start = Instant::now();
+            let call = async {
+                match hint.replay_at(start) {
+                    Replay::Set(value, ttl) => slot.backend.set(&key, value, ttl).await,
+                    Replay::Delete => slot.backend.delete(&key).await.map(|_| ()),
+                }
+            };
+            match tokio::time::timeout(attempt_timeout, call).await {
+                Ok(Ok(())) => {
+                    permit.success(start.elapsed());
+                    if slot.hints.replayed(&key, version) {
+                        replayed += 1;
+                    }
+                }
+                Ok(Err(error)) if error.is_transient() => {
+                    permit.failure();
+                    tracing::debug!(backend = %slot.name, %error, "replay paused");
+                    break 'drain;
+                }
+                Ok(Err(error)) => {
+                    // The backend refuses this write for good: report it rather than retry
+                    // forever or drop it silently.
+                    permit.ignore();
+                    if slot.hints.replayed(&key, version) {
+                        slot.hints.count_lost();
+                        tracing::warn!(backend = %slot.name, %error, "a write could not be replayed");
+                        let _ = events.send(StorageEvent::ReplayLost {
+                            backend: slot.name.clone(),
+                            lost: slot.hints.lost(),
+                        });
+                    }
+                }
+                Err(_) => {
+                    permit.failure();
+                    break 'drain;
+                }
+            }
+        }
+    }
+    if replayed > 0 && slot.hints.pending() == 0 {
+        tracing::info!(backend = %slot.name, records = replayed, "replay complete: backend takes traffic again");
+        let _ = events.send(StorageEvent::ReplayCompleted {
+            backend: slot.name.clone(),
+            records: replayed,
+        });
     }
 }

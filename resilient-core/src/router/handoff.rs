@@ -1,0 +1,227 @@
+//! Hinted handoff: the writes and deletes a higher-priority backend missed while another served
+//! them, kept until they are replayed to it.
+//!
+//! Records are coalesced per key (the newest write wins), carry a version and the value's
+//! expiry, and are bounded in number. A record that does not fit is counted as lost and
+//! reported, never dropped silently.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+/// A write to carry over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Hint {
+    Set {
+        value: Bytes,
+        expires_at: Option<Instant>,
+    },
+    Delete,
+}
+
+impl Hint {
+    /// What a read of the key should see now, by this record.
+    pub(crate) fn read(&self, now: Instant) -> Option<Bytes> {
+        match self {
+            Hint::Set { value, expires_at } if expires_at.is_none_or(|at| now < at) => {
+                Some(value.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// The operation that brings a backend up to date at `now`: an expired value becomes a
+    /// delete, a live one keeps its remaining TTL.
+    pub(crate) fn replay_at(&self, now: Instant) -> Replay {
+        match self {
+            Hint::Set {
+                value,
+                expires_at: None,
+            } => Replay::Set(value.clone(), None),
+            Hint::Set {
+                value,
+                expires_at: Some(at),
+            } => match at.checked_duration_since(now) {
+                Some(left) if left >= Duration::from_millis(1) => {
+                    Replay::Set(value.clone(), Some(left))
+                }
+                _ => Replay::Delete,
+            },
+            Hint::Delete => Replay::Delete,
+        }
+    }
+}
+
+/// One replay step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Replay {
+    Set(Bytes, Option<Duration>),
+    Delete,
+}
+
+#[derive(Debug)]
+struct Record {
+    hint: Hint,
+    version: u64,
+}
+
+/// The records kept for one backend.
+#[derive(Debug)]
+pub(crate) struct Hints {
+    max: usize,
+    pending: AtomicUsize,
+    lost: AtomicU64,
+    next_version: AtomicU64,
+    records: Mutex<HashMap<String, Record>>,
+}
+
+/// A record could not be kept: the bound was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Overflow;
+
+impl Hints {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max,
+            pending: AtomicUsize::new(0),
+            lost: AtomicU64::new(0),
+            next_version: AtomicU64::new(1),
+            records: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records pending replay. Lock-free.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Records that could not be kept.
+    pub(crate) fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Counts a record that was taken but could not be replayed.
+    pub(crate) fn count_lost(&self) {
+        self.lost.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Keeps `hint` for `key`, replacing an older record of the same key.
+    pub(crate) fn record(&self, key: &str, hint: Hint) -> Result<(), Overflow> {
+        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        let mut records = self.lock();
+        if let Some(record) = records.get_mut(key) {
+            *record = Record { hint, version };
+            return Ok(());
+        }
+        if records.len() >= self.max {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+            return Err(Overflow);
+        }
+        records.insert(key.to_owned(), Record { hint, version });
+        self.pending.store(records.len(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Replaces the record of `key` if there is one (a newer write the backend also got).
+    pub(crate) fn refresh(&self, key: &str, hint: Hint) {
+        if self.pending() == 0 {
+            return;
+        }
+        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        if let Some(record) = self.lock().get_mut(key) {
+            *record = Record { hint, version };
+        }
+    }
+
+    /// The record of `key`, if any. Lock-free when nothing is pending.
+    pub(crate) fn get(&self, key: &str) -> Option<Hint> {
+        if self.pending() == 0 {
+            return None;
+        }
+        self.lock().get(key).map(|r| r.hint.clone())
+    }
+
+    /// Up to `n` records to replay, with their versions.
+    pub(crate) fn batch(&self, n: usize) -> Vec<(String, Hint, u64)> {
+        self.lock()
+            .iter()
+            .take(n)
+            .map(|(k, r)| (k.clone(), r.hint.clone(), r.version))
+            .collect()
+    }
+
+    /// Forgets `key`'s record after a replay, unless a newer write replaced it meanwhile: that
+    /// one is replayed in a later round, so the backend ends with the newest value.
+    pub(crate) fn replayed(&self, key: &str, version: u64) -> bool {
+        let mut records = self.lock();
+        let done = records.get(key).is_some_and(|r| r.version == version);
+        if done {
+            records.remove(key);
+            self.pending.store(records.len(), Ordering::Release);
+        }
+        done
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Record>> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(v: &'static [u8]) -> Hint {
+        Hint::Set {
+            value: Bytes::from_static(v),
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn records_coalesce_per_key_and_a_newer_write_survives_an_older_replay() {
+        let hints = Hints::new(10);
+        hints.record("k", set(b"1")).unwrap();
+        let (_, _, v1) = hints.batch(1).remove(0);
+        hints.record("k", set(b"2")).unwrap();
+        assert_eq!(hints.pending(), 1);
+        assert!(!hints.replayed("k", v1), "the newer record stays");
+        let (_, hint, v2) = hints.batch(1).remove(0);
+        assert_eq!(hint, set(b"2"));
+        assert!(hints.replayed("k", v2));
+        assert_eq!(hints.pending(), 0);
+    }
+
+    #[test]
+    fn the_bound_is_kept_and_what_does_not_fit_is_counted() {
+        let hints = Hints::new(2);
+        hints.record("a", Hint::Delete).unwrap();
+        hints.record("b", Hint::Delete).unwrap();
+        assert_eq!(hints.record("c", Hint::Delete), Err(Overflow));
+        hints.record("a", set(b"x")).unwrap();
+        assert_eq!((hints.pending(), hints.lost()), (2, 1));
+    }
+
+    #[test]
+    fn replay_keeps_the_remaining_ttl_and_turns_expired_values_into_deletes() {
+        let now = Instant::now();
+        let hint = Hint::Set {
+            value: Bytes::from_static(b"v"),
+            expires_at: Some(now + Duration::from_secs(10)),
+        };
+        assert_eq!(
+            hint.replay_at(now + Duration::from_secs(3)),
+            Replay::Set(Bytes::from_static(b"v"), Some(Duration::from_secs(7)))
+        );
+        assert_eq!(
+            hint.replay_at(now + Duration::from_secs(10)),
+            Replay::Delete
+        );
+        assert_eq!(hint.read(now + Duration::from_secs(11)), None);
+        assert_eq!(hint.read(now), Some(Bytes::from_static(b"v")));
+    }
+}

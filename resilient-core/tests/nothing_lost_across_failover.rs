@@ -1,0 +1,224 @@
+//! Writes and deletes served by a fallback while the primary is down reach the primary when it
+//! recovers, before it takes traffic again; reads never see its stale values; overflow is
+//! reported; write-through keeps fallbacks fresh.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{builder, drain, fault};
+use resilient_backend_memory::{MemoryBackend, MemoryConfig};
+use resilient_core::testing::Fault;
+use resilient_core::{Backend, OverallStatus, StorageEvent, Strategy, WritePolicy};
+use tokio::time::sleep;
+
+async fn direct(backend: &dyn Backend, key: &str) -> Option<Bytes> {
+    backend.get(key).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_and_deletes_made_during_an_outage_are_replayed_before_failback() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres])
+        .strategy(Strategy::Priority)
+        .build()
+        .await
+        .unwrap();
+    storage.set("kept", "old", None).await.unwrap();
+    storage.set("doomed", "old", None).await.unwrap();
+    let mut events = storage.subscribe();
+
+    redis.inject(Fault::Fail);
+    for i in 0..10 {
+        storage
+            .set(&format!("k{i}"), format!("v{i}"), None)
+            .await
+            .unwrap();
+    }
+    storage.set("kept", "new", None).await.unwrap();
+    storage.delete("doomed").await.unwrap();
+    let report = storage.health();
+    assert_eq!(report.backends["redis"].pending_replay, 12);
+    assert_eq!(report.status, OverallStatus::Degraded);
+
+    // Redis answers again, but still holds the old values: it gets no traffic until replayed.
+    redis.inject(Fault::Pass);
+    assert_eq!(
+        storage.get("kept").await.unwrap().as_deref(),
+        Some(&b"new"[..])
+    );
+    assert_eq!(storage.get("doomed").await.unwrap(), None);
+    assert_eq!(direct(&*redis, "kept").await.as_deref(), Some(&b"old"[..]));
+
+    // The breaker opened after 3 failures for 1 s; the replayer's first write is the probe.
+    sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(storage.health().backends["redis"].pending_replay, 0);
+    for i in 0..10 {
+        assert_eq!(
+            direct(&*redis, &format!("k{i}")).await.as_deref(),
+            Some(format!("v{i}").as_bytes())
+        );
+    }
+    assert_eq!(direct(&*redis, "kept").await.as_deref(), Some(&b"new"[..]));
+    assert_eq!(
+        direct(&*redis, "doomed").await,
+        None,
+        "the delete was replayed too"
+    );
+    storage.get("kept").await.unwrap();
+    assert_eq!(
+        storage.active_backend().as_deref(),
+        Some("redis"),
+        "traffic is back"
+    );
+    assert_eq!(storage.health().status, OverallStatus::Healthy);
+    assert!(drain(&mut events).iter().any(|e| matches!(
+        e,
+        StorageEvent::ReplayCompleted { backend, records: 12 } if backend == "redis"
+    )));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replayed_value_keeps_its_remaining_ttl_and_an_expired_one_becomes_a_delete() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres])
+        .strategy(Strategy::Priority)
+        .build()
+        .await
+        .unwrap();
+    storage.set("short", "old", None).await.unwrap();
+    redis.inject(Fault::Fail);
+    storage
+        .set("lasting", "v", Some(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    storage
+        .set("short", "v", Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    sleep(Duration::from_secs(3)).await;
+    redis.inject(Fault::Pass);
+    // The replayer's failed attempts opened the breaker (1 s, then 2 s): give it a probe.
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(storage.health().backends["redis"].pending_replay, 0);
+    assert_eq!(
+        direct(&*redis, "short").await,
+        None,
+        "expired during the outage: deleted on replay"
+    );
+    assert!(direct(&*redis, "lasting").await.is_some());
+    // Written at 0 s with 10 s to live: gone at 10 s on the primary too, not 10 s after replay.
+    sleep(Duration::from_millis(5_900)).await;
+    assert!(
+        direct(&*redis, "lasting").await.is_some(),
+        "still alive at 9.9 s"
+    );
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(direct(&*redis, "lasting").await, None, "expired at 10 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn repeated_writes_to_one_key_are_replayed_once_with_the_last_value() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres])
+        .strategy(Strategy::Priority)
+        .build()
+        .await
+        .unwrap();
+    redis.inject(Fault::Fail);
+    for i in 0..100 {
+        storage.set("hot", format!("v{i}"), None).await.unwrap();
+    }
+    assert_eq!(storage.health().backends["redis"].pending_replay, 1);
+    redis.inject(Fault::Pass);
+    let before = redis.calls();
+    sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(direct(&*redis, "hot").await.as_deref(), Some(&b"v99"[..]));
+    assert_eq!(
+        redis.calls() - before,
+        2,
+        "one replayed write, plus the read just made"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_beyond_the_bound_are_reported_lost_never_dropped_silently() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres])
+        .strategy(Strategy::Priority)
+        .max_hints(3)
+        .build()
+        .await
+        .unwrap();
+    let mut events = storage.subscribe();
+    redis.inject(Fault::Fail);
+    for i in 0..5 {
+        storage.set(&format!("k{i}"), "v", None).await.unwrap();
+    }
+    let report = storage.health();
+    assert_eq!(report.backends["redis"].pending_replay, 3);
+    assert_eq!(report.backends["redis"].replay_lost, 2);
+    assert_eq!(report.status, OverallStatus::Degraded);
+    assert!(drain(&mut events).iter().any(|e| matches!(
+        e,
+        StorageEvent::ReplayLost { backend, lost: 1 } if backend == "redis"
+    )));
+    let json = serde_json::to_value(storage.health()).unwrap();
+    assert_eq!(json["backends"]["redis"]["replayLost"], 2);
+    assert_eq!(json["backends"]["redis"]["pendingReplay"], 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_recorded_while_the_primary_serves() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres]).build().await.unwrap();
+    for i in 0..20 {
+        storage.set(&format!("k{i}"), "v", None).await.unwrap();
+        storage.delete(&format!("k{i}")).await.unwrap();
+    }
+    let report = storage.health();
+    assert_eq!(report.backends["redis"].pending_replay, 0);
+    assert_eq!(report.backends["postgres"].pending_replay, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn write_through_copies_writes_down_with_a_capped_ttl_on_memory() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let memory = Arc::new(MemoryBackend::new(MemoryConfig::default()));
+    let storage = builder(&[&redis, &postgres])
+        .backend(memory.clone(), 999)
+        .write_policy(WritePolicy::WriteThrough)
+        .memory_ttl_cap(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    storage.set("k", "v", None).await.unwrap();
+    for backend in [&*redis as &dyn Backend, &*postgres, &*memory] {
+        assert_eq!(direct(backend, "k").await.as_deref(), Some(&b"v"[..]));
+    }
+    sleep(Duration::from_secs(61)).await;
+    assert_eq!(
+        direct(&*memory, "k").await,
+        None,
+        "memory copies live at most the cap"
+    );
+    assert!(
+        direct(&*postgres, "k").await.is_some(),
+        "other copies keep the caller's TTL"
+    );
+
+    storage.delete("k").await.unwrap();
+    assert_eq!(
+        direct(&*postgres, "k").await,
+        None,
+        "deletes go through too"
+    );
+
+    // A failed copy does not fail the write.
+    postgres.inject(Fault::Fail);
+    storage.set("k2", "v", None).await.unwrap();
+    assert_eq!(direct(&*redis, "k2").await.as_deref(), Some(&b"v"[..]));
+    assert_eq!(direct(&*memory, "k2").await.as_deref(), Some(&b"v"[..]));
+}
