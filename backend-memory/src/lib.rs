@@ -198,10 +198,7 @@ impl MemoryBackend {
     }
 
     fn grant(&self, name: &str, holder: &str, token: u64, ttl: Duration) -> LockGrant {
-        let mut grant = LockGrant::new(name, holder, FencingToken(token), ttl);
-        grant.backend.clone_from(&self.config.name);
-        grant.local = true;
-        grant
+        LockGrant::new(name, holder, FencingToken(token), ttl).by(&self.config.name, true)
     }
 }
 

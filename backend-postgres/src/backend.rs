@@ -150,9 +150,7 @@ impl PostgresBackend {
     }
 
     fn grant(&self, name: &str, holder: &str, token: i64, ttl: Duration) -> LockGrant {
-        let mut grant = LockGrant::new(name, holder, FencingToken(token as u64), ttl);
-        grant.backend.clone_from(&self.config.name);
-        grant
+        LockGrant::new(name, holder, FencingToken(token as u64), ttl).by(&self.config.name, false)
     }
 }
 

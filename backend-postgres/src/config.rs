@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use resilient_core::url::redact;
+use resilient_core::url::{Secrets, parse_duration};
 use resilient_core::{BackendUrl, Error, Result};
 use sqlx::postgres::PgConnectOptions;
 
@@ -61,7 +61,7 @@ pub struct PostgresConfig {
     /// See the option table.
     pub sweep_batch: u32,
     pub(crate) connect: PgConnectOptions,
-    pub(crate) secrets: Vec<String>,
+    pub(crate) secrets: Secrets,
 }
 
 impl fmt::Debug for PostgresConfig {
@@ -106,15 +106,14 @@ impl PostgresConfig {
             sweep_interval: Duration::from_secs(30),
             sweep_batch: 1000,
             connect: PgConnectOptions::new(),
-            secrets: Vec::new(),
+            secrets: Secrets::default(),
         };
         let authority = main.split_once("://").map(|(_, rest)| rest).unwrap_or("");
         let authority = &authority[..authority.find('/').unwrap_or(authority.len())];
         if let Some((userinfo, _)) = authority.rsplit_once('@')
             && let Some((_, password)) = userinfo.split_once(':')
-            && !password.is_empty()
         {
-            config.secrets.push(password.to_owned());
+            config.secrets.add(password);
         }
         let mut passthrough = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -138,10 +137,10 @@ impl PostgresConfig {
                         .filter(|n| *n > 0)
                         .ok_or_else(|| Error::config(field, "must be a positive number"))?;
                 }
-                "acquire_timeout" => config.acquire_timeout = duration(&field, value)?,
-                "statement_timeout" => config.statement_timeout = duration(&field, value)?,
-                "query_timeout" => config.query_timeout = duration(&field, value)?,
-                "sweep_interval" => config.sweep_interval = duration(&field, value)?,
+                "acquire_timeout" => config.acquire_timeout = parse_duration(&field, value)?,
+                "statement_timeout" => config.statement_timeout = parse_duration(&field, value)?,
+                "query_timeout" => config.query_timeout = parse_duration(&field, value)?,
+                "sweep_interval" => config.sweep_interval = parse_duration(&field, value)?,
                 "synchronous_commit" => {
                     if !["on", "off", "local", "remote_write", "remote_apply"].contains(&value) {
                         return Err(Error::config(
@@ -152,7 +151,7 @@ impl PostgresConfig {
                     config.synchronous_commit = Some(value.to_owned());
                 }
                 "password" => {
-                    config.secrets.push(value.to_owned());
+                    config.secrets.add(value);
                     passthrough.push(pair);
                 }
                 _ => passthrough.push(pair),
@@ -164,7 +163,7 @@ impl PostgresConfig {
             format!("{main}?{}", passthrough.join("&"))
         };
         let mut connect = PgConnectOptions::from_str(&url)
-            .map_err(|e| Error::config("postgres.url", config.scrub(&e.to_string())))?;
+            .map_err(|e| Error::config("postgres.url", config.secrets.scrub(&e.to_string())))?;
         let mut settings = vec![(
             "statement_timeout".to_owned(),
             format!("{}ms", config.statement_timeout.as_millis()),
@@ -178,15 +177,6 @@ impl PostgresConfig {
         }
         config.connect = connect;
         Ok(config)
-    }
-
-    /// Replaces every known secret in `text` with `***`.
-    pub(crate) fn scrub(&self, text: &str) -> String {
-        let mut text = redact(text);
-        for secret in &self.secrets {
-            text = text.replace(secret.as_str(), "***");
-        }
-        text
     }
 }
 
@@ -208,15 +198,6 @@ fn identifier(field: &str, value: &str) -> Result<String> {
             "must be lowercase ASCII letters, digits and _, starting with a letter or _, at most 50 bytes",
         ))
     }
-}
-
-fn duration(field: &str, value: &str) -> Result<Duration> {
-    let d = humantime::parse_duration(value)
-        .map_err(|e| Error::config(field, format!("{value:?} is not a duration: {e}")))?;
-    if d.is_zero() {
-        return Err(Error::config(field, "must not be zero"));
-    }
-    Ok(d)
 }
 
 #[cfg(test)]
@@ -263,7 +244,7 @@ mod tests {
             "{debug}"
         );
         assert_eq!(
-            c.scrub("password hunter2 and other2"),
+            c.secrets.scrub("password hunter2 and other2"),
             "password *** and ***"
         );
     }

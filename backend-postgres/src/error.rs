@@ -16,7 +16,7 @@ fn rejected(code: &str) -> bool {
 /// (connection exception), 40001 (serialization failure), 40P01 (deadlock), 57014 (statement
 /// timeout), class 53 (insufficient resources) and 25006 (read-only standby).
 pub(crate) fn classify(config: &PostgresConfig, operation: Operation, err: sqlx::Error) -> Error {
-    let message = config.scrub(&err.to_string());
+    let message = config.secrets.scrub(&err.to_string());
     if let sqlx::Error::Database(db) = &err
         && let Some(code) = db.code()
         && rejected(&code)
@@ -31,7 +31,7 @@ pub(crate) fn classify(config: &PostgresConfig, operation: Operation, err: sqlx:
         return Error::config("postgres.url", message);
     }
     let debug = format!("{err:?} {err}");
-    if config.secrets.iter().any(|s| debug.contains(s.as_str())) {
+    if config.secrets.appear_in(&debug) {
         Error::backend(&config.name, operation, message)
     } else {
         Error::backend_with_source(&config.name, operation, message, err)

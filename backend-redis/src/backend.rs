@@ -166,7 +166,10 @@ impl RedisBackend {
         };
         let link = |what: &str| {
             Link::new(&config, certificates.as_ref()).map_err(|e| {
-                Error::config(format!("redis.url ({what})"), config.scrub(&e.to_string()))
+                Error::config(
+                    format!("redis.url ({what})"),
+                    config.secrets.scrub(&e.to_string()),
+                )
             })
         };
         Ok(Self {
@@ -250,9 +253,7 @@ impl RedisBackend {
     }
 
     fn grant(&self, name: &str, holder: &str, token: u64, ttl: Duration) -> LockGrant {
-        let mut grant = LockGrant::new(name, holder, FencingToken(token), ttl);
-        grant.backend.clone_from(&self.config.name);
-        grant
+        LockGrant::new(name, holder, FencingToken(token), ttl).by(&self.config.name, false)
     }
 
     fn token(&self, operation: Operation, value: &Value) -> Result<u64> {

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use resilient_core::url::redact;
+use resilient_core::url::{Secrets, parse_duration, percent_decode, redact};
 use resilient_core::{BackendUrl, Error, Result};
 
 /// Settings of a [`RedisBackend`](crate::RedisBackend).
@@ -56,7 +56,7 @@ pub struct RedisConfig {
     pub reconnect_max_delay: Duration,
     /// See the option table.
     pub ca_cert: Option<std::path::PathBuf>,
-    pub(crate) secrets: Vec<String>,
+    pub(crate) secrets: Secrets,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -116,16 +116,10 @@ impl RedisConfig {
             reconnect_retries: 1,
             reconnect_max_delay: Duration::from_millis(500),
             ca_cert: None,
-            secrets: Vec::new(),
+            secrets: Secrets::default(),
         };
-        if let Some(password) = userinfo.and_then(|u| u.split_once(':')).map(|(_, p)| p) {
-            if !password.is_empty() {
-                config.secrets.push(password.to_owned());
-                let decoded = percent_decode(password);
-                if decoded != password {
-                    config.secrets.push(decoded);
-                }
-            }
+        if let Some((_, password)) = userinfo.and_then(|u| u.split_once(':')) {
+            config.secrets.add(password);
         }
         let mut passthrough = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -139,9 +133,11 @@ impl RedisConfig {
                     }
                     config.prefix = value.to_owned();
                 }
-                "response_timeout" => config.response_timeout = duration(&field, value)?,
-                "connect_timeout" => config.connect_timeout = duration(&field, value)?,
-                "reconnect_max_delay" => config.reconnect_max_delay = duration(&field, value)?,
+                "response_timeout" => config.response_timeout = parse_duration(&field, value)?,
+                "connect_timeout" => config.connect_timeout = parse_duration(&field, value)?,
+                "reconnect_max_delay" => {
+                    config.reconnect_max_delay = parse_duration(&field, value)?
+                }
                 "ca_cert" if !value.is_empty() => {
                     if !tls {
                         return Err(Error::config(field, "needs a rediss:// URL"));
@@ -194,44 +190,6 @@ impl RedisConfig {
         }
         Ok(config)
     }
-
-    /// Replaces every known secret in `text` with `***`.
-    pub(crate) fn scrub(&self, text: &str) -> String {
-        let mut text = redact(text);
-        for secret in &self.secrets {
-            text = text.replace(secret.as_str(), "***");
-        }
-        text
-    }
-}
-
-fn duration(field: &str, value: &str) -> Result<Duration> {
-    let d = humantime::parse_duration(value)
-        .map_err(|e| Error::config(field, format!("{value:?} is not a duration: {e}")))?;
-    if d.is_zero() {
-        return Err(Error::config(field, "must not be zero"));
-    }
-    Ok(d)
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -285,7 +243,7 @@ mod tests {
             "{debug}"
         );
         assert_eq!(
-            c.scrub("auth failed for s@cret and s%40cret"),
+            c.secrets.scrub("auth failed for s@cret and s%40cret"),
             "auth failed for *** and ***"
         );
     }

@@ -12,7 +12,7 @@ const REJECTED: &[&str] = &["WRONGTYPE"];
 /// Every other error (I/O, timeouts, dropped connections, `LOADING`, `READONLY`,
 /// `CLUSTERDOWN`, `MASTERDOWN`, `TRYAGAIN`, authentication, ...) is a transient backend failure.
 pub(crate) fn classify(config: &RedisConfig, operation: Operation, err: RedisError) -> Error {
-    let message = config.scrub(&err.to_string());
+    let message = config.secrets.scrub(&err.to_string());
     if err.code().is_some_and(|code| REJECTED.contains(&code)) {
         return Error::Rejected {
             backend: config.name.clone(),
@@ -22,7 +22,7 @@ pub(crate) fn classify(config: &RedisConfig, operation: Operation, err: RedisErr
     }
     // The source chain is kept only when it cannot leak a credential.
     let debug = format!("{err:?} {err}");
-    if config.secrets.iter().any(|s| debug.contains(s.as_str())) {
+    if config.secrets.appear_in(&debug) {
         Error::backend(&config.name, operation, message)
     } else {
         Error::backend_with_source(&config.name, operation, message, err)

@@ -118,6 +118,13 @@ impl LockGrant {
             local: false,
         }
     }
+
+    /// Sets the granting backend's name, and whether the lock is process-local.
+    pub fn by(mut self, backend: &str, local: bool) -> Self {
+        backend.clone_into(&mut self.backend);
+        self.local = local;
+        self
+    }
 }
 
 /// The answer to an acquire: a grant, or the lock is held by another holder. Both are answers,

@@ -1,6 +1,7 @@
 //! Backend URLs that never show their credentials.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 
@@ -129,6 +130,78 @@ pub fn redact(url: &str) -> String {
     out
 }
 
+/// The secrets a backend knows (passwords from its URL), to scrub from any text it shows:
+/// error messages of its client library, for example. `Debug` shows only how many there are.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secrets(Vec<String>);
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secrets({} redacted)", self.0.len())
+    }
+}
+
+impl Secrets {
+    /// Adds a secret as written in a URL, and its percent-decoded form when that differs.
+    pub fn add(&mut self, secret: &str) {
+        if secret.is_empty() {
+            return;
+        }
+        let decoded = percent_decode(secret);
+        if decoded != secret {
+            self.0.push(decoded);
+        }
+        self.0.push(secret.to_owned());
+    }
+
+    /// `text` with URLs redacted and every known secret replaced by `***`.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut text = redact(text);
+        for secret in &self.0 {
+            text = text.replace(secret.as_str(), "***");
+        }
+        text
+    }
+
+    /// True when `text` contains a known secret.
+    pub fn appear_in(&self, text: &str) -> bool {
+        self.0.iter().any(|s| text.contains(s.as_str()))
+    }
+}
+
+/// Reads a URL option holding a duration (`250ms`, `2s`, `1m 30s`); the error names `field`.
+pub fn parse_duration(field: &str, value: &str) -> Result<Duration> {
+    let d = humantime::parse_duration(value)
+        .map_err(|e| Error::config(field, format!("{value:?} is not a duration: {e}")))?;
+    if d.is_zero() {
+        return Err(Error::config(field, "must not be zero"));
+    }
+    Ok(d)
+}
+
+/// Decodes `%XX` escapes; anything else passes through.
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn is_secret_option(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     [
@@ -191,6 +264,31 @@ mod tests {
             url.query_pairs().collect::<Vec<_>>(),
             vec![("max_bytes", "10"), ("x", "")]
         );
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_raw_and_decoded_and_never_debug_printed() {
+        let mut secrets = Secrets::default();
+        secrets.add("s%40cret");
+        assert_eq!(secrets.scrub("bad s@cret, s%40cret"), "bad ***, ***");
+        assert!(secrets.appear_in("x s@cret"));
+        assert_eq!(format!("{secrets:?}"), "Secrets(2 redacted)");
+        assert_eq!(percent_decode("a%2"), "a%2");
+    }
+
+    #[test]
+    fn durations_parse_and_name_their_field() {
+        assert_eq!(
+            parse_duration("f", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert!(
+            parse_duration("x.timeout", "0s")
+                .unwrap_err()
+                .to_string()
+                .contains("x.timeout")
+        );
+        assert!(parse_duration("f", "soon").is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Power of two choices over the latency EWMA.
 
-use super::{Candidates, MAX_BACKENDS, Routing, SelectionStrategy};
+use super::{Candidates, Routing, SelectionStrategy};
 
 /// Picks two available backends at random and tries the one with the lower latency EWMA first,
 /// then the other, then the rest in priority order. A backend without a latency sample counts
@@ -14,12 +14,7 @@ impl SelectionStrategy for LatencyAware {
     }
 
     fn select(&self, routing: &Routing<'_>, out: &mut Candidates) {
-        let mut available = [0_usize; MAX_BACKENDS];
-        let mut n = 0;
-        for i in routing.available().take(MAX_BACKENDS) {
-            available[n] = i;
-            n += 1;
-        }
+        let (available, n) = routing.available_array();
         if n >= 2 {
             let a = fastrand::usize(..n);
             let mut b = fastrand::usize(..n - 1);

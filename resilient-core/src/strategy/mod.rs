@@ -50,6 +50,17 @@ impl<'a> Routing<'a> {
         Self { backends, now }
     }
 
+    /// Indices of the available backends in priority order, on the stack, and how many.
+    pub fn available_array(&self) -> ([usize; MAX_BACKENDS], usize) {
+        let mut available = [0_usize; MAX_BACKENDS];
+        let mut n = 0;
+        for i in self.available().take(MAX_BACKENDS) {
+            available[n] = i;
+            n += 1;
+        }
+        (available, n)
+    }
+
     /// Indices of the available backends, in priority order.
     pub fn available(&self) -> impl Iterator<Item = usize> + '_ {
         self.backends

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Candidates, MAX_BACKENDS, Routing, SelectionStrategy};
+use super::{Candidates, Routing, SelectionStrategy};
 
 /// Starts each call at the next available backend in turn; the others follow as fallbacks.
 #[derive(Debug, Default)]
@@ -16,12 +16,7 @@ impl SelectionStrategy for RoundRobin {
     }
 
     fn select(&self, routing: &Routing<'_>, out: &mut Candidates) {
-        let mut available = [0_usize; MAX_BACKENDS];
-        let mut n = 0;
-        for i in routing.available().take(MAX_BACKENDS) {
-            available[n] = i;
-            n += 1;
-        }
+        let (available, n) = routing.available_array();
         if n == 0 {
             return;
         }
