@@ -6,8 +6,9 @@
 //!   are counted in [`MemoryBackend::evictions`].
 //! - TTL per entry; a new set replaces the old TTL. Expiry is decided on tokio's clock, so tests
 //!   can pause time; moka reclaims the memory of expired entries on its own schedule.
-//! - Locks with expiry, holder checks, and fencing tokens from one process-wide counter, so
-//!   tokens only grow for every lock name.
+//! - Locks with expiry, holder checks, and fencing tokens that only grow: microseconds since
+//!   the Unix epoch or one more than the last token, as the Redis and PostgreSQL backends issue
+//!   them.
 //!
 //! Registered for `memory://` (options `max_bytes`, `name`).
 
@@ -148,8 +149,23 @@ pub struct MemoryBackend {
     evictions: Arc<AtomicU64>,
 }
 
-// One counter for every lock name of every store in the process: tokens only grow.
-static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+// The last token issued by any store in the process: tokens only grow.
+static LAST_TOKEN: AtomicU64 = AtomicU64::new(0);
+
+/// Microseconds since the Unix epoch, or one more than the last token when that is larger: the
+/// same rule as the Redis and PostgreSQL backends, so tokens stay comparable when a lock moves
+/// between them.
+fn next_token() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let previous = LAST_TOKEN
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+            Some(now.max(last.saturating_add(1)))
+        })
+        .unwrap_or_else(|last| last);
+    now.max(previous.saturating_add(1))
+}
 
 impl Default for MemoryBackend {
     fn default() -> Self {
@@ -294,7 +310,7 @@ impl Backend for MemoryBackend {
                 lease.token
             }
             _ => {
-                let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+                let token = next_token();
                 leases.by_name.insert(
                     name.to_owned(),
                     Lease {

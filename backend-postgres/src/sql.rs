@@ -62,10 +62,13 @@ impl Statements {
                 "DELETE FROM {values} WHERE key = $1 RETURNING (expires_at IS NULL OR expires_at > now())"
             )),
             // Granted when the lease is free, expired, or already the caller's (then extended,
-            // keeping its token). The token comes from a sequence, so it only grows.
+            // keeping its token). The token is the server's clock in microseconds or one more
+            // than the sequence's last value, whichever is larger: it only grows, and stays
+            // comparable with the tokens Redis and the memory store issue the same way.
             acquire: sql(format!(
                 "INSERT INTO {locks} AS l (name, holder, token, expires_at) \
-                 VALUES ($1, $2, nextval('{fence}'), {expiry}) \
+                 VALUES ($1, $2, setval('{fence}', GREATEST(nextval('{fence}'), \
+                   (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)), {expiry}) \
                  ON CONFLICT (name) DO UPDATE SET \
                    holder = EXCLUDED.holder, \
                    token = CASE WHEN l.holder = EXCLUDED.holder AND l.expires_at > now() \

@@ -3,6 +3,11 @@
 //!
 //! The lock value is `<token>:<holder>`: the token is digits, so the first `:` separates them.
 //! Tokens travel as strings, so no Lua number formatting can mangle them.
+//!
+//! A token is the server's clock in microseconds since the Unix epoch, or one more than the
+//! lock's last token when that is larger (the fence key remembers it): it grows for a lock name
+//! on this server, and stays comparable with tokens PostgreSQL and the memory store issue the
+//! same way. Microseconds stay exact in Lua's doubles until the year 2255.
 
 use std::sync::LazyLock;
 
@@ -16,7 +21,11 @@ pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
         r"
 local current = redis.call('GET', KEYS[1])
 if not current then
-  local token = string.format('%d', redis.call('INCR', KEYS[2]))
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+  local token = string.format('%d', math.max(now, last + 1))
+  redis.call('SET', KEYS[2], token)
   redis.call('SET', KEYS[1], token .. ':' .. ARGV[1], 'PX', ARGV[2])
   return {1, token}
 end

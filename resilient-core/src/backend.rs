@@ -73,6 +73,12 @@ pub enum HealthProbe {
 
 /// A fencing token: grows with every grant of the same lock name, so a resource guarded by the
 /// lock can reject writes from a holder whose lease has already passed to someone else.
+///
+/// The shipped backends issue the granting server's clock in microseconds since the Unix epoch,
+/// or one more than the lock's last token when that is larger. Tokens therefore keep growing
+/// when lock authority moves between Redis, PostgreSQL and the memory store, provided the
+/// servers' clocks agree to within the time between two grants of the lock (a lease is seconds;
+/// NTP keeps clocks within milliseconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct FencingToken(pub u64);
 

@@ -2,6 +2,7 @@
 //! attempt under its breaker, its timeout and the call's deadline.
 
 mod builder;
+mod guard;
 mod handoff;
 mod slot;
 
@@ -24,6 +25,7 @@ pub use builder::{
     DEFAULT_MAX_HINTS, DEFAULT_MEMORY_TTL_CAP, MEMORY_FALLBACK_PRIORITY, StorageBuilder,
     WritePolicy,
 };
+pub use guard::{LockGuard, LockLost, LockOptions};
 use handoff::Hint;
 use slot::Slot;
 
