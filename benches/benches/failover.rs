@@ -1,12 +1,15 @@
 //! Figures criterion does not measure: p99 latency of `LatencyAware` against `Failover` when the
-//! primary is slowed by the fault proxy, and how long a failover and a failback take after a
-//! real SIGKILL and restart. Written as JSON for `cargo xtask bench`'s summary.
+//! primary is slowed by the fault proxy; how long a failover and a failback take after a real
+//! SIGKILL and restart; and interleaved A/B ratios of the server-bound calls (on a small
+//! machine, a loopback round trip drifts more between criterion's consecutive measurements than
+//! the resilience layer costs). Written as JSON for `cargo xtask bench`'s summary.
 
 use std::time::{Duration, Instant};
 
-use resilient_benches::{percentile, write_result};
+use resilient_benches::{percentile, storage_over, write_result};
 use resilient_storage::prelude::*;
 use resilient_storage::{BackendOptions, HealthConfig};
+use resilient_test_support::PostgresServer;
 use resilient_test_support::{FaultProxy, ProxyMode, RedisServer};
 use serde_json::json;
 
@@ -22,6 +25,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
+        interleaved().await;
         latency_aware_against_failover().await;
         failover_and_failback_times(
             "defaults",
@@ -177,4 +181,109 @@ async fn switch_to(
             Err(_) => panic!("no switch to {target} within 30 s"),
         }
     }
+}
+
+const ROUNDS: usize = 30;
+const PER_ROUND: u32 = 200;
+
+/// Alternates blocks of calls through the storage and directly, and reports the median of the
+/// per-round time ratios: drift of the machine lands on both sides alike.
+async fn ab<A, B, FA, FB>(name: &str, mut ours: A, mut baseline: B)
+where
+    A: FnMut() -> FA,
+    B: FnMut() -> FB,
+    FA: std::future::Future<Output = ()>,
+    FB: std::future::Future<Output = ()>,
+{
+    for _ in 0..PER_ROUND {
+        ours().await;
+        baseline().await;
+    }
+    let mut ratios = Vec::with_capacity(ROUNDS);
+    let (mut ours_total, mut base_total) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        for _ in 0..PER_ROUND {
+            ours().await;
+        }
+        let a = start.elapsed();
+        let start = Instant::now();
+        for _ in 0..PER_ROUND {
+            baseline().await;
+        }
+        let b = start.elapsed();
+        ours_total += a;
+        base_total += b;
+        ratios.push(a.as_secs_f64() / b.as_secs_f64());
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ROUNDS / 2];
+    let calls = (ROUNDS as u32) * PER_ROUND;
+    println!(
+        "{name}: interleaved median ratio {median:.3} ({:?} vs {:?} per call)",
+        ours_total / calls,
+        base_total / calls
+    );
+    write_result(
+        &format!("interleaved_{name}"),
+        &json!({
+            "median_ratio": median,
+            "resilient_us": (ours_total / calls).as_secs_f64() * 1e6,
+            "baseline_us": (base_total / calls).as_secs_f64() * 1e6,
+        }),
+    );
+}
+
+async fn interleaved() {
+    let redis = RedisServer::start().expect("redis-server");
+    let storage = storage_over(&redis.url(), true).await;
+    storage.set("key", vec![7_u8; 100], None).await.unwrap();
+    let raw = redis::aio::ConnectionManager::new(redis::Client::open(redis.url()).unwrap())
+        .await
+        .unwrap();
+    ab(
+        "redis_get",
+        || async {
+            storage.get("key").await.unwrap().unwrap();
+        },
+        || {
+            let mut conn = raw.clone();
+            async move {
+                redis::cmd("GET")
+                    .arg("key")
+                    .query_async::<Option<Vec<u8>>>(&mut conn)
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        },
+    )
+    .await;
+    storage.shutdown().await;
+
+    let postgres = PostgresServer::start().expect("postgres");
+    let storage = storage_over(&postgres.url(), true).await;
+    storage.set("key", vec![7_u8; 100], None).await.unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(16)
+        .test_before_acquire(false)
+        .connect(&postgres.url())
+        .await
+        .unwrap();
+    let get_sql = "SELECT value FROM \"public\".\"resilient_kv\" WHERE key = $1 AND (expires_at IS NULL OR expires_at > now())";
+    ab(
+        "postgres_get",
+        || async {
+            storage.get("key").await.unwrap().unwrap();
+        },
+        || async {
+            sqlx::query_scalar::<_, Vec<u8>>(get_sql)
+                .bind("key")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        },
+    )
+    .await;
+    storage.shutdown().await;
 }

@@ -364,6 +364,28 @@ fn summary() -> Result<String, String> {
             if met { "yes" } else { "**no**" }
         ));
     }
+    for (name, what, limit) in [
+        (
+            "redis_get",
+            "Redis get, one task (interleaved A/B, median of 30 rounds)",
+            1.05,
+        ),
+        (
+            "postgres_get",
+            "PostgreSQL get (interleaved A/B, median of 30 rounds)",
+            1.05,
+        ),
+    ] {
+        let figures = custom(&format!("interleaved_{name}"))?;
+        let get = |k: &str| figures[k].as_f64().unwrap_or(f64::NAN);
+        let ratio = get("median_ratio");
+        out.push_str(&format!(
+            "| {what} | {:.1} µs | {:.1} µs | {ratio:.3}x | ≤ {limit}x | {} |\n",
+            get("resilient_us"),
+            get("baseline_us"),
+            if ratio <= limit { "yes" } else { "**no**" }
+        ));
+    }
     let latency = custom("latency_aware_vs_failover")?;
     let p99 = |s: &str| {
         latency["strategies"][s]["p99_us"]
