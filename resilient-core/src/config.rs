@@ -108,6 +108,10 @@ pub struct StorageConfig {
     pub memory_ttl_cap: Duration,
     /// Missed writes kept per backend for replay.
     pub max_hints: usize,
+    /// Wait before a lower backend grants locks after a higher one went down; default: the
+    /// longest lease this process has granted.
+    #[serde(with = "humantime_serde::option")]
+    pub lock_failover_delay: Option<Duration>,
 }
 
 impl Default for StorageConfig {
@@ -126,6 +130,7 @@ impl Default for StorageConfig {
             write_policy: WritePolicy::default(),
             memory_ttl_cap: DEFAULT_MEMORY_TTL_CAP,
             max_hints: DEFAULT_MAX_HINTS,
+            lock_failover_delay: None,
         }
     }
 }
@@ -147,6 +152,9 @@ impl StorageConfig {
             .write_policy(self.write_policy)
             .memory_ttl_cap(self.memory_ttl_cap)
             .max_hints(self.max_hints);
+        if let Some(delay) = self.lock_failover_delay {
+            builder = builder.lock_failover_delay(delay);
+        }
         for (i, backend) in self.backends.into_iter().enumerate() {
             let mut options = BackendOptions::new(backend.priority).enabled(backend.enabled);
             options.name = backend.name;

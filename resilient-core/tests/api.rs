@@ -219,16 +219,27 @@ async fn extend_and_release_go_to_the_backend_that_granted_the_lock() {
     let (redis, postgres) = (fault("redis"), fault("postgres"));
     let storage = builder(&[&redis, &postgres])
         .strategy(resilient_core::Strategy::Priority)
+        .lock_failover_delay(Duration::from_secs(1))
         .build()
         .await
         .unwrap();
     redis.inject(Fault::Fail);
+    assert!(
+        storage
+            .acquire_lock("job", "w1", Duration::from_secs(30))
+            .await
+            .is_err(),
+        "a lock call does not fail over within the call"
+    );
+    storage.force_open("redis", true);
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let grant = storage
         .acquire_lock("job", "w1", Duration::from_secs(30))
         .await
         .unwrap();
     assert_eq!(grant.grant().unwrap().backend, "postgres");
     redis.inject(Fault::Pass);
+    storage.force_open("redis", false);
     let extended = storage
         .extend_lock("job", "w1", Duration::from_secs(30))
         .await
@@ -477,4 +488,41 @@ async fn an_unknown_scheme_lists_the_available_ones() {
     };
     assert_eq!(scheme, "mongodb");
     assert!(available.contains("memory"), "{available}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lower_backend_grants_locks_only_after_the_longest_lease_could_have_expired() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres]).build().await.unwrap();
+    let lease = Duration::from_secs(10);
+    assert_eq!(
+        storage
+            .acquire_lock("a", "w1", lease)
+            .await
+            .unwrap()
+            .grant()
+            .unwrap()
+            .backend,
+        "redis"
+    );
+    redis.inject(Fault::Fail);
+    let down_at = tokio::time::Instant::now();
+    for _ in 0..3 {
+        assert!(storage.acquire_lock("b", "w2", lease).await.is_err());
+    }
+    // Key-value calls fail over at once; lock calls wait out the lease "a" may still hold.
+    storage.set("k", "v", None).await.unwrap();
+    tokio::time::sleep_until(down_at + lease - Duration::from_millis(100)).await;
+    let err = storage
+        .acquire_lock("b", "w2", lease)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("locks fail closed") && err.contains("10s"),
+        "{err}"
+    );
+    tokio::time::sleep_until(down_at + lease).await;
+    let grant = storage.acquire_lock("b", "w2", lease).await.unwrap();
+    assert_eq!(grant.grant().unwrap().backend, "postgres");
 }

@@ -18,6 +18,8 @@ async fn tokens_grow_across_redis_postgres_and_memory() {
         .backend_url(&postgres.url(), 2)
         .unwrap()
         .local_locks(true)
+        // This test is about tokens: let locks move to a lower backend at once.
+        .lock_failover_delay(Duration::ZERO)
         .build()
         .await
         .unwrap();

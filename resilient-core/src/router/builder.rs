@@ -118,6 +118,7 @@ pub struct StorageBuilder {
     write_policy: WritePolicy,
     memory_ttl_cap: Duration,
     max_hints: usize,
+    lock_failover_delay: Option<Duration>,
 }
 
 impl Default for StorageBuilder {
@@ -138,6 +139,7 @@ impl Default for StorageBuilder {
             write_policy: WritePolicy::default(),
             memory_ttl_cap: DEFAULT_MEMORY_TTL_CAP,
             max_hints: DEFAULT_MAX_HINTS,
+            lock_failover_delay: None,
         }
     }
 }
@@ -253,6 +255,15 @@ impl StorageBuilder {
         self
     }
 
+    /// How long lock calls wait, after a lock backend goes down, before a lower one may grant
+    /// locks: it must cover every lease the down backend may still hold, including leases other
+    /// processes took. Default: the longest lease this process has granted or extended. Until
+    /// then lock calls fail closed; key-value calls fail over at once.
+    pub fn lock_failover_delay(mut self, delay: Duration) -> Self {
+        self.lock_failover_delay = Some(delay);
+        self
+    }
+
     /// Capacity of the event channel. Default 1,024.
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity;
@@ -349,6 +360,7 @@ impl StorageBuilder {
                 self.local_locks,
                 self.write_policy,
                 self.memory_ttl_cap,
+                self.lock_failover_delay,
                 events,
                 stop,
                 monitors,

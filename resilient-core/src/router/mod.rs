@@ -81,6 +81,8 @@ struct Inner {
     local_locks: bool,
     write_policy: WritePolicy,
     memory_ttl_cap: Duration,
+    lock_failover_delay: Option<Duration>,
+    longest_lease_ms: std::sync::atomic::AtomicU64,
     events: broadcast::Sender<StorageEvent>,
     active: AtomicUsize,
     shut_down: AtomicBool,
@@ -101,6 +103,7 @@ impl Inner {
         local_locks: bool,
         write_policy: WritePolicy,
         memory_ttl_cap: Duration,
+        lock_failover_delay: Option<Duration>,
         events: broadcast::Sender<StorageEvent>,
         stop: watch::Sender<bool>,
         monitors: Vec<JoinHandle<()>>,
@@ -114,6 +117,8 @@ impl Inner {
             local_locks,
             write_policy,
             memory_ttl_cap,
+            lock_failover_delay,
+            longest_lease_ms: std::sync::atomic::AtomicU64::new(0),
             events,
             active: AtomicUsize::new(NONE),
             shut_down: AtomicBool::new(false),
@@ -470,6 +475,8 @@ impl ResilientStorage {
     }
 
     fn remember_lock(&self, name: &str, holder: &str, index: usize, ttl: Duration) {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.inner.longest_lease_ms.fetch_max(ms, Ordering::Relaxed);
         let now = Instant::now();
         let mut hints = self.hints();
         if hints.len() >= MAX_LOCK_HINTS {
@@ -509,6 +516,9 @@ impl ResilientStorage {
         for (view, slot) in views.iter_mut().zip(&inner.slots) {
             *view = slot.view(now, self.eligible(slot, route), route == Route::Data);
         }
+        if route == Route::Lock {
+            self.hold_back_lock_failover(&mut views, now);
+        }
         let backends = &views[..inner.slots.len()];
         let mut candidates = Candidates::new();
         if let Some(p) = prefer.filter(|&p| backends.get(p).is_some_and(|b| b.available)) {
@@ -517,7 +527,42 @@ impl ResilientStorage {
         inner
             .strategy
             .select(&Routing { backends, now }, &mut candidates);
+        if route == Route::Lock {
+            // One lock backend per call: failing over inside a call could grant a lease on a
+            // lower backend while the higher one still holds a live one.
+            let mut first = Candidates::new();
+            if let Some(index) = candidates.first() {
+                first.push(index);
+            }
+            candidates = first;
+        }
         (views, candidates)
+    }
+
+    /// How long lock calls wait after a lock backend goes down before a lower one may grant:
+    /// long enough for every lease it may still hold to expire.
+    fn lock_failover_wait(&self) -> Duration {
+        self.inner.lock_failover_delay.unwrap_or_else(|| {
+            Duration::from_millis(self.inner.longest_lease_ms.load(Ordering::Relaxed))
+        })
+    }
+
+    /// Marks lock backends below one that went down less than the wait ago as unavailable.
+    fn hold_back_lock_failover(&self, views: &mut [BackendView; MAX_BACKENDS], now: Instant) {
+        let wait = self.lock_failover_wait();
+        let mut held_back = false;
+        for (view, slot) in views.iter_mut().zip(&self.inner.slots) {
+            if !self.eligible(slot, Route::Lock) {
+                continue;
+            }
+            if held_back {
+                view.available = false;
+                continue;
+            }
+            if !view.available && now.saturating_duration_since(slot.lock_down(now)) < wait {
+                held_back = true;
+            }
+        }
     }
 
     fn unavailable(&self, operation: Operation, route: Route) -> Error {
@@ -540,10 +585,19 @@ impl ResilientStorage {
             })
             .collect::<Vec<_>>()
             .join("; ");
-        if route == Route::Lock && !inner.local_locks {
+        if route == Route::Lock {
+            let wait = self.lock_failover_wait();
+            let local = if inner.local_locks {
+                ""
+            } else {
+                "; local locks are not enabled"
+            };
             return Error::NoBackendAvailable {
                 operation,
-                reasons: format!("{reasons} (locks fail closed: local locks are not enabled)"),
+                reasons: format!(
+                    "{reasons} (locks fail closed: a lower backend grants only after a higher one \
+                     has been down for {wait:?}, the longest lease it may still hold{local})"
+                ),
             };
         }
         Error::NoBackendAvailable { operation, reasons }
@@ -596,6 +650,9 @@ impl ResilientStorage {
             let error = match result {
                 Ok(Ok(value)) => {
                     permit.success_at(elapsed, end);
+                    if route == Route::Lock {
+                        slot.lock_served();
+                    }
                     slot.health.observe_latency(elapsed);
                     let routing = Routing {
                         backends: &views[..inner.slots.len()],
@@ -622,6 +679,9 @@ impl ResilientStorage {
                     }
                 }
             };
+            if route == Route::Lock {
+                slot.lock_down(end);
+            }
             tracing::warn!(backend = %slot.name, %operation, error = %error, "backend attempt failed");
             attempts.push(Attempt {
                 backend: slot.name.clone(),

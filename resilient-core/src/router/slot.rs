@@ -24,6 +24,8 @@ pub(crate) struct Slot {
     pub(crate) breaker: CircuitBreaker,
     pub(crate) health: HealthTracker,
     pub(crate) hints: Hints,
+    /// Since when lock calls have found this backend unusable (`None` while it serves them).
+    pub(crate) lock_down_since: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Slot {
@@ -64,7 +66,27 @@ impl Slot {
             breaker,
             health: HealthTracker::new(health),
             hints: Hints::new(max_hints),
+            lock_down_since: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Marks the backend unusable for locks from `now` unless it already was; returns since
+    /// when. Only [`lock_served`](Self::lock_served) clears it: a half-open breaker letting a
+    /// probe through does not restart the clock.
+    pub(crate) fn lock_down(&self, now: Instant) -> Instant {
+        *self
+            .lock_down_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(now)
+    }
+
+    /// The backend served a lock call.
+    pub(crate) fn lock_served(&self) {
+        *self
+            .lock_down_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// True for the process-local memory store.
