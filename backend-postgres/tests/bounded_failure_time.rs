@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use resilient_core::Backend;
-use resilient_test_support::PostgresServer;
+use resilient_test_support::{PostgresServer, Workload};
 
 /// The backend's query timeout in these tests, playing the router's attempt timeout.
 const ATTEMPT: Duration = Duration::from_millis(500);
@@ -22,13 +22,6 @@ fn url(server: &PostgresServer) -> String {
     )
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Call {
-    start: Instant,
-    end: Instant,
-    ok: bool,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_under_load_then_restarted_fails_within_the_timeout_and_recovers_by_itself() {
     let mut server = PostgresServer::start().unwrap();
@@ -37,69 +30,40 @@ async fn killed_under_load_then_restarted_fails_within_the_timeout_and_recovers_
         .set("warm", Bytes::from_static(b"up"), None)
         .await
         .unwrap();
-    let calls = Arc::new(Mutex::new(Vec::<Call>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..8)
-        .map(|w| {
-            let (backend, calls, stop) = (backend.clone(), calls.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut i = 0_u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let key = format!("w{w}-{}", i % 50);
-                    let start = Instant::now();
-                    let ok = if i % 2 == 0 {
-                        backend
-                            .set(&key, Bytes::from(key.clone()), None)
-                            .await
-                            .is_ok()
-                    } else {
-                        backend.get(&key).await.is_ok()
-                    };
-                    let end = Instant::now();
-                    calls.lock().unwrap().push(Call { start, end, ok });
-                    i += 1;
-                    if !ok {
-                        // A failing call returns fast; do not spin.
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
+    let load = {
+        let backend = backend.clone();
+        Workload::start(8, Duration::from_millis(5), move |w, i| {
+            let backend = backend.clone();
+            async move {
+                let key = format!("w{w}-{}", i % 50);
+                if i % 2 == 0 {
+                    backend
+                        .set(&key, Bytes::from(key.clone()), None)
+                        .await
+                        .is_ok()
+                } else {
+                    backend.get(&key).await.is_ok()
                 }
-            })
+            }
         })
-        .collect();
+    };
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.kill().unwrap();
     let killed_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let restart_began = Instant::now();
-    let server = tokio::task::spawn_blocking(move || {
+    let (server, accepting_at) = tokio::task::spawn_blocking(move || {
         server.restart().unwrap();
         (server, Instant::now())
-    });
-    let (server, accepting_at) = server.await.unwrap();
-    let give_up = accepting_at + Duration::from_secs(5);
-    let first_success = loop {
-        let found = calls
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|c| c.ok && c.start >= accepting_at)
-            .map(|c| c.end)
-            .min();
-        if let Some(end) = found {
-            break end;
-        }
-        assert!(
-            Instant::now() < give_up,
-            "no call succeeded within 5 s of the server accepting connections"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
+    })
+    .await
+    .unwrap();
+    let first_success = load
+        .first_success_after(accepting_at, Duration::from_secs(5))
+        .await
+        .expect("a call succeeds within 5 s of the server accepting connections");
+    let calls = load.stop().await;
     drop(server);
-    let calls = calls.lock().unwrap().clone();
     let during: Vec<_> = calls
         .iter()
         .filter(|c| c.start > killed_at && c.end < restart_began)

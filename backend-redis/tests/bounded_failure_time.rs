@@ -2,22 +2,15 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use resilient_core::{Backend, ResilientStorage};
-use resilient_test_support::{FaultProxy, ProxyMode, RedisServer};
+use resilient_test_support::{FaultProxy, ProxyMode, RedisServer, Workload};
 
 const ATTEMPT: Duration = Duration::from_millis(500);
-
-#[derive(Debug, Clone, Copy)]
-struct Call {
-    start: Instant,
-    end: Instant,
-    ok: bool,
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_fails_calls_fast_and_is_used_again_within_a_second_of_its_restart() {
@@ -27,36 +20,23 @@ async fn a_killed_server_fails_calls_fast_and_is_used_again_within_a_second_of_i
         .set("warm", Bytes::from_static(b"up"), None)
         .await
         .unwrap();
-    let calls = Arc::new(Mutex::new(Vec::<Call>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..16)
-        .map(|w| {
-            let (backend, calls, stop) = (backend.clone(), calls.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut i = 0_u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let key = format!("w{w}-{}", i % 100);
-                    let start = Instant::now();
-                    let ok = if i % 2 == 0 {
-                        backend
-                            .set(&key, Bytes::from(key.clone()), None)
-                            .await
-                            .is_ok()
-                    } else {
-                        backend.get(&key).await.is_ok()
-                    };
-                    calls.lock().unwrap().push(Call {
-                        start,
-                        end: Instant::now(),
-                        ok,
-                    });
-                    i += 1;
-                    tokio::task::yield_now().await;
+    let load = {
+        let backend = backend.clone();
+        Workload::start(16, Duration::ZERO, move |w, i| {
+            let backend = backend.clone();
+            async move {
+                let key = format!("w{w}-{}", i % 100);
+                if i % 2 == 0 {
+                    backend
+                        .set(&key, Bytes::from(key.clone()), None)
+                        .await
+                        .is_ok()
+                } else {
+                    backend.get(&key).await.is_ok()
                 }
-            })
+            }
         })
-        .collect();
-
+    };
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.kill().unwrap();
     // SIGKILL has landed and the process is reaped: the port is closed from here on.
@@ -68,31 +48,13 @@ async fn a_killed_server_fails_calls_fast_and_is_used_again_within_a_second_of_i
         server.restart().unwrap();
         server
     });
-    let give_up = restarted_at + Duration::from_secs(5);
-    let first_success = loop {
-        let found = calls
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|c| c.ok && c.start >= restarted_at)
-            .map(|c| c.end)
-            .min();
-        if let Some(end) = found {
-            break end;
-        }
-        assert!(
-            Instant::now() < give_up,
-            "no call succeeded within 5 s of the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
+    let first_success = load
+        .first_success_after(restarted_at, Duration::from_secs(5))
+        .await
+        .expect("a call succeeds within 5 s of the restart");
+    let calls = load.stop().await;
     let _server = restarted.await.unwrap();
 
-    let calls = calls.lock().unwrap().clone();
     let in_flight: Vec<_> = calls
         .iter()
         .filter(|c| c.start < killed_at && c.end > killed_at)

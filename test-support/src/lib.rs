@@ -8,6 +8,7 @@
 //! - Handles kill (SIGKILL), freeze (SIGSTOP), thaw (SIGCONT) and restart a server on the same
 //!   port and data directory.
 //! - [`TestCertificates`] makes a CA and a server certificate, for servers that speak TLS.
+//! - [`Workload`] keeps several tasks calling a server and records every call.
 //! - [`FaultProxy`] sits between a client and a server and injects latency, blackholes,
 //!   refusals, resets and truncated replies while traffic flows.
 //!
@@ -20,6 +21,7 @@ mod process;
 mod proxy;
 mod redis;
 mod tls;
+mod workload;
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 
@@ -29,6 +31,7 @@ pub use process::{ServerProcess, pid_alive};
 pub use proxy::{FaultProxy, ProxyMode};
 pub use redis::{RedisCluster, RedisOptions, RedisServer};
 pub use tls::TestCertificates;
+pub use workload::{Call, Workload};
 
 /// Anything that can go wrong starting or handling a server.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
