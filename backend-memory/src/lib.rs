@@ -21,6 +21,7 @@ use std::time::Duration;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::policy::{EvictionPolicy, Expiry};
+use resilient_core::key::MAX_TTL;
 use resilient_core::{
     Backend, BackendFactory, BackendUrl, Bytes, Capabilities, Error, FencingToken, HealthProbe,
     LockGrant, LockOutcome, Operation, Result, async_trait, inventory,
@@ -224,8 +225,7 @@ fn weight(key: &str, value: &[u8]) -> u64 {
 
 fn deadline(now: Instant, ttl: Duration) -> Instant {
     // The router bounds TTLs to 100 years; the fallback keeps a direct caller from panicking.
-    now.checked_add(ttl)
-        .unwrap_or(now + Duration::from_secs(100 * 365 * 24 * 3600))
+    now.checked_add(ttl).unwrap_or(now + MAX_TTL)
 }
 
 #[async_trait]
