@@ -14,6 +14,9 @@ pub use resilient_backend_redis as redis;
 #[cfg(feature = "postgres")]
 pub use resilient_backend_postgres as postgres;
 
+#[cfg(feature = "http")]
+pub mod http;
+
 /// The types most programs need.
 pub mod prelude {
     pub use resilient_core::{

@@ -368,7 +368,8 @@ impl StorageBuilder {
         })
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks every setting without building anything.
+    pub(crate) fn validate(&self) -> Result<()> {
         self.breaker.validate()?;
         self.health.validate()?;
         self.keys.validate()?;

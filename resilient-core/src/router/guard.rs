@@ -208,7 +208,9 @@ async fn renew(
                 return;
             }
             Err(error) => {
-                tracing::warn!(lock = %name, %error, "lock renewal failed");
+                // Lock names are keys: only at debug level.
+                tracing::debug!(lock = %name, "lock renewal failed");
+                tracing::warn!(%error, "lock renewal failed");
                 if Instant::now() >= renewed_at + ttl {
                     lost.send_replace(Some(LockLost::Unreachable));
                     return;

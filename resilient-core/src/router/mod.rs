@@ -5,6 +5,7 @@ mod builder;
 mod guard;
 mod handoff;
 mod slot;
+mod telemetry;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,6 +20,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 pub use builder::{
     BackendOptions, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_FAILBACK_DELAY,
@@ -28,6 +30,7 @@ pub use builder::{
 pub use guard::{LockGuard, LockLost, LockOptions};
 use handoff::Hint;
 use slot::Slot;
+use telemetry::Outcome;
 
 use crate::backend::{Backend, LockGrant, LockOutcome};
 use crate::breaker::CircuitState;
@@ -140,7 +143,7 @@ impl ResilientStorage {
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let key = self.inner.keys.full_key(key)?;
         let key = &*key;
-        self.route(Operation::Get, Route::Data, None, |index, b| {
+        self.route(Operation::Get, Route::Data, key, None, |index, b| {
             // A backend with writes still to replay is not routed to; this covers a read that
             // raced with the end of its replay.
             match self.inner.slots[index].hints.get(key) {
@@ -167,7 +170,7 @@ impl ResilientStorage {
         }
         let key = &*key;
         let (_, served) = self
-            .route(Operation::Set, Route::Data, None, |_, b| {
+            .route(Operation::Set, Route::Data, key, None, |_, b| {
                 b.set(key, value.clone(), ttl)
             })
             .await?;
@@ -197,7 +200,9 @@ impl ResilientStorage {
         let key = self.inner.keys.full_key(key)?;
         let key = &*key;
         let (existed, served) = self
-            .route(Operation::Delete, Route::Data, None, |_, b| b.delete(key))
+            .route(Operation::Delete, Route::Data, key, None, |_, b| {
+                b.delete(key)
+            })
             .await?;
         self.hand_off(served, key, || Hint::Delete);
         if self.inner.write_policy == WritePolicy::WriteThrough {
@@ -252,7 +257,7 @@ impl ResilientStorage {
         check_ttl(ttl)?;
         let full = &*full;
         let (outcome, index) = self
-            .route(Operation::AcquireLock, Route::Lock, None, |_, b| {
+            .route(Operation::AcquireLock, Route::Lock, full, None, |_, b| {
                 b.acquire_lock(full, holder, ttl)
             })
             .await?;
@@ -280,7 +285,7 @@ impl ResilientStorage {
         let full = &*full;
         let prefer = self.lock_hint(name, holder);
         let (grant, index) = self
-            .route(Operation::ExtendLock, Route::Lock, prefer, |_, b| {
+            .route(Operation::ExtendLock, Route::Lock, full, prefer, |_, b| {
                 b.extend_lock(full, holder, ttl)
             })
             .await?;
@@ -298,7 +303,7 @@ impl ResilientStorage {
         let full = &*full;
         let prefer = self.lock_hint(name, holder);
         let (released, _) = self
-            .route(Operation::ReleaseLock, Route::Lock, prefer, |_, b| {
+            .route(Operation::ReleaseLock, Route::Lock, full, prefer, |_, b| {
                 b.release_lock(full, holder)
             })
             .await?;
@@ -413,8 +418,11 @@ impl ResilientStorage {
             return;
         }
         for slot in &inner.slots[..served] {
-            if slot.hints.record(key, hint()).is_err() {
+            let recorded = slot.hints.record(key, hint());
+            slot.metrics.backlog(slot.hints.pending());
+            if recorded.is_err() {
                 let lost = slot.hints.lost();
+                slot.metrics.lost(lost);
                 tracing::warn!(backend = %slot.name, lost, "replay records full: a missed write is lost");
                 // One event per thousand, so an overflow cannot flood subscribers.
                 if lost % 1000 == 1 {
@@ -603,9 +611,31 @@ impl ResilientStorage {
         Error::NoBackendAvailable { operation, reasons }
     }
 
-    /// Runs `call` on the candidates in order until one answers. Returns the answer and the
-    /// index of the backend that gave it.
+    /// Runs `call` on the candidates in order until one answers, in one tracing span per
+    /// operation with an event per attempt. Returns the answer and the index of the backend
+    /// that gave it. `key` (a key or lock name) is logged at debug level only.
     async fn route<'a, T>(
+        &'a self,
+        operation: Operation,
+        route: Route,
+        key: &str,
+        prefer: Option<usize>,
+        call: impl Fn(usize, &'a dyn Backend) -> CallFuture<'a, T>,
+    ) -> Result<(T, usize)> {
+        let span = tracing::info_span!("storage", operation = operation.as_str());
+        async {
+            tracing::debug!(key, "operation");
+            let result = self.attempts(operation, route, prefer, call).await;
+            if let Err(error) = &result {
+                tracing::debug!(%error, "operation failed");
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn attempts<'a, T>(
         &'a self,
         operation: Operation,
         route: Route,
@@ -633,7 +663,8 @@ impl ResilientStorage {
             let permit = match slot.breaker.try_acquire_at(now) {
                 Ok(permit) => permit,
                 Err(rejected) => {
-                    tracing::debug!(backend = %slot.name, %operation, state = %rejected.state, "breaker refused the call");
+                    slot.metrics.rejected(operation);
+                    tracing::debug!(backend = %slot.name, state = %rejected.state, "breaker refused the attempt");
                     attempts.push(Attempt {
                         backend: slot.name.clone(),
                         error: Error::CircuitOpen {
@@ -647,6 +678,13 @@ impl ResilientStorage {
             let result = bounded(budget, call(index, &*slot.backend)).await;
             let end = Instant::now();
             let elapsed = end.saturating_duration_since(now);
+            let outcome = match &result {
+                Ok(Err(error)) if error.is_transient() => Outcome::Failed,
+                Ok(_) => Outcome::Answered,
+                Err(_) => Outcome::TimedOut,
+            };
+            slot.metrics.attempt(operation, outcome, elapsed);
+            tracing::debug!(backend = %slot.name, ?outcome, ?elapsed, "attempt");
             let error = match result {
                 Ok(Ok(value)) => {
                     permit.success_at(elapsed, end);
@@ -682,7 +720,7 @@ impl ResilientStorage {
             if route == Route::Lock {
                 slot.lock_down(end);
             }
-            tracing::warn!(backend = %slot.name, %operation, error = %error, "backend attempt failed");
+            tracing::warn!(backend = %slot.name, error = %error, "backend attempt failed");
             attempts.push(Attempt {
                 backend: slot.name.clone(),
                 error,
@@ -719,7 +757,8 @@ impl ResilientStorage {
             && let (Some(first), Some(last)) = (candidates.first(), attempts.last())
         {
             let from = &inner.slots[first].name;
-            tracing::warn!(%operation, %from, to = %name, reason = %last.error, "failed over");
+            tracing::warn!(%from, to = %name, reason = %last.error, "failed over");
+            telemetry::failover(operation, from, name);
             let _ = inner.events.send(StorageEvent::Failover {
                 operation,
                 from: from.clone(),

@@ -8,6 +8,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use super::handoff::{Hints, Replay};
+use super::telemetry::BackendMetrics;
 use crate::backend::{Backend, Capabilities};
 use crate::breaker::{BreakerConfig, CircuitBreaker};
 use crate::events::StorageEvent;
@@ -24,6 +25,7 @@ pub(crate) struct Slot {
     pub(crate) breaker: CircuitBreaker,
     pub(crate) health: HealthTracker,
     pub(crate) hints: Hints,
+    pub(crate) metrics: BackendMetrics,
     /// Since when lock calls have found this backend unusable (`None` while it serves them).
     pub(crate) lock_down_since: std::sync::Mutex<Option<Instant>>,
 }
@@ -40,7 +42,10 @@ impl Slot {
     ) -> Self {
         let capabilities = backend.capabilities();
         let backend_name = name.clone();
+        let metrics = BackendMetrics::new(&name);
+        let gauge = metrics.circuit_gauge();
         let breaker = CircuitBreaker::new(breaker).with_observer(move |t| {
+            gauge.set(t.to);
             match t.to {
                 crate::CircuitState::Closed => {
                     tracing::info!(backend = %backend_name, from = %t.from, "circuit closed")
@@ -66,6 +71,7 @@ impl Slot {
             breaker,
             health: HealthTracker::new(health),
             hints: Hints::new(max_hints),
+            metrics,
             lock_down_since: std::sync::Mutex::new(None),
         }
     }
@@ -231,6 +237,7 @@ async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_t
                     permit.success(start.elapsed());
                     if slot.hints.replayed(&key, version) {
                         replayed += 1;
+                        slot.metrics.replayed(1);
                     }
                 }
                 Ok(Err(error)) if error.is_transient() => {
@@ -244,6 +251,7 @@ async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_t
                     permit.ignore();
                     if slot.hints.replayed(&key, version) {
                         slot.hints.count_lost();
+                        slot.metrics.lost(slot.hints.lost());
                         tracing::warn!(backend = %slot.name, %error, "a write could not be replayed");
                         let _ = events.send(StorageEvent::ReplayLost {
                             backend: slot.name.clone(),
@@ -258,6 +266,7 @@ async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_t
             }
         }
     }
+    slot.metrics.backlog(slot.hints.pending());
     if replayed > 0 && slot.hints.pending() == 0 {
         tracing::info!(backend = %slot.name, records = replayed, "replay complete: backend takes traffic again");
         let _ = events.send(StorageEvent::ReplayCompleted {

@@ -1,5 +1,8 @@
 //! [`StorageConfig`]: the whole storage as data, for TOML, JSON or environment-driven setups.
 
+#[cfg(feature = "toml")]
+mod file;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +17,9 @@ use crate::router::{
 };
 use crate::strategy::Strategy;
 use crate::url::BackendUrl;
+
+#[cfg(feature = "toml")]
+pub use file::ENV_PREFIX;
 
 /// One backend in a [`StorageConfig`].
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
