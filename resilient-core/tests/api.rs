@@ -232,14 +232,18 @@ async fn extend_and_release_go_to_the_backend_that_granted_the_lock() {
         "a lock call does not fail over within the call"
     );
     storage.force_open("redis", true);
+    assert!(
+        storage
+            .acquire_lock("job", "w1", Duration::from_secs(30))
+            .await
+            .is_err()
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let grant = storage
         .acquire_lock("job", "w1", Duration::from_secs(30))
         .await
         .unwrap();
     assert_eq!(grant.grant().unwrap().backend, "postgres");
-    redis.inject(Fault::Pass);
-    storage.force_open("redis", false);
     let extended = storage
         .extend_lock("job", "w1", Duration::from_secs(30))
         .await
@@ -247,6 +251,103 @@ async fn extend_and_release_go_to_the_backend_that_granted_the_lock() {
         .expect("still held on postgres");
     assert_eq!(extended.backend, "postgres");
     assert_eq!(extended.token, grant.grant().unwrap().token);
+    assert!(storage.release_lock("job", "w1").await.unwrap());
+    assert!(
+        Backend::acquire_lock(&*postgres, "job", "w2", Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_acquired(),
+        "the lease on postgres is really gone"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn lock_authority_moves_back_only_after_every_lease_of_the_fallback_expired() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let wait = Duration::from_secs(1);
+    let storage = builder(&[&redis, &postgres])
+        .strategy(resilient_core::Strategy::Priority)
+        .lock_failover_delay(wait)
+        .build()
+        .await
+        .unwrap();
+    storage.force_open("redis", true);
+    // The first lock call that finds redis down starts the wait.
+    assert!(storage.acquire_lock("job", "w1", wait).await.is_err());
+    tokio::time::sleep(wait).await;
+    let held = storage
+        .acquire_lock("job", "w1", Duration::from_millis(900))
+        .await
+        .unwrap();
+    let on_postgres = held.grant().unwrap().clone();
+    assert_eq!(on_postgres.backend, "postgres");
+
+    // Redis is back while w1's lease on postgres is live: granting on redis now would make two
+    // holders. Acquires and extends are refused until postgres has answered none for the wait.
+    storage.force_open("redis", false);
+    let refused = storage
+        .acquire_lock("job", "w2", Duration::from_millis(900))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("lock authority is moving"),
+        "{refused}"
+    );
+    let refused = storage
+        .extend_lock("job", "w1", Duration::from_millis(900))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, Error::NoBackendAvailable { .. }),
+        "{refused}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        storage
+            .acquire_lock("job", "w2", Duration::from_millis(900))
+            .await
+            .is_err(),
+        "refused calls do not restart the wait, but the wait is not over"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let moved = storage
+        .acquire_lock("job", "w2", Duration::from_millis(900))
+        .await
+        .unwrap();
+    let on_redis = moved.grant().unwrap();
+    assert_eq!(on_redis.backend, "redis");
+    assert!(
+        on_redis.token > on_postgres.token,
+        "fencing tokens never go back"
+    );
+    assert!(
+        storage.release_lock("job", "w1").await.is_ok(),
+        "a late release still gets an answer"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_reaches_the_granting_backend_while_authority_moves() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres])
+        .strategy(resilient_core::Strategy::Priority)
+        .lock_failover_delay(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    storage.force_open("redis", true);
+    assert!(
+        storage
+            .acquire_lock("job", "w1", Duration::from_secs(30))
+            .await
+            .is_err()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    storage
+        .acquire_lock("job", "w1", Duration::from_secs(30))
+        .await
+        .unwrap();
+    storage.force_open("redis", false);
     assert!(storage.release_lock("job", "w1").await.unwrap());
     assert!(
         Backend::acquire_lock(&*postgres, "job", "w2", Duration::from_secs(1))

@@ -103,6 +103,37 @@ async fn renewals_that_keep_failing_report_the_lock_lost_within_one_ttl() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn valid_for_reaches_zero_when_the_lease_ends_before_the_loss_signal() {
+    let redis = fault("redis");
+    let storage = builder(&[&redis]).build().await.unwrap();
+    let guard = storage
+        .lock("job", "w1", LockOptions::new(TTL))
+        .await
+        .unwrap()
+        .unwrap();
+    // Renewals succeed: the lease stays valid well past one TTL.
+    tokio::time::sleep(TTL * 2).await;
+    assert!(guard.valid_for() > TTL / 2, "{:?}", guard.valid_for());
+
+    redis.inject_for(Operation::ExtendLock, Fault::Fail);
+    let failing_from = Instant::now();
+    let mut step = failing_from;
+    while guard.valid_for() > Duration::ZERO {
+        assert!(guard.valid_for() <= TTL);
+        step += Duration::from_millis(10);
+        tokio::time::sleep_until(step).await;
+    }
+    // The last successful renewal was sent at most one period (TTL / 3) before the failures
+    // began, and the lease counts from when it was sent.
+    let ran_out = Instant::now().duration_since(failing_from);
+    assert!(
+        ran_out >= TTL - TTL / 3 && ran_out <= TTL + Duration::from_millis(10),
+        "valid_for ran out {ran_out:?} after renewals began to fail"
+    );
+    assert_eq!(guard.lost_reason(), None, "the loss signal comes later");
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_hold_limit_releases_the_lock() {
     let redis = fault("redis");
     let storage = builder(&[&redis]).build().await.unwrap();

@@ -217,8 +217,22 @@ async fn write_through_copies_writes_down_with_a_capped_ttl_on_memory() {
     );
 
     // A failed copy does not fail the write.
+    storage.set("k2", "old", None).await.unwrap();
     postgres.inject(Fault::Fail);
     storage.set("k2", "v", None).await.unwrap();
     assert_eq!(direct(&*redis, "k2").await.as_deref(), Some(&b"v"[..]));
     assert_eq!(direct(&*memory, "k2").await.as_deref(), Some(&b"v"[..]));
+    // It leaves a record instead, so postgres, which still holds "old", serves no reads ...
+    assert_eq!(storage.health().backends["postgres"].pending_replay, 1);
+    redis.inject(Fault::Fail);
+    postgres.inject(Fault::Pass);
+    assert_eq!(
+        storage.get("k2").await.unwrap().as_deref(),
+        Some(&b"v"[..]),
+        "a failover skips the backend that missed the write"
+    );
+    // ... until the replay has brought it up to date.
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(direct(&*postgres, "k2").await.as_deref(), Some(&b"v"[..]));
+    assert_eq!(storage.health().backends["postgres"].pending_replay, 0);
 }

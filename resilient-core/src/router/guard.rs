@@ -1,6 +1,7 @@
 //! [`LockGuard`]: a held lock that renews its lease in the background, says when it is lost,
 //! releases on drop, and caps the total hold time.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -69,6 +70,7 @@ pub struct LockGuard {
     grant: LockGrant,
     storage: ResilientStorage,
     lost: watch::Receiver<Option<LockLost>>,
+    valid_until: Arc<Mutex<Instant>>,
     renewer: JoinHandle<()>,
     released: bool,
 }
@@ -87,6 +89,19 @@ impl LockGuard {
     /// Why the lock was lost, if it was.
     pub fn lost_reason(&self) -> Option<LockLost> {
         *self.lost.borrow()
+    }
+
+    /// How long the lease is sure to last by this process's clock: the TTL counted from when
+    /// the latest successful acquire or renewal was *sent* (the server started it later), and
+    /// zero once the lock is lost. The loss signal comes at the renewer's next tick; this is
+    /// exact at every instant, so check it right before each write to the guarded resource
+    /// (which should still check the fencing token).
+    pub fn valid_for(&self) -> Duration {
+        if self.lost_reason().is_some() {
+            return Duration::ZERO;
+        }
+        let until = *self.valid_until.lock().unwrap_or_else(|p| p.into_inner());
+        until.saturating_duration_since(Instant::now())
     }
 
     /// Waits until the lock is lost (use it in a `select!` beside the critical section).
@@ -152,6 +167,7 @@ impl ResilientStorage {
             _ => return Ok(None),
         };
         let (tx, lost) = watch::channel(None);
+        let valid_until = Arc::new(Mutex::new(acquired_at + options.ttl));
         let renewer = tokio::spawn(renew(
             self.clone(),
             grant.name.clone(),
@@ -159,13 +175,14 @@ impl ResilientStorage {
             options.ttl,
             renew_every,
             options.max_hold.map(|max| acquired_at + max),
-            acquired_at,
+            valid_until.clone(),
             tx,
         ));
         Ok(Some(LockGuard {
             grant,
             storage: self.clone(),
             lost,
+            valid_until,
             renewer,
             released: false,
         }))
@@ -180,11 +197,12 @@ async fn renew(
     ttl: Duration,
     every: Duration,
     release_at: Option<Instant>,
-    acquired_at: Instant,
+    valid_until: Arc<Mutex<Instant>>,
     lost: watch::Sender<Option<LockLost>>,
 ) {
-    let mut renewed_at = acquired_at;
-    let mut next = acquired_at + every;
+    // When the latest successful acquire or extend was sent.
+    let mut renewed_at = *valid_until.lock().unwrap_or_else(|p| p.into_inner()) - ttl;
+    let mut next = renewed_at + every;
     loop {
         let hold_over = tokio::select! {
             _ = tokio::time::sleep_until(next) => false,
@@ -201,8 +219,12 @@ async fn renew(
             return;
         }
         next += every;
+        let sent = Instant::now();
         match storage.extend_lock(&name, &holder, ttl).await {
-            Ok(Some(_)) => renewed_at = Instant::now(),
+            Ok(Some(_)) => {
+                renewed_at = sent;
+                *valid_until.lock().unwrap_or_else(|p| p.into_inner()) = sent + ttl;
+            }
             Ok(None) => {
                 lost.send_replace(Some(LockLost::Expired));
                 return;

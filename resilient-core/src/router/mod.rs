@@ -62,7 +62,16 @@ const MAX_LOCK_HINTS: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     Data,
+    /// Acquire and extend: calls that create or prolong leases.
     Lock,
+    /// Release: goes to the backend that granted the lock even while lock authority moves.
+    Release,
+}
+
+impl Route {
+    fn locks(self) -> bool {
+        matches!(self, Route::Lock | Route::Release)
+    }
 }
 
 /// A key-value and lock store over several backends that keeps answering when one dies, hangs
@@ -174,22 +183,29 @@ impl ResilientStorage {
                 b.set(key, value.clone(), ttl)
             })
             .await?;
-        let hint = || Hint::Set {
+        let written = Instant::now();
+        let hint = |ttl: Option<Duration>| Hint::Set {
             value: value.clone(),
-            expires_at: ttl.and_then(|ttl| Instant::now().checked_add(ttl)),
+            expires_at: ttl.and_then(|ttl| written.checked_add(ttl)),
         };
-        self.hand_off(served, key, hint);
+        self.hand_off(served, key, || hint(ttl));
         if self.inner.write_policy == WritePolicy::WriteThrough {
-            self.write_through(served, |slot| {
-                let ttl = if slot.is_local_memory() {
+            // Copies to the memory store are capped, so it cannot hold values indefinitely.
+            let ttl_for = |slot: &Slot| {
+                if slot.is_local_memory() {
                     Some(ttl.map_or(self.inner.memory_ttl_cap, |t| {
                         t.min(self.inner.memory_ttl_cap)
                     }))
                 } else {
                     ttl
-                };
-                slot.backend.set(key, value.clone(), ttl)
-            })
+                }
+            };
+            self.write_through(
+                served,
+                key,
+                |slot| hint(ttl_for(slot)),
+                |slot| slot.backend.set(key, value.clone(), ttl_for(slot)),
+            )
             .await;
         }
         Ok(())
@@ -206,9 +222,12 @@ impl ResilientStorage {
             .await?;
         self.hand_off(served, key, || Hint::Delete);
         if self.inner.write_policy == WritePolicy::WriteThrough {
-            self.write_through(served, |slot| {
-                Box::pin(async move { slot.backend.delete(key).await.map(|_| ()) })
-            })
+            self.write_through(
+                served,
+                key,
+                |_| Hint::Delete,
+                |slot| Box::pin(async move { slot.backend.delete(key).await.map(|_| ()) }),
+            )
             .await;
         }
         Ok(existed)
@@ -303,9 +322,13 @@ impl ResilientStorage {
         let full = &*full;
         let prefer = self.lock_hint(name, holder);
         let (released, _) = self
-            .route(Operation::ReleaseLock, Route::Lock, full, prefer, |_, b| {
-                b.release_lock(full, holder)
-            })
+            .route(
+                Operation::ReleaseLock,
+                Route::Release,
+                full,
+                prefer,
+                |_, b| b.release_lock(full, holder),
+            )
             .await?;
         self.hints().remove(&(name.to_owned(), holder.to_owned()));
         Ok(released)
@@ -418,51 +441,77 @@ impl ResilientStorage {
             return;
         }
         for slot in &inner.slots[..served] {
-            let recorded = slot.hints.record(key, hint());
-            slot.metrics.backlog(slot.hints.pending());
-            if recorded.is_err() {
-                let lost = slot.hints.lost();
-                slot.metrics.lost(lost);
-                tracing::warn!(backend = %slot.name, lost, "replay records full: a missed write is lost");
-                // One event per thousand, so an overflow cannot flood subscribers.
-                if lost % 1000 == 1 {
-                    let _ = inner.events.send(StorageEvent::ReplayLost {
-                        backend: slot.name.clone(),
-                        lost,
-                    });
-                }
-            }
+            self.record_missed(slot, key, hint());
         }
         if let Some(slot) = inner.slots.get(served) {
             slot.hints.refresh(key, hint());
         }
     }
 
-    /// Best-effort copies of a write to every available backend below the one that served it;
-    /// failures are logged, not returned.
+    /// Keeps a write `slot` missed for replay, or reports it lost when the bound is reached.
+    fn record_missed(&self, slot: &Slot, key: &str, hint: Hint) {
+        let recorded = slot.hints.record(key, hint);
+        slot.metrics.backlog(slot.hints.pending());
+        if recorded.is_err() {
+            let lost = slot.hints.lost();
+            slot.metrics.lost(lost);
+            tracing::warn!(backend = %slot.name, lost, "replay records full: a missed write is lost");
+            // One event per thousand, so an overflow cannot flood subscribers.
+            if lost % 1000 == 1 {
+                let _ = self.inner.events.send(StorageEvent::ReplayLost {
+                    backend: slot.name.clone(),
+                    lost,
+                });
+            }
+        }
+    }
+
+    /// Copies of a write to every backend below the one that served it. A copy that fails,
+    /// or a backend that is unavailable, leaves a record for replay as any missed write does:
+    /// otherwise a later failover to it would read the older value.
     async fn write_through<'a>(
         &'a self,
         served: usize,
+        key: &str,
+        hint: impl Fn(&Slot) -> Hint,
         call: impl Fn(&'a Slot) -> CallFuture<'a, ()>,
     ) {
         let inner = &self.inner;
         let now = Instant::now();
         for slot in &inner.slots[served + 1..] {
-            if !slot.view(now, true, true).available {
-                continue;
-            }
-            let Ok(permit) = slot.breaker.try_acquire() else {
+            let permit = match slot.view(now, true, true).available {
+                true => slot.breaker.try_acquire().ok(),
+                false => None,
+            };
+            let Some(permit) = permit else {
+                self.record_missed(slot, key, hint(slot));
                 continue;
             };
             let start = Instant::now();
-            match bounded(inner.attempt_timeout, call(slot)).await {
-                Ok(Ok(())) => permit.success(start.elapsed()),
+            let copied = match bounded(inner.attempt_timeout, call(slot)).await {
+                Ok(Ok(())) => {
+                    permit.success(start.elapsed());
+                    true
+                }
                 Ok(Err(error)) if error.is_transient() => {
                     permit.failure();
                     tracing::debug!(backend = %slot.name, %error, "write-through copy failed");
+                    false
                 }
-                Ok(Err(_)) => permit.ignore(),
-                Err(_) => permit.failure(),
+                Ok(Err(_)) => {
+                    permit.ignore();
+                    false
+                }
+                Err(_) => {
+                    permit.failure();
+                    false
+                }
+            };
+            if copied {
+                // A record from an earlier miss now replays this newest value.
+                slot.hints.refresh(key, hint(slot));
+            } else {
+                self.record_missed(slot, key, hint(slot));
             }
         }
     }
@@ -505,7 +554,7 @@ impl ResilientStorage {
     fn eligible(&self, slot: &Slot, route: Route) -> bool {
         match route {
             Route::Data => true,
-            Route::Lock => {
+            Route::Lock | Route::Release => {
                 slot.capabilities.locks && (slot.capabilities.shared || self.inner.local_locks)
             }
         }
@@ -513,6 +562,12 @@ impl ResilientStorage {
 
     /// Views of every backend and the strategy's order. With `prefer`, that backend goes first
     /// when it is available.
+    ///
+    /// Lock calls get one backend, never a failover chain: failing over inside a call could
+    /// grant a lease on one backend while another still holds a live one. For the same reason
+    /// lock authority moves between backends only once the one that had it has answered no
+    /// lock call for the [wait](Self::lock_failover_wait); until then acquires and extends
+    /// fail, and only releases still reach it.
     fn candidates(
         &self,
         route: Route,
@@ -520,31 +575,61 @@ impl ResilientStorage {
         prefer: Option<usize>,
     ) -> ([BackendView; MAX_BACKENDS], Candidates) {
         let inner = &self.inner;
-        let mut views = [BackendView::default(); MAX_BACKENDS];
-        for (view, slot) in views.iter_mut().zip(&inner.slots) {
-            *view = slot.view(now, self.eligible(slot, route), route == Route::Data);
-        }
-        if route == Route::Lock {
-            self.hold_back_lock_failover(&mut views, now);
-        }
+        let views = self.views(route, now);
         let backends = &views[..inner.slots.len()];
+        let prefer = prefer.filter(|&p| backends.get(p).is_some_and(|b| b.available));
         let mut candidates = Candidates::new();
-        if let Some(p) = prefer.filter(|&p| backends.get(p).is_some_and(|b| b.available)) {
+        if !route.locks()
+            && let Some(p) = prefer
+        {
             candidates.push(p);
         }
         inner
             .strategy
             .select(&Routing { backends, now }, &mut candidates);
-        if route == Route::Lock {
-            // One lock backend per call: failing over inside a call could grant a lease on a
-            // lower backend while the higher one still holds a live one.
-            let mut first = Candidates::new();
-            if let Some(index) = candidates.first() {
-                first.push(index);
+        if route.locks() {
+            let natural = candidates.first();
+            let pick = match route {
+                Route::Release => prefer.or(natural),
+                _ if natural.is_some_and(|c| self.lock_authority_elsewhere(c, now).is_some()) => {
+                    None
+                }
+                _ => prefer.or(natural),
+            };
+            candidates = Candidates::new();
+            if let Some(index) = pick {
+                candidates.push(index);
             }
-            candidates = first;
         }
         (views, candidates)
+    }
+
+    /// Every backend's view for `route`.
+    fn views(&self, route: Route, now: Instant) -> [BackendView; MAX_BACKENDS] {
+        let mut views = [BackendView::default(); MAX_BACKENDS];
+        for (view, slot) in views.iter_mut().zip(&self.inner.slots) {
+            *view = slot.view(now, self.eligible(slot, route), route == Route::Data);
+        }
+        if route.locks() {
+            self.hold_back_lock_failover(&mut views, now);
+        }
+        views
+    }
+
+    /// Another lock backend than `to` that answered a lock call less than the wait ago, so it
+    /// may still hold live leases, with the time left until they have all expired.
+    fn lock_authority_elsewhere(&self, to: usize, now: Instant) -> Option<(usize, Duration)> {
+        let wait = self.lock_failover_wait();
+        self.inner
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|&(i, slot)| i != to && self.eligible(slot, Route::Lock))
+            .filter_map(|(i, slot)| {
+                let since = now.saturating_duration_since(slot.lock_answered_at()?);
+                (since < wait).then(|| (i, wait - since))
+            })
+            .max_by_key(|&(_, left)| left)
     }
 
     /// How long lock calls wait after a lock backend goes down before a lower one may grant:
@@ -575,8 +660,32 @@ impl ResilientStorage {
 
     fn unavailable(&self, operation: Operation, route: Route) -> Error {
         let inner = &self.inner;
-        if route == Route::Lock && !inner.slots.iter().any(|s| self.eligible(s, route)) {
+        if route.locks() && !inner.slots.iter().any(|s| self.eligible(s, route)) {
             return Error::NoLockBackend { operation };
+        }
+        if route.locks() {
+            let now = Instant::now();
+            let mut natural = Candidates::new();
+            let views = self.views(route, now);
+            inner.strategy.select(
+                &Routing {
+                    backends: &views[..inner.slots.len()],
+                    now,
+                },
+                &mut natural,
+            );
+            if let Some(to) = natural.first()
+                && let Some((from, left)) = self.lock_authority_elsewhere(to, now)
+            {
+                return Error::NoBackendAvailable {
+                    operation,
+                    reasons: format!(
+                        "lock authority is moving from [{}] to [{}]: locks resume in {left:?}, \
+                         once every lease [{}] may still hold has expired",
+                        inner.slots[from].name, inner.slots[to].name, inner.slots[from].name
+                    ),
+                };
+            }
         }
         let reasons = inner
             .slots
@@ -593,7 +702,7 @@ impl ResilientStorage {
             })
             .collect::<Vec<_>>()
             .join("; ");
-        if route == Route::Lock {
+        if route.locks() {
             let wait = self.lock_failover_wait();
             let local = if inner.local_locks {
                 ""
@@ -689,7 +798,7 @@ impl ResilientStorage {
                 Ok(Ok(value)) => {
                     permit.success_at(elapsed, end);
                     if route == Route::Lock {
-                        slot.lock_served();
+                        slot.lock_served(end);
                     }
                     slot.health.observe_latency(elapsed);
                     let routing = Routing {
@@ -717,7 +826,7 @@ impl ResilientStorage {
                     }
                 }
             };
-            if route == Route::Lock {
+            if route.locks() {
                 slot.lock_down(end);
             }
             tracing::warn!(backend = %slot.name, error = %error, "backend attempt failed");

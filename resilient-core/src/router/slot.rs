@@ -28,6 +28,9 @@ pub(crate) struct Slot {
     pub(crate) metrics: BackendMetrics,
     /// Since when lock calls have found this backend unusable (`None` while it serves them).
     pub(crate) lock_down_since: std::sync::Mutex<Option<Instant>>,
+    /// When it last answered an acquire or extend: it may hold leases until the longest lease
+    /// after that.
+    lock_answered: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Slot {
@@ -73,6 +76,7 @@ impl Slot {
             hints: Hints::new(max_hints),
             metrics,
             lock_down_since: std::sync::Mutex::new(None),
+            lock_answered: std::sync::Mutex::new(None),
         }
     }
 
@@ -87,12 +91,18 @@ impl Slot {
             .get_or_insert(now)
     }
 
-    /// The backend served a lock call.
-    pub(crate) fn lock_served(&self) {
+    /// The backend answered an acquire or extend at `now`.
+    pub(crate) fn lock_served(&self, now: Instant) {
         *self
             .lock_down_since
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = None;
+        *self.lock_answered.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+    }
+
+    /// When it last answered an acquire or extend.
+    pub(crate) fn lock_answered_at(&self) -> Option<Instant> {
+        *self.lock_answered.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// True for the process-local memory store.
