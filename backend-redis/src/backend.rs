@@ -1,6 +1,7 @@
 //! [`RedisBackend`]: the [`Backend`] trait on the redis crate.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,11 +32,26 @@ use crate::scripts;
 #[derive(Debug)]
 pub struct RedisBackend {
     config: RedisConfig,
-    data: Link,
-    health: Link,
-    // Set when a data call lost its connection; the next passing health check reconnects the
-    // data link too, so the breaker's first probe after an outage finds a fresh connection.
-    data_broken: AtomicBool,
+    certificates: Option<TlsCertificates>,
+    data: RwLock<Arc<Link>>,
+    health: RwLock<Arc<Link>>,
+    // Set when a data call lost its connection, failed with a timeout or was abandoned before
+    // its reply (the caller's timeout): its connection may be dead or out of step, with a
+    // reply owed to a request the server never got. The next passing health check replaces
+    // the data link, so the breaker's first probe after an outage finds a fresh connection.
+    data_suspect: AtomicBool,
+    // Set while a health check runs; still set when the next starts means the last one was
+    // abandoned, and its link is replaced for the same reason.
+    health_pending: AtomicBool,
+}
+
+/// Marks the data link suspect unless the call it guards completes.
+struct InFlight<'a>(&'a AtomicBool);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 enum Link {
@@ -173,9 +189,11 @@ impl RedisBackend {
             })
         };
         Ok(Self {
-            data: link("data connection")?,
-            health: link("health connection")?,
-            data_broken: AtomicBool::new(false),
+            data: RwLock::new(Arc::new(link("data connection")?)),
+            health: RwLock::new(Arc::new(link("health connection")?)),
+            data_suspect: AtomicBool::new(false),
+            health_pending: AtomicBool::new(false),
+            certificates,
             config,
         })
     }
@@ -186,18 +204,37 @@ impl RedisBackend {
     }
 
     async fn query<T: FromRedisValue>(&self, operation: Operation, cmd: &Cmd) -> Result<T> {
+        let link = Self::current(&self.data);
+        let in_flight = InFlight(&self.data_suspect);
         let run = async {
-            let mut conn = self.data.conn().await?;
+            let mut conn = link.conn().await?;
             cmd.query_async::<T>(&mut conn).await
         };
-        run.await.map_err(|e| self.failed(operation, e))
+        let result = run.await;
+        std::mem::forget(in_flight);
+        result.map_err(|e| self.failed(operation, e))
     }
 
     fn failed(&self, operation: Operation, err: redis::RedisError) -> Error {
-        if err.is_io_error() || err.is_connection_dropped() {
-            self.data_broken.store(true, Ordering::Relaxed);
+        if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
+            self.data_suspect.store(true, Ordering::Relaxed);
         }
         classify(&self.config, operation, err)
+    }
+
+    fn current(link: &RwLock<Arc<Link>>) -> Arc<Link> {
+        link.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Swaps in a new, unconnected link; calls holding the old one finish on it.
+    fn replace(&self, link: &RwLock<Arc<Link>>) {
+        match Link::new(&self.config, self.certificates.as_ref()) {
+            Ok(fresh) => *link.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh),
+            // The same settings built a link before: this does not happen; keep the old one.
+            Err(e) => {
+                tracing::debug!(error = %self.config.secrets.scrub(&e.to_string()), "could not rebuild a link")
+            }
+        }
     }
 
     /// PING on `link`, retried once after a connection-level error: after an outage the
@@ -222,8 +259,10 @@ impl RedisBackend {
         keys: &[&[u8]],
         args: &[&[u8]],
     ) -> Result<T> {
+        let link = Self::current(&self.data);
+        let in_flight = InFlight(&self.data_suspect);
         let run = async {
-            let mut conn = self.data.conn().await?;
+            let mut conn = link.conn().await?;
             let mut invocation = script.prepare_invoke();
             for key in keys {
                 invocation.key(*key);
@@ -233,7 +272,9 @@ impl RedisBackend {
             }
             invocation.invoke_async::<T>(&mut conn).await
         };
-        run.await.map_err(|e| self.failed(operation, e))
+        let result = run.await;
+        std::mem::forget(in_flight);
+        result.map_err(|e| self.failed(operation, e))
     }
 
     fn data_key(&self, key: &str) -> Vec<u8> {
@@ -297,12 +338,15 @@ impl Backend for RedisBackend {
     }
 
     async fn health_check(&self) -> Result<HealthProbe> {
-        match Self::ping(&self.health).await {
+        if self.health_pending.swap(true, Ordering::Relaxed) {
+            self.replace(&self.health);
+        }
+        let pinged = Self::ping(&Self::current(&self.health)).await;
+        self.health_pending.store(false, Ordering::Relaxed);
+        match pinged {
             Ok(reply) if reply == "PONG" => {
-                if self.data_broken.swap(false, Ordering::Relaxed)
-                    && Self::ping(&self.data).await.is_err()
-                {
-                    self.data_broken.store(true, Ordering::Relaxed);
+                if self.data_suspect.swap(false, Ordering::Relaxed) {
+                    self.replace(&self.data);
                 }
                 Ok(HealthProbe::Healthy)
             }

@@ -101,7 +101,8 @@ fn selecting_candidates_allocates_nothing() {
             for _ in 0..1_000 {
                 let mut out = Candidates::new();
                 strategy.select(&Routing::new(&views, now), &mut out);
-                strategy.served(&Routing::new(&views, now), out.first().unwrap());
+                let first = out.first().unwrap();
+                strategy.served(&Routing::new(&views, now), first, first);
             }
         });
         assert_eq!(counted.count_total, 0, "{}: {counted:?}", strategy.name());

@@ -18,7 +18,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct RedisOptions {
-    /// Keep an append-only file, so a restart brings the data back. Off: a restart is empty.
+    /// Keep an append-only file, fsynced on every write, so a restart brings back every
+    /// acknowledged write. Off: a restart is empty.
     pub appendonly: bool,
     /// Require this password (`requirepass`).
     pub password: Option<String>,
@@ -208,6 +209,9 @@ fn args(port: u16, dir: &Path, options: &RedisOptions) -> Vec<String> {
         "",
         "--appendonly",
         if options.appendonly { "yes" } else { "no" },
+        // Every acknowledged write is on disk: a restarted server lost nothing it confirmed.
+        "--appendfsync",
+        "always",
         "--dir",
         &dir.to_string_lossy(),
         "--logfile",

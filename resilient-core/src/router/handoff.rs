@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -76,6 +76,11 @@ pub(crate) struct Hints {
     pending: AtomicUsize,
     lost: AtomicU64,
     next_version: AtomicU64,
+    /// No outage began since the last full replay pass: the backend may take traffic while
+    /// its remaining records are replayed (reads consult them). Cleared when an outage begins
+    /// (its breaker opens or it turns unhealthy), not by each record: a write that was in
+    /// flight on a fallback when traffic came back must not send traffic away again.
+    caught_up: AtomicBool,
     records: Mutex<HashMap<String, Record>>,
 }
 
@@ -90,6 +95,7 @@ impl Hints {
             pending: AtomicUsize::new(0),
             lost: AtomicU64::new(0),
             next_version: AtomicU64::new(1),
+            caught_up: AtomicBool::new(true),
             records: Mutex::new(HashMap::new()),
         }
     }
@@ -146,12 +152,40 @@ impl Hints {
     }
 
     /// Up to `n` records to replay, with their versions.
+    #[cfg(test)]
     pub(crate) fn batch(&self, n: usize) -> Vec<(String, Hint, u64)> {
         self.lock()
             .iter()
             .take(n)
             .map(|(k, r)| (k.clone(), r.hint.clone(), r.version))
             .collect()
+    }
+
+    /// Every record, with its version, for one replay pass.
+    pub(crate) fn pass(&self) -> Vec<(String, Hint, u64)> {
+        self.lock()
+            .iter()
+            .map(|(k, r)| (k.clone(), r.hint.clone(), r.version))
+            .collect()
+    }
+
+    /// The backend went down: the records of this outage must all be replayed once before it
+    /// takes traffic again.
+    pub(crate) fn outage_began(&self) {
+        self.caught_up.store(false, Ordering::Release);
+    }
+
+    /// A replay pass over every record went through. Returns whether it was caught up already.
+    pub(crate) fn set_caught_up(&self) -> bool {
+        self.caught_up.swap(true, Ordering::AcqRel)
+    }
+
+    /// True while the backend must take no key-value traffic: it has records no replay pass
+    /// has been through yet. Keys written during the last pass stay recorded, and reads of
+    /// them are answered from the record, so traffic can return without waiting for writes
+    /// that never stop.
+    pub(crate) fn blocks_traffic(&self) -> bool {
+        self.pending() > 0 && !self.caught_up.load(Ordering::Acquire)
     }
 
     /// Forgets `key`'s record after a replay, unless a newer write replaced it meanwhile: that

@@ -97,6 +97,9 @@ struct Inner {
     longest_lease_ms: std::sync::atomic::AtomicU64,
     events: broadcast::Sender<StorageEvent>,
     active: AtomicUsize,
+    /// When `active` last changed, in ms since `epoch`.
+    active_since_ms: std::sync::atomic::AtomicU64,
+    epoch: Instant,
     shut_down: AtomicBool,
     stop: watch::Sender<bool>,
     monitors: Mutex<Vec<JoinHandle<()>>>,
@@ -105,6 +108,10 @@ struct Inner {
 }
 
 impl Inner {
+    fn since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn new(
         slots: Vec<Arc<Slot>>,
@@ -133,6 +140,8 @@ impl Inner {
             longest_lease_ms: std::sync::atomic::AtomicU64::new(0),
             events,
             active: AtomicUsize::new(NONE),
+            active_since_ms: std::sync::atomic::AtomicU64::new(0),
+            epoch: Instant::now(),
             shut_down: AtomicBool::new(false),
             stop,
             monitors: Mutex::new(monitors),
@@ -803,7 +812,7 @@ impl ResilientStorage {
                     slot.health.observe_latency(elapsed);
                     let routing = Routing {
                         backends: &views[..inner.slots.len()],
-                        now: end,
+                        now: start,
                     };
                     self.served(operation, index, position, &candidates, &attempts, &routing);
                     return Ok((value, index));
@@ -860,7 +869,8 @@ impl ResilientStorage {
         routing: &Routing<'_>,
     ) {
         let inner = &self.inner;
-        inner.strategy.served(routing, index);
+        let first = candidates.first().unwrap_or(index);
+        inner.strategy.served(routing, first, index);
         let name = &inner.slots[index].name;
         if position > 0
             && let (Some(first), Some(last)) = (candidates.first(), attempts.last())
@@ -877,7 +887,19 @@ impl ResilientStorage {
         }
         let previous = inner.active.load(Ordering::Relaxed);
         if previous != index {
+            // A call that began before the last change, and followed its first choice, only
+            // followed an older choice: not a change.
+            let began = inner.since_epoch(routing.now);
+            if position == 0
+                && previous != NONE
+                && began < inner.active_since_ms.load(Ordering::Relaxed)
+            {
+                return;
+            }
             inner.active.store(index, Ordering::Relaxed);
+            inner
+                .active_since_ms
+                .store(inner.since_epoch(Instant::now()), Ordering::Relaxed);
             if !inner.strategy.spreads_load() {
                 let from = inner.slots.get(previous).map(|s| s.name.clone());
                 tracing::info!(from = ?from, to = %name, "active backend changed");

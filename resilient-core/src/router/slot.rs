@@ -24,7 +24,7 @@ pub(crate) struct Slot {
     pub(crate) capabilities: Capabilities,
     pub(crate) breaker: CircuitBreaker,
     pub(crate) health: HealthTracker,
-    pub(crate) hints: Hints,
+    pub(crate) hints: Arc<Hints>,
     pub(crate) metrics: BackendMetrics,
     /// Since when lock calls have found this backend unusable (`None` while it serves them).
     pub(crate) lock_down_since: std::sync::Mutex<Option<Instant>>,
@@ -47,8 +47,16 @@ impl Slot {
         let backend_name = name.clone();
         let metrics = BackendMetrics::new(&name);
         let gauge = metrics.circuit_gauge();
+        let hints = Arc::new(Hints::new(max_hints));
+        let outage = hints.clone();
         let breaker = CircuitBreaker::new(breaker).with_observer(move |t| {
             gauge.set(t.to);
+            if matches!(
+                t.to,
+                crate::CircuitState::Open | crate::CircuitState::ForcedOpen
+            ) {
+                outage.outage_began();
+            }
             match t.to {
                 crate::CircuitState::Closed => {
                     tracing::info!(backend = %backend_name, from = %t.from, "circuit closed")
@@ -73,7 +81,7 @@ impl Slot {
             capabilities,
             breaker,
             health: HealthTracker::new(health),
-            hints: Hints::new(max_hints),
+            hints,
             metrics,
             lock_down_since: std::sync::Mutex::new(None),
             lock_answered: std::sync::Mutex::new(None),
@@ -120,7 +128,7 @@ impl Slot {
                     Some(closed) => Some(closed.min(healthy)),
                     None => self.breaker.would_admit_at(now).then_some(Duration::ZERO),
                 });
-        let replaying = data && self.hints.pending() > 0;
+        let replaying = data && self.hints.blocks_traffic();
         BackendView {
             priority: self.priority,
             available: eligible && !replaying && available_for.is_some(),
@@ -178,6 +186,7 @@ pub(crate) async fn monitor(
         }
         if let Some(change) = change {
             if change.to == HealthState::Unhealthy {
+                slot.hints.outage_began();
                 tracing::warn!(backend = %slot.name, from = %change.from, error = ?error, "backend unhealthy");
             } else {
                 tracing::info!(backend = %slot.name, from = %change.from, to = %change.to, "backend health changed");
@@ -226,26 +235,27 @@ pub(crate) async fn replayer(
 
 async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_timeout: Duration) {
     let mut replayed = 0_u64;
-    'drain: loop {
-        let batch = slot.hints.batch(REPLAY_BATCH);
-        if batch.is_empty() {
-            break;
-        }
+    let mut complete = true;
+    'drain: for batch in slot.hints.pass().chunks(REPLAY_BATCH) {
+        // Let other tasks run between batches of a long pass.
+        tokio::task::yield_now().await;
         for (key, hint, version) in batch {
+            let (key, version) = (key.as_str(), *version);
             let Ok(permit) = slot.breaker.try_acquire() else {
+                complete = false;
                 break 'drain;
             };
             let start = Instant::now();
             let call = async {
                 match hint.replay_at(start) {
-                    Replay::Set(value, ttl) => slot.backend.set(&key, value, ttl).await,
-                    Replay::Delete => slot.backend.delete(&key).await.map(|_| ()),
+                    Replay::Set(value, ttl) => slot.backend.set(key, value, ttl).await,
+                    Replay::Delete => slot.backend.delete(key).await.map(|_| ()),
                 }
             };
             match tokio::time::timeout(attempt_timeout, call).await {
                 Ok(Ok(())) => {
                     permit.success(start.elapsed());
-                    if slot.hints.replayed(&key, version) {
+                    if slot.hints.replayed(key, version) {
                         replayed += 1;
                         slot.metrics.replayed(1);
                     }
@@ -253,13 +263,14 @@ async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_t
                 Ok(Err(error)) if error.is_transient() => {
                     permit.failure();
                     tracing::debug!(backend = %slot.name, %error, "replay paused");
+                    complete = false;
                     break 'drain;
                 }
                 Ok(Err(error)) => {
                     // The backend refuses this write for good: report it rather than retry
                     // forever or drop it silently.
                     permit.ignore();
-                    if slot.hints.replayed(&key, version) {
+                    if slot.hints.replayed(key, version) {
                         slot.hints.count_lost();
                         slot.metrics.lost(slot.hints.lost());
                         tracing::warn!(backend = %slot.name, %error, "a write could not be replayed");
@@ -271,13 +282,16 @@ async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_t
                 }
                 Err(_) => {
                     permit.failure();
+                    complete = false;
                     break 'drain;
                 }
             }
         }
     }
     slot.metrics.backlog(slot.hints.pending());
-    if replayed > 0 && slot.hints.pending() == 0 {
+    // The first complete pass of an outage lets traffic back; later passes replay the writes
+    // made meanwhile, which reads consult until then.
+    if complete && !slot.hints.set_caught_up() {
         tracing::info!(backend = %slot.name, records = replayed, "replay complete: backend takes traffic again");
         let _ = events.send(StorageEvent::ReplayCompleted {
             backend: slot.name.clone(),

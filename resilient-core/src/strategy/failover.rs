@@ -68,9 +68,19 @@ impl SelectionStrategy for Failover {
         routing.available().for_each(|i| out.push(i));
     }
 
-    fn served(&self, routing: &Routing<'_>, index: usize) {
-        if self.active.load(Ordering::Relaxed) != index {
-            self.move_to(index, routing.now);
+    fn served(&self, routing: &Routing<'_>, first: usize, index: usize) {
+        let active = self.active.load(Ordering::Relaxed);
+        if active == index {
+            return;
+        }
+        // An operation that began before the last move followed an older choice: it must not
+        // undo the move (under load, some always do, and traffic would swing back and forth).
+        if self.ms(routing.now) < self.moved_at_ms.load(Ordering::Relaxed) {
+            return;
+        }
+        // Moves on a failover within the call, or when the active backend was unavailable.
+        if first != index || !routing.backends.get(active).is_some_and(|b| b.available) {
+            self.move_to(index, Instant::now().max(routing.now));
         }
     }
 }
@@ -80,8 +90,14 @@ mod tests {
     use super::super::tests::{order, view};
     use super::*;
 
-    fn serve(f: &Failover, b: &[super::super::BackendView], now: Instant, index: usize) {
-        f.served(&Routing { backends: b, now }, index);
+    fn serve(
+        f: &Failover,
+        b: &[super::super::BackendView],
+        now: Instant,
+        first: usize,
+        index: usize,
+    ) {
+        f.served(&Routing { backends: b, now }, first, index);
     }
 
     #[test]
@@ -90,7 +106,7 @@ mod tests {
         let t = Instant::now();
         let down = [view(false, 0, None), view(true, 10_000, None)];
         assert_eq!(order(&f, &down, t), vec![1]);
-        serve(&f, &down, t, 1);
+        serve(&f, &down, t, 1, 1);
 
         let t1 = t + Duration::from_secs(5);
         let back_briefly = [view(true, 1_999, None), view(true, 10_000, None)];
@@ -110,11 +126,29 @@ mod tests {
         let t = Instant::now();
         let both = [view(true, 60_000, None), view(true, 60_000, None)];
         assert_eq!(order(&f, &both, t), vec![0, 1]);
-        serve(&f, &both, t, 1); // the primary failed this call; the secondary served
+        serve(&f, &both, t, 0, 1); // the primary failed this call; the secondary served
         assert_eq!(
             order(&f, &both, t + Duration::from_millis(1_999)),
             vec![1, 0]
         );
         assert_eq!(order(&f, &both, t + Duration::from_secs(2)), vec![0, 1]);
+    }
+
+    #[test]
+    fn a_call_that_began_before_a_failback_does_not_undo_it() {
+        let f = Failover::new(Duration::from_secs(2));
+        let t = Instant::now();
+        let down = [view(false, 0, None), view(true, 60_000, None)];
+        serve(&f, &down, t, 1, 1);
+        let t1 = t + Duration::from_secs(5);
+        let back = [view(true, 2_000, None), view(true, 60_000, None)];
+        assert_eq!(order(&f, &back, t1), vec![0, 1], "fails back");
+        // A call that chose the secondary at t1 - 1 ms (views from then) finishes now.
+        let stale = [view(false, 0, None), view(true, 60_000, None)];
+        serve(&f, &stale, t1 - Duration::from_millis(1), 1, 1);
+        assert_eq!(order(&f, &back, t1), vec![0, 1], "still on the primary");
+        // A call that began after the failback and followed its choice changes nothing.
+        serve(&f, &back, t1, 0, 0);
+        assert_eq!(order(&f, &back, t1), vec![0, 1]);
     }
 }

@@ -150,8 +150,10 @@ pub trait SelectionStrategy: Send + Sync + fmt::Debug {
     /// Pushes the backends to try, in order, into `out`.
     fn select(&self, routing: &Routing<'_>, out: &mut Candidates);
 
-    /// Told which backend served an operation.
-    fn served(&self, _routing: &Routing<'_>, _index: usize) {}
+    /// Told that an operation whose first choice was `first` was served by `index`;
+    /// `routing` holds the views and the time the operation began with. Operations overlap, so
+    /// one may finish after a newer choice was made: compare `routing.now` with it.
+    fn served(&self, _routing: &Routing<'_>, _first: usize, _index: usize) {}
 
     /// True when the strategy spreads load across backends on purpose, so a change of serving
     /// backend is not a failover.
