@@ -5,7 +5,11 @@
 //!   per-feature registry check, and a crate outside the workspace that must see exactly the
 //!   enabled backends.
 //! - `lint`: `cargo fmt --check`, clippy with `-D warnings`, and docs with `-D warnings`.
-//! - `ci`: `lint`, the benchmarks built (`cargo bench --no-run`), then `test`.
+//! - `ci`: `lint`, the benchmarks built (`cargo bench --no-run`), `test`, the short chaos
+//!   suite and the quick demo.
+//! - `chaos [--short] [--seed N] [--only 1,2]`: installs the servers when missing, then runs
+//!   the chaos suite against throwaway servers (see `chaos/src/bin/chaos.rs`).
+//! - `demo [--quick]`: installs the servers when missing, then runs the live failover demo.
 //! - `bench`: installs the servers when missing, runs the criterion suite against throwaway
 //!   servers, and writes `target/criterion/summary.md`: each figure as a ratio to its baseline
 //!   from the same run, against the goal.
@@ -32,10 +36,16 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("lint") => lint(),
-        Some("ci") => lint().and_then(|()| bench_build()).and_then(|()| test()),
+        Some("ci") => lint()
+            .and_then(|()| bench_build())
+            .and_then(|()| test())
+            .and_then(|()| chaos_bin("chaos", &["--short".into()]))
+            .and_then(|()| chaos_bin("demo", &["--quick".into()])),
         Some("bench") => bench(),
+        Some("chaos") => chaos_bin("chaos", &args[1..]),
+        Some("demo") => chaos_bin("demo", &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test|lint|ci|bench>");
+            eprintln!("usage: cargo xtask <test|lint|ci|bench|chaos|demo>");
             return ExitCode::from(2);
         }
     };
@@ -239,6 +249,26 @@ fn outside_crate(features: &str, expected: &str) -> Result<(), String> {
     }
     eprintln!("xtask: {what}: schemes {seen:?} as expected");
     Ok(())
+}
+
+/// Runs a binary of the chaos crate (`chaos` or `demo`) with `args`, after making sure the
+/// servers it starts are installed.
+fn chaos_bin(bin: &str, args: &[String]) -> Result<(), String> {
+    ensure_servers()?;
+    run(
+        &format!("{bin} {}", args.join(" ")),
+        cargo()
+            .args([
+                "run",
+                "--quiet",
+                "-p",
+                "resilient-chaos",
+                "--bin",
+                bin,
+                "--",
+            ])
+            .args(args),
+    )
 }
 
 fn bench_build() -> Result<(), String> {

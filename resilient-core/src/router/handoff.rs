@@ -81,6 +81,8 @@ pub(crate) struct Hints {
     /// (its breaker opens or it turns unhealthy), not by each record: a write that was in
     /// flight on a fallback when traffic came back must not send traffic away again.
     caught_up: AtomicBool,
+    /// Records replayed since the last time none were left.
+    replayed: AtomicU64,
     records: Mutex<HashMap<String, Record>>,
 }
 
@@ -96,6 +98,7 @@ impl Hints {
             lost: AtomicU64::new(0),
             next_version: AtomicU64::new(1),
             caught_up: AtomicBool::new(true),
+            replayed: AtomicU64::new(0),
             records: Mutex::new(HashMap::new()),
         }
     }
@@ -191,6 +194,15 @@ impl Hints {
     /// Forgets `key`'s record after a replay, unless a newer write replaced it meanwhile: that
     /// one is replayed in a later round, so the backend ends with the newest value.
     pub(crate) fn replayed(&self, key: &str, version: u64) -> bool {
+        let done = self.forget(key, version);
+        if done {
+            self.replayed.fetch_add(1, Ordering::Relaxed);
+        }
+        done
+    }
+
+    /// Forgets `key`'s record unless a newer write replaced it; true when it did.
+    pub(crate) fn forget(&self, key: &str, version: u64) -> bool {
         let mut records = self.lock();
         let done = records.get(key).is_some_and(|r| r.version == version);
         if done {
@@ -198,6 +210,17 @@ impl Hints {
             self.pending.store(records.len(), Ordering::Release);
         }
         done
+    }
+
+    /// When no record is left: how many were replayed since the last time none were left
+    /// (zero once taken).
+    pub(crate) fn take_replayed_when_done(&self) -> u64 {
+        let records = self.lock();
+        if records.is_empty() {
+            self.replayed.swap(0, Ordering::Relaxed)
+        } else {
+            0
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Record>> {

@@ -234,7 +234,6 @@ pub(crate) async fn replayer(
 }
 
 async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_timeout: Duration) {
-    let mut replayed = 0_u64;
     let mut complete = true;
     'drain: for batch in slot.hints.pass().chunks(REPLAY_BATCH) {
         // Let other tasks run between batches of a long pass.
@@ -256,7 +255,6 @@ async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_t
                 Ok(Ok(())) => {
                     permit.success(start.elapsed());
                     if slot.hints.replayed(key, version) {
-                        replayed += 1;
                         slot.metrics.replayed(1);
                     }
                 }
@@ -270,7 +268,7 @@ async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_t
                     // The backend refuses this write for good: report it rather than retry
                     // forever or drop it silently.
                     permit.ignore();
-                    if slot.hints.replayed(key, version) {
+                    if slot.hints.forget(key, version) {
                         slot.hints.count_lost();
                         slot.metrics.lost(slot.hints.lost());
                         tracing::warn!(backend = %slot.name, %error, "a write could not be replayed");
@@ -292,10 +290,14 @@ async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_t
     // The first complete pass of an outage lets traffic back; later passes replay the writes
     // made meanwhile, which reads consult until then.
     if complete && !slot.hints.set_caught_up() {
-        tracing::info!(backend = %slot.name, records = replayed, "replay complete: backend takes traffic again");
+        tracing::info!(backend = %slot.name, "replay pass complete: backend takes traffic again");
+    }
+    let records = slot.hints.take_replayed_when_done();
+    if records > 0 {
+        tracing::info!(backend = %slot.name, records, "replay complete: backend up to date");
         let _ = events.send(StorageEvent::ReplayCompleted {
             backend: slot.name.clone(),
-            records: replayed,
+            records,
         });
     }
 }
