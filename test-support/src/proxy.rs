@@ -26,7 +26,10 @@ pub enum ProxyMode {
         /// Up to this much more, uniformly at random.
         jitter: Duration,
     },
-    /// Accept connections and swallow everything: nothing is ever answered.
+    /// Accept connections and forward nothing, as a network partition does: nothing is
+    /// answered. What is sent meanwhile is held (then the sender's buffers fill) and delivered
+    /// in order once the mode changes, as TCP delivers it once a partition heals; nothing is
+    /// lost from a connection, so no reply can go to the wrong request. `reset_all` drops it.
     Blackhole,
     /// Close the listening socket: new connections are refused. Established ones keep flowing.
     Refuse,
@@ -187,7 +190,7 @@ async fn connection(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>
 async fn pump(
     mut from: OwnedReadHalf,
     to: OwnedWriteHalf,
-    mode: watch::Receiver<ProxyMode>,
+    mut mode: watch::Receiver<ProxyMode>,
     mut resets: watch::Receiver<u64>,
     reply_direction: bool,
 ) {
@@ -211,9 +214,25 @@ async fn pump(
             }
             _ = &mut writer => return,
         };
-        let current = mode.borrow().clone();
+        let mut current = mode.borrow_and_update().clone();
+        while matches!(current, ProxyMode::Blackhole) {
+            tokio::select! {
+                changed = mode.changed() => match changed {
+                    Ok(()) => current = mode.borrow_and_update().clone(),
+                    Err(_) => return,
+                },
+                _ = resets.changed() => {
+                    linger_zero(&from);
+                    writer.abort();
+                    return;
+                }
+            }
+        }
         let (release_at, chunk, last) = match current {
-            ProxyMode::Pass | ProxyMode::Refuse => (None, &buffer[..n], false),
+            // (A blackhole was waited out above.)
+            ProxyMode::Pass | ProxyMode::Refuse | ProxyMode::Blackhole => {
+                (None, &buffer[..n], false)
+            }
             ProxyMode::Latency { fixed, jitter } => {
                 let delay = fixed + jitter.mul_f64(fastrand::f64());
                 (
@@ -222,7 +241,6 @@ async fn pump(
                     false,
                 )
             }
-            ProxyMode::Blackhole => continue,
             ProxyMode::Truncate if reply_direction => (None, &buffer[..n / 2], true),
             ProxyMode::Truncate => (None, &buffer[..n], false),
         };

@@ -334,7 +334,9 @@ async fn redis_frozen_and_blackholed(seed: u64, timing: Timing) -> Result<Report
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let result = workload.stop().await;
+    let drained = wait_for_drain(&storage, Duration::from_secs(10)).await;
     let mut report = Report::from_kv(&result, &events, &storage);
+    report.check("every replay record drained once the load stopped", drained);
     let bound = ATTEMPT_TIMEOUT + ATTEMPT_TIMEOUT / 10;
     report.check("zero failed operations", report.failures == 0);
     report.check(
@@ -458,8 +460,10 @@ async fn flapping_redis(seed: u64, timing: Timing) -> Result<Report, Failure> {
         .num_alive_tasks();
     let heap_after = ALLOCATOR.allocated();
     let result = workload.stop().await;
+    let drained = wait_for_drain(&storage, Duration::from_secs(10)).await;
 
     let mut report = Report::from_kv(&result, &events, &storage);
+    report.check("every replay record drained once the load stopped", drained);
     let opens = events.opened("redis");
     let min_gap = opens.windows(2).map(|w| w[1] - w[0]).min();
     let floor = OPEN_FOR.mul_f64(1.0 - JITTER);

@@ -104,6 +104,7 @@ struct Inner {
     probes_in_flight: u32,
     probe_successes: u32,
     last_closed_ms: u64,
+    opened_ms: u64,
 }
 
 /// A circuit breaker. See [`BreakerConfig`] for the rules and defaults.
@@ -310,15 +311,26 @@ impl CircuitBreaker {
         self.notify(transition);
     }
 
-    /// Called when active health checks see the backend recover: an open breaker skips the rest
-    /// of its open time and goes half-open, so the next call probes it.
+    /// Called when active health checks see the backend recover: a breaker open for at least
+    /// the first open time ([`open_duration`](BreakerConfig::open_duration)) skips the rest of
+    /// its (backed-off) open time and goes half-open, so the next call probes it. Sooner it
+    /// does not: a backend that flaps faster than that would otherwise trip the breaker again
+    /// and again, once per flap.
     pub fn health_recovered(&self) {
+        self.health_recovered_at(Instant::now());
+    }
+
+    /// [`health_recovered`](Self::health_recovered) at `now`.
+    pub fn health_recovered_at(&self, now: Instant) {
         if self.state.load(Ordering::Acquire) != OPEN {
             return;
         }
+        let now_ms = self.ms(now);
         let transition = {
             let mut inner = self.lock();
-            (self.state.load(Ordering::Acquire) == OPEN)
+            let open_long_enough =
+                now_ms.saturating_sub(inner.opened_ms) >= duration_ms(self.config.open_duration);
+            (self.state.load(Ordering::Acquire) == OPEN && open_long_enough)
                 .then(|| self.to_half_open(&mut inner))
                 .flatten()
         };
@@ -458,6 +470,7 @@ impl CircuitBreaker {
             inner.trips = 0;
         }
         inner.trips = inner.trips.saturating_add(1);
+        inner.opened_ms = now_ms;
         let open_for = self.open_time(inner.trips);
         self.open_until_ms
             .store(now_ms + duration_ms(open_for), Ordering::Release);

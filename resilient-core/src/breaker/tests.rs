@@ -245,13 +245,22 @@ fn forced_open_holds_until_released_then_probes() {
 }
 
 #[test]
-fn health_recovery_cuts_the_open_time_short() {
+fn health_recovery_cuts_the_open_time_short_once_the_first_open_time_passed() {
     let b = CircuitBreaker::new(config());
     let t = Instant::now();
     (0..3).for_each(|_| fail(&b, t));
-    b.health_recovered();
+    let first = config().open_duration;
+    // Sooner, a backend flapping faster than the open time would trip it once per flap.
+    b.health_recovered_at(t + first / 2);
+    assert_eq!(b.state(), CircuitState::Open);
+    b.health_recovered_at(t + first);
     assert_eq!(b.state(), CircuitState::HalfOpen);
-    assert!(b.try_acquire_at(t).unwrap().is_probe());
+    assert!(b.try_acquire_at(t + first).unwrap().is_probe());
+    // Tripped again at once: the backed-off open time is cut short after the first one too.
+    fail(&b, t + first);
+    assert_eq!(b.state(), CircuitState::Open);
+    b.health_recovered_at(t + first * 2);
+    assert_eq!(b.state(), CircuitState::HalfOpen);
 }
 
 #[test]
@@ -343,6 +352,7 @@ struct Model {
     calls: Vec<(u64, bool, bool)>, // (bucket, failed, slow)
     trips: u32,
     open_until: u64,
+    opened: u64,
     last_closed: u64,
     probe_successes: u32,
 }
@@ -374,6 +384,7 @@ impl Model {
             .saturating_mul(1 << (self.trips - 1).min(20))
             .min(self.cfg.max_open_duration.as_millis() as u64);
         self.open_until = now + open;
+        self.opened = now;
         self.calls.clear();
         self.state = CircuitState::Open;
     }
@@ -448,7 +459,7 @@ proptest! {
         let start = breaker.epoch;
         let mut model = Model {
             cfg, state: CircuitState::Closed, consecutive: 0, calls: Vec::new(), trips: 0,
-            open_until: 0, last_closed: 0, probe_successes: 0,
+            open_until: 0, opened: 0, last_closed: 0, probe_successes: 0,
         };
         let mut now_ms = 0_u64;
         for step in steps {
@@ -456,8 +467,10 @@ proptest! {
             match step {
                 Step::Advance(ms) => now_ms += ms,
                 Step::HealthRecovered => {
-                    breaker.health_recovered();
-                    if model.state == CircuitState::Open {
+                    breaker.health_recovered_at(now);
+                    if model.state == CircuitState::Open
+                        && now_ms - model.opened >= model.cfg.open_duration.as_millis() as u64
+                    {
                         model.state = CircuitState::HalfOpen;
                         model.probe_successes = 0;
                     }

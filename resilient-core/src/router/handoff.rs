@@ -136,13 +136,17 @@ impl Hints {
     }
 
     /// Replaces the record of `key` if there is one (a newer write the backend also got).
-    pub(crate) fn refresh(&self, key: &str, hint: Hint) {
+    /// `hint` is only called when there is a record to replace.
+    pub(crate) fn refresh(&self, key: &str, hint: impl FnOnce() -> Hint) {
         if self.pending() == 0 {
             return;
         }
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         if let Some(record) = self.lock().get_mut(key) {
-            *record = Record { hint, version };
+            *record = Record {
+                hint: hint(),
+                version,
+            };
         }
     }
 

@@ -187,16 +187,17 @@ impl ResilientStorage {
             check_ttl(ttl)?;
         }
         let key = &*key;
-        let (_, served) = self
-            .route(Operation::Set, Route::Data, key, None, |_, b| {
-                b.set(key, value.clone(), ttl)
-            })
-            .await?;
         let written = Instant::now();
         let hint = |ttl: Option<Duration>| Hint::Set {
             value: value.clone(),
             expires_at: ttl.and_then(|ttl| written.checked_add(ttl)),
         };
+        self.supersede(key, || hint(ttl));
+        let (_, served) = self
+            .route(Operation::Set, Route::Data, key, None, |_, b| {
+                b.set(key, value.clone(), ttl)
+            })
+            .await?;
         self.hand_off(served, key, || hint(ttl));
         if self.inner.write_policy == WritePolicy::WriteThrough {
             // Copies to the memory store are capped, so it cannot hold values indefinitely.
@@ -224,6 +225,7 @@ impl ResilientStorage {
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let key = self.inner.keys.full_key(key)?;
         let key = &*key;
+        self.supersede(key, || Hint::Delete);
         let (existed, served) = self
             .route(Operation::Delete, Route::Data, key, None, |_, b| {
                 b.delete(key)
@@ -453,7 +455,18 @@ impl ResilientStorage {
             self.record_missed(slot, key, hint());
         }
         if let Some(slot) = inner.slots.get(served) {
-            slot.hints.refresh(key, hint());
+            slot.hints.refresh(key, hint);
+        }
+    }
+
+    /// Before a write is sent: a replay record of the key on any backend now holds this write,
+    /// with a new version. A replay of the older record that is in flight may land after this
+    /// write on the server; its record then stays, so a later pass writes the newest value
+    /// again, and reads answer from it meanwhile. Nothing to do (one atomic load per backend)
+    /// while no backend has records.
+    fn supersede(&self, key: &str, hint: impl Fn() -> Hint) {
+        for slot in &self.inner.slots {
+            slot.hints.refresh(key, &hint);
         }
     }
 
@@ -518,7 +531,7 @@ impl ResilientStorage {
             };
             if copied {
                 // A record from an earlier miss now replays this newest value.
-                slot.hints.refresh(key, hint(slot));
+                slot.hints.refresh(key, || hint(slot));
             } else {
                 self.record_missed(slot, key, hint(slot));
             }
