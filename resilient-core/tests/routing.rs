@@ -454,7 +454,7 @@ async fn health_recovery_lets_an_open_circuit_probe_before_its_open_time_ends() 
             StorageEvent::CircuitChanged { open_for, .. } => open_for,
             _ => None,
         })
-        .last();
+        .next_back();
     assert_eq!(
         open_for,
         Some(Duration::from_secs(4)),
