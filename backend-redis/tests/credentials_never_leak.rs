@@ -3,31 +3,17 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use resilient_core::{Backend, HealthConfig, ResilientStorage};
-use resilient_test_support::{RedisOptions, RedisServer};
+use resilient_test_support::{LogCapture, RedisOptions, RedisServer};
 
 const SENTINEL: &str = "Sentinel-Pa55-8f3kQz";
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn the_password_never_appears_anywhere() {
-    let logs = Capture::default();
+    let logs = LogCapture::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
@@ -88,7 +74,7 @@ async fn the_password_never_appears_anywhere() {
     let wrong = common::backend(&url.replace(SENTINEL, &format!("{SENTINEL}-wrong")));
     let err = wrong.get("k").await.unwrap_err();
     seen.push(format!("{err} {err:?}"));
-    seen.push(String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned());
+    seen.push(logs.contents());
 
     assert!(seen.last().unwrap().contains("redis"), "logs were captured");
     for text in &seen {

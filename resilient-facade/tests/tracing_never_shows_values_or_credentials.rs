@@ -2,34 +2,19 @@
 //! (ours and the client libraries'): it holds the operation's span and each failed attempt,
 //! never the value written nor either password, and the key only at debug level and below.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use resilient_storage::prelude::*;
-use resilient_test_support::{PostgresServer, RedisOptions, RedisServer};
+use resilient_test_support::{LogCapture, PostgresServer, RedisOptions, RedisServer};
 
 const REDIS_PASSWORD: &str = "Redis-Pa55-q8Zr";
 const POSTGRES_PASSWORD: &str = "Pg-Pa55-w3Xt";
 const VALUE: &str = "Value-7f2b-never-logged";
 const KEY: &str = "customer:9c41";
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_failing_operation_logs_its_attempts_but_no_value_or_credential() {
-    let logs = Capture::default();
+    let logs = LogCapture::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
@@ -73,7 +58,7 @@ async fn a_failing_operation_logs_its_attempts_but_no_value_or_credential() {
     storage.shutdown().await;
     drop(_guard);
 
-    let output = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let output = logs.contents();
     shown.push(output.clone());
     // The capture works: the failing operation's span and attempts are there.
     assert!(output.contains("storage{operation=\"set\"}"), "{output}");

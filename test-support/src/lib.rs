@@ -9,6 +9,7 @@
 //!   port and data directory.
 //! - [`TestCertificates`] makes a CA and a server certificate, for servers that speak TLS.
 //! - [`Workload`] keeps several tasks calling a server and records every call.
+//! - [`LogCapture`] keeps a tracing subscriber's output for tests that check their logs.
 //! - [`FaultProxy`] sits between a client and a server and injects latency, blackholes,
 //!   refusals, resets and truncated replies while traffic flows.
 //!
@@ -16,6 +17,7 @@
 //! When a binary is missing, the error says what to install.
 
 mod binaries;
+mod capture;
 mod postgres;
 mod process;
 mod proxy;
@@ -26,6 +28,7 @@ mod workload;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 
 pub use binaries::MissingBinary;
+pub use capture::LogCapture;
 pub use postgres::PostgresServer;
 pub use process::{ServerProcess, pid_alive};
 pub use proxy::{FaultProxy, ProxyMode};

@@ -224,6 +224,20 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
+/// A storage over Redis at `redis_url` and `postgres`, its event log, and a workload of
+/// `tasks` tasks on it.
+async fn loaded(
+    redis_url: &str,
+    postgres: &PostgresServer,
+    tasks: usize,
+    seed: u64,
+) -> Result<(ResilientStorage, EventLog, KvWorkload), Failure> {
+    let storage = builder(redis_url, Some(&postgres.url()))?.build().await?;
+    let events = EventLog::record(&storage);
+    let workload = KvWorkload::start(&storage, kv(tasks, seed));
+    Ok((storage, events, workload))
+}
+
 fn kv(tasks: usize, seed: u64) -> KvOptions {
     KvOptions {
         tasks,
@@ -287,11 +301,7 @@ async fn redis_reader(
 async fn redis_killed_under_load(seed: u64, timing: Timing) -> Result<Report, Failure> {
     let mut redis = RedisServer::start()?;
     let postgres = PostgresServer::start()?;
-    let storage = builder(&redis.url(), Some(&postgres.url()))?
-        .build()
-        .await?;
-    let events = EventLog::record(&storage);
-    let workload = KvWorkload::start(&storage, kv(50, seed));
+    let (storage, events, workload) = loaded(&redis.url(), &postgres, 50, seed).await?;
     tokio::time::sleep(timing.pick(3000, 1500)).await;
     let killed = Instant::now();
     blocking(|| redis.kill())?;
@@ -315,11 +325,8 @@ async fn redis_frozen_and_blackholed(seed: u64, timing: Timing) -> Result<Report
     let redis = RedisServer::start()?;
     let postgres = PostgresServer::start()?;
     let proxy = FaultProxy::start(redis.addr()).await?;
-    let storage = builder(&format!("redis://{}", proxy.addr()), Some(&postgres.url()))?
-        .build()
-        .await?;
-    let events = EventLog::record(&storage);
-    let workload = KvWorkload::start(&storage, kv(16, seed));
+    let redis_url = format!("redis://{}", proxy.addr());
+    let (storage, events, workload) = loaded(&redis_url, &postgres, 16, seed).await?;
     tokio::time::sleep(timing.pick(2000, 1000)).await;
 
     blocking(|| redis.freeze())?;
@@ -358,11 +365,7 @@ async fn redis_frozen_and_blackholed(seed: u64, timing: Timing) -> Result<Report
 async fn redis_restarted_empty(seed: u64, timing: Timing) -> Result<Report, Failure> {
     let mut redis = RedisServer::start()?;
     let postgres = PostgresServer::start()?;
-    let storage = builder(&redis.url(), Some(&postgres.url()))?
-        .build()
-        .await?;
-    let events = EventLog::record(&storage);
-    let workload = KvWorkload::start(&storage, kv(32, seed));
+    let (storage, events, workload) = loaded(&redis.url(), &postgres, 32, seed).await?;
     let live = workload.live();
     tokio::time::sleep(timing.pick(2000, 1000)).await;
 
@@ -423,11 +426,8 @@ async fn flapping_redis(seed: u64, timing: Timing) -> Result<Report, Failure> {
     let proxy = proxy_runtime
         .spawn(FaultProxy::start(redis.addr()))
         .await??;
-    let storage = builder(&format!("redis://{}", proxy.addr()), Some(&postgres.url()))?
-        .build()
-        .await?;
-    let events = EventLog::record(&storage);
-    let workload = KvWorkload::start(&storage, kv(16, seed));
+    let redis_url = format!("redis://{}", proxy.addr());
+    let (storage, events, workload) = loaded(&redis_url, &postgres, 16, seed).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let tasks_before = tokio::runtime::Handle::current()
         .metrics()
@@ -505,11 +505,7 @@ async fn flapping_redis(seed: u64, timing: Timing) -> Result<Report, Failure> {
 async fn both_servers_down(seed: u64, timing: Timing) -> Result<Report, Failure> {
     let mut redis = RedisServer::start_with(RedisOptions::default().appendonly(true))?;
     let mut postgres = PostgresServer::start()?;
-    let storage = builder(&redis.url(), Some(&postgres.url()))?
-        .build()
-        .await?;
-    let events = EventLog::record(&storage);
-    let workload = KvWorkload::start(&storage, kv(16, seed));
+    let (storage, events, workload) = loaded(&redis.url(), &postgres, 16, seed).await?;
     tokio::time::sleep(timing.pick(2000, 1000)).await;
 
     let outage = Instant::now();
