@@ -156,8 +156,8 @@ async fn demo(quick: bool) -> Result<bool, Failure> {
         // The script: kill Redis, restart it, and finish a while after the failback.
         match phase {
             Phase::Steady if elapsed >= steady => {
-                tokio::task::block_in_place(|| redis.kill())?;
                 killed_at = Some(Instant::now());
+                tokio::task::block_in_place(|| redis.kill())?;
                 view.event("Redis killed (SIGKILL)".into());
                 phase = Phase::Outage;
             }

@@ -754,6 +754,10 @@ impl ResilientStorage {
         call: impl Fn(usize, &'a dyn Backend) -> CallFuture<'a, T>,
     ) -> Result<(T, usize)> {
         let span = tracing::info_span!("storage", operation = operation.as_str());
+        if span.is_disabled() {
+            // No subscriber wants it: skip the span's enter and exit on every poll.
+            return self.attempts(operation, route, prefer, call).await;
+        }
         async {
             tracing::debug!(key, "operation");
             let result = self.attempts(operation, route, prefer, call).await;
