@@ -11,7 +11,7 @@ use bytes::Bytes;
 use common::{builder, drain, fault};
 use resilient_backend_memory::{MemoryBackend, MemoryConfig};
 use resilient_core::testing::Fault;
-use resilient_core::{Backend, OverallStatus, StorageEvent, Strategy, WritePolicy};
+use resilient_core::{Backend, Operation, OverallStatus, StorageEvent, Strategy, WritePolicy};
 use tokio::time::sleep;
 
 async fn direct(backend: &dyn Backend, key: &str) -> Option<Bytes> {
@@ -235,4 +235,44 @@ async fn write_through_copies_writes_down_with_a_capped_ttl_on_memory() {
     sleep(Duration::from_secs(1)).await;
     assert_eq!(direct(&*postgres, "k2").await.as_deref(), Some(&b"v"[..]));
     assert_eq!(storage.health().backends["postgres"].pending_replay, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_that_overtakes_a_replay_of_its_key_is_not_undone_by_it() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres])
+        .strategy(Strategy::Priority)
+        .build()
+        .await
+        .unwrap();
+    let built = tokio::time::Instant::now();
+    // Redis misses "v1" once; its breaker stays closed, so it keeps taking traffic while the
+    // record is replayed (reads answer from the record meanwhile).
+    redis.inject(Fault::Fail);
+    storage.set("k", "v1", None).await.unwrap();
+    redis.inject(Fault::Pass);
+    assert_eq!(storage.health().backends["redis"].pending_replay, 1);
+
+    // The replayer's tick at 100 ms sends "v1", which lands 20 ms later. At 105 ms a caller
+    // writes "v2": it lands at once, but its answer comes back only at 155 ms, after the
+    // replay of "v1" has landed over it and finished.
+    redis.inject_for(Operation::Set, Fault::Delay(Duration::from_millis(20)));
+    tokio::time::sleep_until(built + Duration::from_millis(105)).await;
+    redis.inject_for(
+        Operation::Set,
+        Fault::DelayAnswer(Duration::from_millis(50)),
+    );
+    storage.set("k", "v2", None).await.unwrap();
+    assert_eq!(
+        storage.get("k").await.unwrap().as_deref(),
+        Some(&b"v2"[..]),
+        "reads answer from the record while Redis holds the older value"
+    );
+
+    // The write superseded the record before it was sent, so the replay of "v1" did not
+    // clear it, and a later pass writes "v2" again.
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(direct(&*redis, "k").await.as_deref(), Some(&b"v2"[..]));
+    assert_eq!(storage.health().backends["redis"].pending_replay, 0);
+    assert_eq!(storage.get("k").await.unwrap().as_deref(), Some(&b"v2"[..]));
 }

@@ -25,6 +25,9 @@ pub enum Fault {
     Hang,
     /// Wait this long, then pass the call on.
     Delay(Duration),
+    /// Pass the call on, then hold its answer this long: the backend has done the work, but
+    /// the caller learns of it late, as with a reply slow to come back.
+    DelayAnswer(Duration),
     /// Answer health checks as degraded with this message; data calls pass.
     Degraded(String),
 }
@@ -160,26 +163,36 @@ impl FaultBackend {
         }
     }
 
-    async fn apply(&self, operation: Operation) -> Result<()> {
+    /// Applies the fault before the call; returns how long to hold the answer after it.
+    async fn apply(&self, operation: Operation) -> Result<Option<Duration>> {
         if operation == Operation::HealthCheck {
             self.health_checks.fetch_add(1, Ordering::Relaxed);
         } else {
             self.calls.fetch_add(1, Ordering::Relaxed);
         }
         match self.current(operation) {
-            Fault::Pass | Fault::Degraded(_) => Ok(()),
+            Fault::Pass | Fault::Degraded(_) => Ok(None),
             Fault::Fail => Err(Error::backend(&self.name, operation, "injected failure")),
             Fault::Hang => std::future::pending().await,
             Fault::Delay(d) => {
                 tokio::time::sleep(d).await;
-                Ok(())
+                Ok(None)
             }
+            Fault::DelayAnswer(d) => Ok(Some(d)),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Script> {
         self.script.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// `result`, after holding it for `hold`.
+async fn answer<T>(hold: Option<Duration>, result: T) -> T {
+    if let Some(hold) = hold {
+        tokio::time::sleep(hold).await;
+    }
+    result
 }
 
 #[async_trait]
@@ -197,31 +210,31 @@ impl Backend for FaultBackend {
     }
 
     async fn health_check(&self) -> Result<HealthProbe> {
-        self.apply(Operation::HealthCheck).await?;
+        let hold = self.apply(Operation::HealthCheck).await?;
         if let Fault::Degraded(message) = self.current(Operation::HealthCheck) {
             return Ok(HealthProbe::Degraded(message));
         }
-        self.inner.health_check().await
+        answer(hold, self.inner.health_check().await).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        self.apply(Operation::Get).await?;
-        self.inner.get(key).await
+        let hold = self.apply(Operation::Get).await?;
+        answer(hold, self.inner.get(key).await).await
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
-        self.apply(Operation::Set).await?;
-        self.inner.set(key, value, ttl).await
+        let hold = self.apply(Operation::Set).await?;
+        answer(hold, self.inner.set(key, value, ttl).await).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        self.apply(Operation::Delete).await?;
-        self.inner.delete(key).await
+        let hold = self.apply(Operation::Delete).await?;
+        answer(hold, self.inner.delete(key).await).await
     }
 
     async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {
-        self.apply(Operation::AcquireLock).await?;
-        self.inner.acquire_lock(name, holder, ttl).await
+        let hold = self.apply(Operation::AcquireLock).await?;
+        answer(hold, self.inner.acquire_lock(name, holder, ttl).await).await
     }
 
     async fn extend_lock(
@@ -230,13 +243,13 @@ impl Backend for FaultBackend {
         holder: &str,
         ttl: Duration,
     ) -> Result<Option<LockGrant>> {
-        self.apply(Operation::ExtendLock).await?;
-        self.inner.extend_lock(name, holder, ttl).await
+        let hold = self.apply(Operation::ExtendLock).await?;
+        answer(hold, self.inner.extend_lock(name, holder, ttl).await).await
     }
 
     async fn release_lock(&self, name: &str, holder: &str) -> Result<bool> {
-        self.apply(Operation::ReleaseLock).await?;
-        self.inner.release_lock(name, holder).await
+        let hold = self.apply(Operation::ReleaseLock).await?;
+        answer(hold, self.inner.release_lock(name, holder).await).await
     }
 
     async fn shutdown(&self) {
