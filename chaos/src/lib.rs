@@ -189,14 +189,16 @@ pub async fn wait_for_drain(storage: &ResilientStorage, within: Duration) -> boo
     false
 }
 
-/// `0.4 ms`, `12 ms`, `1.20 s`.
+/// `40 µs`, `0.4 ms`, `12 ms`, `1.20 s`.
 pub fn ms(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1e3;
     if ms >= 1000.0 {
         format!("{:.2} s", ms / 1e3)
     } else if ms >= 10.0 {
         format!("{ms:.0} ms")
-    } else {
+    } else if ms >= 0.1 {
         format!("{ms:.1} ms")
+    } else {
+        format!("{:.0} µs", ms * 1e3)
     }
 }
