@@ -158,16 +158,6 @@ impl Hints {
         self.lock().get(key).map(|r| r.hint.clone())
     }
 
-    /// Up to `n` records to replay, with their versions.
-    #[cfg(test)]
-    pub(crate) fn batch(&self, n: usize) -> Vec<(String, Hint, u64)> {
-        self.lock()
-            .iter()
-            .take(n)
-            .map(|(k, r)| (k.clone(), r.hint.clone(), r.version))
-            .collect()
-    }
-
     /// Every record, with its version, for one replay pass.
     pub(crate) fn pass(&self) -> Vec<(String, Hint, u64)> {
         self.lock()
@@ -247,11 +237,11 @@ mod tests {
     fn records_coalesce_per_key_and_a_newer_write_survives_an_older_replay() {
         let hints = Hints::new(10);
         hints.record("k", set(b"1")).unwrap();
-        let (_, _, v1) = hints.batch(1).remove(0);
+        let (_, _, v1) = hints.pass().remove(0);
         hints.record("k", set(b"2")).unwrap();
         assert_eq!(hints.pending(), 1);
         assert!(!hints.replayed("k", v1), "the newer record stays");
-        let (_, hint, v2) = hints.batch(1).remove(0);
+        let (_, hint, v2) = hints.pass().remove(0);
         assert_eq!(hint, set(b"2"));
         assert!(hints.replayed("k", v2));
         assert_eq!(hints.pending(), 0);
