@@ -82,13 +82,17 @@ impl PostgresBackend {
     pub async fn sweep(&self) -> Result<u64> {
         self.call(Operation::Delete, async {
             let mut total = 0;
-            for statement in [&self.sql.sweep_values, &self.sql.sweep_locks] {
+            // Lock rows stay for the query timeout after they expire: see `Statements::acquire`.
+            let grace = millis(self.config.query_timeout);
+            for (statement, locks) in [
+                (&self.sql.sweep_values, false),
+                (&self.sql.sweep_locks, true),
+            ] {
                 loop {
-                    let deleted = sqlx::query(statement.clone())
-                        .bind(i64::from(self.config.sweep_batch))
-                        .execute(&self.pool)
-                        .await?
-                        .rows_affected();
+                    let query =
+                        sqlx::query(statement.clone()).bind(i64::from(self.config.sweep_batch));
+                    let query = if locks { query.bind(grace) } else { query };
+                    let deleted = query.execute(&self.pool).await?.rows_affected();
                     total += deleted;
                     if deleted < u64::from(self.config.sweep_batch) {
                         break;

@@ -34,6 +34,10 @@ impl Statements {
         // A TTL travels as milliseconds (float8, exact up to 2^53) and expiry is computed on the
         // server's clock: `now()` is the statement's transaction time.
         let expiry = "now() + $3::float8 * interval '1 millisecond'";
+        let next_token = format!(
+            "setval('{fence}', GREATEST(nextval('{fence}'), \
+             (extract(epoch FROM clock_timestamp()) * 1000000)::bigint))"
+        );
         Self {
             ddl: vec![
                 sql(format!(r#"CREATE SCHEMA IF NOT EXISTS "{schema}""#)),
@@ -65,14 +69,21 @@ impl Statements {
             // keeping its token). The token is the server's clock in microseconds or one more
             // than the sequence's last value, whichever is larger: it only grows, and stays
             // comparable with the tokens Redis and the memory store issue the same way.
+            //
+            // A token must be drawn once the row is locked, or a statement that waited for the
+            // row would be granted with a token drawn before the grants made while it waited.
+            // So the update path draws its own token, and a lock's row is never deleted while a
+            // statement may still be waiting for it (release expires the row; the sweeper
+            // deletes rows only once they have been expired for longer than the query timeout).
+            // The insert path's token, drawn before the statement looked for the row, is then
+            // used only when no row existed, and so no grant was made while it waited.
             acquire: sql(format!(
                 "INSERT INTO {locks} AS l (name, holder, token, expires_at) \
-                 VALUES ($1, $2, setval('{fence}', GREATEST(nextval('{fence}'), \
-                   (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)), {expiry}) \
+                 VALUES ($1, $2, {next_token}, {expiry}) \
                  ON CONFLICT (name) DO UPDATE SET \
                    holder = EXCLUDED.holder, \
                    token = CASE WHEN l.holder = EXCLUDED.holder AND l.expires_at > now() \
-                                THEN l.token ELSE EXCLUDED.token END, \
+                                THEN l.token ELSE {next_token} END, \
                    expires_at = EXCLUDED.expires_at \
                  WHERE l.expires_at <= now() OR l.holder = EXCLUDED.holder \
                  RETURNING token"
@@ -85,16 +96,20 @@ impl Statements {
                 "UPDATE {locks} SET expires_at = {expiry} \
                  WHERE name = $1 AND holder = $2 AND expires_at > now() RETURNING token"
             )),
+            // Expires the lease rather than deleting its row: see `acquire`.
             release: sql(format!(
-                "DELETE FROM {locks} WHERE name = $1 AND holder = $2 AND expires_at > now()"
+                "UPDATE {locks} SET expires_at = '-infinity' \
+                 WHERE name = $1 AND holder = $2 AND expires_at > now()"
             )),
             sweep_values: sql(format!(
                 "DELETE FROM {values} WHERE ctid = ANY(ARRAY(\
                  SELECT ctid FROM {values} WHERE expires_at <= now() LIMIT $1))"
             )),
+            // $2: the query timeout in ms. See `acquire` for why rows stay that long.
             sweep_locks: sql(format!(
                 "DELETE FROM {locks} WHERE ctid = ANY(ARRAY(\
-                 SELECT ctid FROM {locks} WHERE expires_at <= now() LIMIT $1))"
+                 SELECT ctid FROM {locks} \
+                 WHERE expires_at <= now() - $2::float8 * interval '1 millisecond' LIMIT $1))"
             )),
             schema_key: format!("resilient-storage:{schema}.{table}"),
         }

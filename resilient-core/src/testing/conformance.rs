@@ -26,6 +26,7 @@ pub async fn run(backend: &dyn Backend) {
     ttl_expires_keys(backend, &p).await;
     a_new_set_replaces_the_ttl(backend, &p).await;
     locks_are_exclusive_and_owner_checked(backend, &p).await;
+    contended_locks_have_one_holder_at_a_time(backend, &p).await;
     lock_tokens_grow_across_grants(backend, &p).await;
     locks_expire(backend, &p).await;
     locks_and_keys_do_not_collide(backend, &p).await;
@@ -257,6 +258,94 @@ pub async fn locks_are_exclusive_and_owner_checked(b: &dyn Backend, p: &str) {
             .expect("extend")
             .is_none()
     );
+}
+
+/// Sixteen holders contend for one lock, releasing it as soon as they have it: never two hold
+/// it at once, every release by the holder succeeds, and each grant's token is larger than the
+/// one before. Catches acquire and release statements that race on the server.
+pub async fn contended_locks_have_one_holder_at_a_time(b: &dyn Backend, p: &str) {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const HOLDERS: usize = 16;
+    const GRANTS_EACH: usize = 25;
+    let name = format!("{p}contended");
+    let inside = AtomicUsize::new(0);
+    let tokens = Mutex::new(Vec::new());
+    let contender = |holder: String| {
+        let (name, inside, tokens) = (&name, &inside, &tokens);
+        async move {
+            let mut granted = 0;
+            let mut attempts = 0;
+            while granted < GRANTS_EACH {
+                attempts += 1;
+                assert!(attempts < 20_000, "{holder} never got the lock");
+                let outcome = b
+                    .acquire_lock(name, &holder, Duration::from_secs(30))
+                    .await
+                    .expect("acquire");
+                let Some(grant) = outcome.grant() else {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                };
+                assert_eq!(
+                    inside.fetch_add(1, Ordering::SeqCst),
+                    0,
+                    "{holder} was granted the lock while another holder had it"
+                );
+                tokens
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(grant.token);
+                tokio::task::yield_now().await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                assert!(
+                    b.release_lock(name, &holder).await.expect("release"),
+                    "{holder}'s lease was gone before it released it"
+                );
+                granted += 1;
+            }
+        }
+    };
+    join_all(
+        (0..HOLDERS)
+            .map(|i| contender(format!("holder-{i}")))
+            .collect(),
+    )
+    .await;
+    let tokens = tokens.into_inner().unwrap_or_else(|e| e.into_inner());
+    assert_eq!(tokens.len(), HOLDERS * GRANTS_EACH);
+    for pair in tokens.windows(2) {
+        assert!(
+            pair[1] > pair[0],
+            "fencing tokens must grow from grant to grant: {} then {}",
+            pair[0],
+            pair[1]
+        );
+    }
+}
+
+/// Runs `futures` concurrently on the current task, without spawning (they borrow).
+async fn join_all<F: Future<Output = ()>>(futures: Vec<F>) {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for slot in &mut futures {
+            if let Some(future) = slot {
+                if future.as_mut().poll(cx).is_ready() {
+                    *slot = None;
+                } else {
+                    pending = true;
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
 }
 
 /// Each new grant of a lock name carries a larger fencing token.
