@@ -21,6 +21,9 @@ pub struct Capabilities {
     pub durable: bool,
     /// Expires keys by itself.
     pub native_ttl: bool,
+    /// Keeps each write's [`WriteVersion`] with the key, so a replayed write never overwrites
+    /// a newer one another process made (see [`Backend::replay_write`]).
+    pub versioned: bool,
     /// Implements the lock operations.
     pub locks: bool,
 }
@@ -32,6 +35,7 @@ impl Capabilities {
             shared: false,
             durable: false,
             native_ttl: false,
+            versioned: false,
             locks: false,
         }
     }
@@ -54,6 +58,12 @@ impl Capabilities {
         self
     }
 
+    /// Sets [`versioned`](Self::versioned).
+    pub const fn versioned(mut self, yes: bool) -> Self {
+        self.versioned = yes;
+        self
+    }
+
     /// Sets [`locks`](Self::locks).
     pub const fn locks(mut self, yes: bool) -> Self {
         self.locks = yes;
@@ -69,6 +79,36 @@ pub enum HealthProbe {
     Healthy,
     /// Answering, but impaired (replica lagging, memory pressure, ...). Still routable.
     Degraded(String),
+}
+
+/// The version of a write: microseconds since the Unix epoch on the writing process's clock,
+/// made strictly increasing within the process. Every write the router sends carries one, and
+/// so does every replay of it, so a versioned backend can tell an old write replayed after an
+/// outage from a newer one another process made meanwhile. Versions from different processes
+/// order as their clocks do (NTP keeps them within milliseconds; a replay waits for an outage to
+/// end, which takes far longer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WriteVersion(pub u64);
+
+impl fmt::Display for WriteVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A write to replay: a value with its remaining TTL, or a delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyWrite {
+    /// Write `value`, expiring after `ttl` when given.
+    Set {
+        /// The value.
+        value: Bytes,
+        /// The TTL left.
+        ttl: Option<Duration>,
+    },
+    /// Remove the key.
+    Delete,
 }
 
 /// A fencing token: grows with every grant of the same lock name, so a resource guarded by the
@@ -199,6 +239,48 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Removes a key; true when it existed.
     async fn delete(&self, key: &str) -> Result<bool>;
+
+    /// Writes a key stamped with `version`. A [versioned](Capabilities::versioned) backend
+    /// keeps the version with the value (and drops it with the value's TTL); the default
+    /// ignores it and calls [`set`](Self::set). Unconditional, as `set` is.
+    async fn set_versioned(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        version: WriteVersion,
+    ) -> Result<()> {
+        let _ = version;
+        self.set(key, value, ttl).await
+    }
+
+    /// Removes a key; true when it existed. A [versioned](Capabilities::versioned) backend
+    /// leaves a tombstone with `version` for a bounded time, so a replay of an older write
+    /// cannot bring the key back; the default calls [`delete`](Self::delete).
+    async fn delete_versioned(&self, key: &str, version: WriteVersion) -> Result<bool> {
+        let _ = version;
+        self.delete(key).await
+    }
+
+    /// Replays a write this backend missed while another served it. A
+    /// [versioned](Capabilities::versioned) backend applies it only if the key has no version
+    /// or an older one, atomically, and returns whether it did: `Ok(false)` means a newer write
+    /// (from any process) is there and must stay. The default applies it unconditionally and
+    /// returns true.
+    async fn replay_write(
+        &self,
+        key: &str,
+        write: KeyWrite,
+        version: WriteVersion,
+    ) -> Result<bool> {
+        match write {
+            KeyWrite::Set { value, ttl } => self.set_versioned(key, value, ttl, version).await?,
+            KeyWrite::Delete => {
+                self.delete_versioned(key, version).await?;
+            }
+        }
+        Ok(true)
+    }
 
     /// Takes a lock for `ttl` unless another holder has it. The same holder re-acquiring
     /// extends its lease and keeps its token.

@@ -25,7 +25,10 @@ pub mod testing;
 pub mod url;
 
 pub use async_trait::async_trait;
-pub use backend::{Backend, Capabilities, FencingToken, HealthProbe, LockGrant, LockOutcome};
+pub use backend::{
+    Backend, Capabilities, FencingToken, HealthProbe, KeyWrite, LockGrant, LockOutcome,
+    WriteVersion,
+};
 pub use breaker::{BreakerConfig, CircuitBreaker, CircuitState};
 pub use bytes::Bytes;
 pub use config::{BackendConfig, StorageConfig};

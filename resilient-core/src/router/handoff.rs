@@ -1,8 +1,8 @@
 //! Hinted handoff: the writes and deletes a higher-priority backend missed while another served
 //! them, kept until they are replayed to it.
 //!
-//! Records are coalesced per key (the newest write wins), carry a version and the value's
-//! expiry, and are bounded in number. A record that does not fit is counted as lost and
+//! Records are coalesced per key (the newest write wins), carry the write's version and the
+//! value's expiry, and are bounded in number. A record that does not fit is counted as lost and
 //! reported, never dropped silently.
 
 use std::collections::HashMap;
@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
+
+use crate::backend::{KeyWrite, WriteVersion};
 
 /// A write to carry over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,39 +36,62 @@ impl Hint {
         }
     }
 
-    /// The operation that brings a backend up to date at `now`: an expired value becomes a
+    /// The write that brings a backend up to date at `now`: an expired value becomes a
     /// delete, a live one keeps its remaining TTL.
-    pub(crate) fn replay_at(&self, now: Instant) -> Replay {
+    pub(crate) fn replay_at(&self, now: Instant) -> KeyWrite {
         match self {
             Hint::Set {
                 value,
                 expires_at: None,
-            } => Replay::Set(value.clone(), None),
+            } => KeyWrite::Set {
+                value: value.clone(),
+                ttl: None,
+            },
             Hint::Set {
                 value,
                 expires_at: Some(at),
             } => match at.checked_duration_since(now) {
-                Some(left) if left >= Duration::from_millis(1) => {
-                    Replay::Set(value.clone(), Some(left))
-                }
-                _ => Replay::Delete,
+                Some(left) if left >= Duration::from_millis(1) => KeyWrite::Set {
+                    value: value.clone(),
+                    ttl: Some(left),
+                },
+                _ => KeyWrite::Delete,
             },
-            Hint::Delete => Replay::Delete,
+            Hint::Delete => KeyWrite::Delete,
         }
     }
 }
 
-/// One replay step.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Replay {
-    Set(Bytes, Option<Duration>),
-    Delete,
+/// Hands out [`WriteVersion`]s: microseconds since the Unix epoch, or one more than the last
+/// version when the clock has not moved on (or went back), so they strictly increase.
+#[derive(Debug, Default)]
+pub(crate) struct VersionClock {
+    last: AtomicU64,
+}
+
+impl VersionClock {
+    pub(crate) fn next(&self) -> WriteVersion {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let mut last = self.last.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last.saturating_add(1));
+            match self
+                .last
+                .compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return WriteVersion(next),
+                Err(actual) => last = actual,
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Record {
     hint: Hint,
-    version: u64,
+    version: WriteVersion,
 }
 
 /// The records kept for one backend.
@@ -75,7 +100,6 @@ pub(crate) struct Hints {
     max: usize,
     pending: AtomicUsize,
     lost: AtomicU64,
-    next_version: AtomicU64,
     /// No outage began since the last full replay pass: the backend may take traffic while
     /// its remaining records are replayed (reads consult them). Cleared when an outage begins
     /// (its breaker opens or it turns unhealthy), not by each record: a write that was in
@@ -96,7 +120,6 @@ impl Hints {
             max,
             pending: AtomicUsize::new(0),
             lost: AtomicU64::new(0),
-            next_version: AtomicU64::new(1),
             caught_up: AtomicBool::new(true),
             replayed: AtomicU64::new(0),
             records: Mutex::new(HashMap::new()),
@@ -118,12 +141,19 @@ impl Hints {
         self.lost.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Keeps `hint` for `key`, replacing an older record of the same key.
-    pub(crate) fn record(&self, key: &str, hint: Hint) -> Result<(), Overflow> {
-        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+    /// Keeps `hint`, the write of `version`, for `key`, replacing an older record of the same
+    /// key (a newer one stays).
+    pub(crate) fn record(
+        &self,
+        key: &str,
+        hint: Hint,
+        version: WriteVersion,
+    ) -> Result<(), Overflow> {
         let mut records = self.lock();
         if let Some(record) = records.get_mut(key) {
-            *record = Record { hint, version };
+            if record.version <= version {
+                *record = Record { hint, version };
+            }
             return Ok(());
         }
         if records.len() >= self.max {
@@ -135,14 +165,16 @@ impl Hints {
         Ok(())
     }
 
-    /// Replaces the record of `key` if there is one (a newer write the backend also got).
-    /// `hint` is only called when there is a record to replace.
-    pub(crate) fn refresh(&self, key: &str, hint: impl FnOnce() -> Hint) {
+    /// Replaces the record of `key`, if there is one and it is older, with the write of
+    /// `version` (a newer write the backend also got, or is about to). `hint` is only called
+    /// when there is a record to replace.
+    pub(crate) fn refresh(&self, key: &str, version: WriteVersion, hint: impl FnOnce() -> Hint) {
         if self.pending() == 0 {
             return;
         }
-        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-        if let Some(record) = self.lock().get_mut(key) {
+        if let Some(record) = self.lock().get_mut(key)
+            && record.version <= version
+        {
             *record = Record {
                 hint: hint(),
                 version,
@@ -159,7 +191,7 @@ impl Hints {
     }
 
     /// Every record, with its version, for one replay pass.
-    pub(crate) fn pass(&self) -> Vec<(String, Hint, u64)> {
+    pub(crate) fn pass(&self) -> Vec<(String, Hint, WriteVersion)> {
         self.lock()
             .iter()
             .map(|(k, r)| (k.clone(), r.hint.clone(), r.version))
@@ -187,7 +219,7 @@ impl Hints {
 
     /// Forgets `key`'s record after a replay, unless a newer write replaced it meanwhile: that
     /// one is replayed in a later round, so the backend ends with the newest value.
-    pub(crate) fn replayed(&self, key: &str, version: u64) -> bool {
+    pub(crate) fn replayed(&self, key: &str, version: WriteVersion) -> bool {
         let done = self.forget(key, version);
         if done {
             self.replayed.fetch_add(1, Ordering::Relaxed);
@@ -196,7 +228,7 @@ impl Hints {
     }
 
     /// Forgets `key`'s record unless a newer write replaced it; true when it did.
-    pub(crate) fn forget(&self, key: &str, version: u64) -> bool {
+    pub(crate) fn forget(&self, key: &str, version: WriteVersion) -> bool {
         let mut records = self.lock();
         let done = records.get(key).is_some_and(|r| r.version == version);
         if done {
@@ -233,27 +265,53 @@ mod tests {
         }
     }
 
+    const V1: WriteVersion = WriteVersion(1);
+    const V2: WriteVersion = WriteVersion(2);
+
     #[test]
     fn records_coalesce_per_key_and_a_newer_write_survives_an_older_replay() {
         let hints = Hints::new(10);
-        hints.record("k", set(b"1")).unwrap();
+        hints.record("k", set(b"1"), V1).unwrap();
         let (_, _, v1) = hints.pass().remove(0);
-        hints.record("k", set(b"2")).unwrap();
+        hints.record("k", set(b"2"), V2).unwrap();
         assert_eq!(hints.pending(), 1);
         assert!(!hints.replayed("k", v1), "the newer record stays");
         let (_, hint, v2) = hints.pass().remove(0);
-        assert_eq!(hint, set(b"2"));
+        assert_eq!((hint, v2), (set(b"2"), V2));
         assert!(hints.replayed("k", v2));
         assert_eq!(hints.pending(), 0);
     }
 
     #[test]
+    fn an_older_write_recorded_late_never_replaces_a_newer_record() {
+        let hints = Hints::new(10);
+        hints.record("k", set(b"2"), V2).unwrap();
+        hints.record("k", set(b"1"), V1).unwrap();
+        hints.refresh("k", V1, || set(b"1"));
+        assert_eq!(hints.pass(), vec![("k".to_owned(), set(b"2"), V2)]);
+        hints.refresh("k", WriteVersion(3), || Hint::Delete);
+        assert_eq!(hints.get("k"), Some(Hint::Delete));
+    }
+
+    #[test]
+    fn versions_follow_the_clock_and_strictly_increase() {
+        let clock = VersionClock::default();
+        let epoch_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64;
+        let versions: Vec<_> = (0..1000).map(|_| clock.next()).collect();
+        assert!(versions[0].0 >= epoch_us);
+        assert!(versions.windows(2).all(|w| w[1] > w[0]));
+    }
+
+    #[test]
     fn the_bound_is_kept_and_what_does_not_fit_is_counted() {
         let hints = Hints::new(2);
-        hints.record("a", Hint::Delete).unwrap();
-        hints.record("b", Hint::Delete).unwrap();
-        assert_eq!(hints.record("c", Hint::Delete), Err(Overflow));
-        hints.record("a", set(b"x")).unwrap();
+        hints.record("a", Hint::Delete, V1).unwrap();
+        hints.record("b", Hint::Delete, V1).unwrap();
+        assert_eq!(hints.record("c", Hint::Delete, V1), Err(Overflow));
+        hints.record("a", set(b"x"), V2).unwrap();
         assert_eq!((hints.pending(), hints.lost()), (2, 1));
     }
 
@@ -266,11 +324,14 @@ mod tests {
         };
         assert_eq!(
             hint.replay_at(now + Duration::from_secs(3)),
-            Replay::Set(Bytes::from_static(b"v"), Some(Duration::from_secs(7)))
+            KeyWrite::Set {
+                value: Bytes::from_static(b"v"),
+                ttl: Some(Duration::from_secs(7))
+            }
         );
         assert_eq!(
             hint.replay_at(now + Duration::from_secs(10)),
-            Replay::Delete
+            KeyWrite::Delete
         );
         assert_eq!(hint.read(now + Duration::from_secs(11)), None);
         assert_eq!(hint.read(now), Some(Bytes::from_static(b"v")));

@@ -28,11 +28,11 @@ pub use builder::{
     WritePolicy,
 };
 pub use guard::{LockGuard, LockLost, LockOptions};
-use handoff::Hint;
+use handoff::{Hint, VersionClock};
 use slot::Slot;
 use telemetry::Outcome;
 
-use crate::backend::{Backend, LockGrant, LockOutcome};
+use crate::backend::{Backend, LockGrant, LockOutcome, WriteVersion};
 use crate::breaker::CircuitState;
 use crate::error::{Attempt, Attempts, Error, Operation, Result};
 use crate::events::StorageEvent;
@@ -105,6 +105,8 @@ struct Inner {
     monitors: Mutex<Vec<JoinHandle<()>>>,
     // Which backend granted each lock this process holds, so extend and release go there first.
     lock_hints: Mutex<HashMap<(String, String), (usize, Instant)>>,
+    /// Stamps every write, so versioned backends can refuse an older replayed one.
+    versions: VersionClock,
 }
 
 impl Inner {
@@ -146,6 +148,7 @@ impl Inner {
             stop,
             monitors: Mutex::new(monitors),
             lock_hints: Mutex::new(HashMap::new()),
+            versions: VersionClock::default(),
         }
     }
 }
@@ -188,17 +191,18 @@ impl ResilientStorage {
         }
         let key = &*key;
         let written = Instant::now();
+        let version = self.inner.versions.next();
         let hint = |ttl: Option<Duration>| Hint::Set {
             value: value.clone(),
             expires_at: ttl.and_then(|ttl| written.checked_add(ttl)),
         };
-        self.supersede(key, || hint(ttl));
+        self.supersede(key, version, || hint(ttl));
         let (_, served) = self
             .route(Operation::Set, Route::Data, key, None, |_, b| {
-                b.set(key, value.clone(), ttl)
+                b.set_versioned(key, value.clone(), ttl, version)
             })
             .await?;
-        self.hand_off(served, key, || hint(ttl));
+        self.hand_off(served, key, version, || hint(ttl));
         if self.inner.write_policy == WritePolicy::WriteThrough {
             // Copies to the memory store are capped, so it cannot hold values indefinitely.
             let ttl_for = |slot: &Slot| {
@@ -213,8 +217,12 @@ impl ResilientStorage {
             self.write_through(
                 served,
                 key,
+                version,
                 |slot| hint(ttl_for(slot)),
-                |slot| slot.backend.set(key, value.clone(), ttl_for(slot)),
+                |slot| {
+                    slot.backend
+                        .set_versioned(key, value.clone(), ttl_for(slot), version)
+                },
             )
             .await;
         }
@@ -225,19 +233,28 @@ impl ResilientStorage {
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let key = self.inner.keys.full_key(key)?;
         let key = &*key;
-        self.supersede(key, || Hint::Delete);
+        let version = self.inner.versions.next();
+        self.supersede(key, version, || Hint::Delete);
         let (existed, served) = self
             .route(Operation::Delete, Route::Data, key, None, |_, b| {
-                b.delete(key)
+                b.delete_versioned(key, version)
             })
             .await?;
-        self.hand_off(served, key, || Hint::Delete);
+        self.hand_off(served, key, version, || Hint::Delete);
         if self.inner.write_policy == WritePolicy::WriteThrough {
             self.write_through(
                 served,
                 key,
+                version,
                 |_| Hint::Delete,
-                |slot| Box::pin(async move { slot.backend.delete(key).await.map(|_| ()) }),
+                |slot| {
+                    Box::pin(async move {
+                        slot.backend
+                            .delete_versioned(key, version)
+                            .await
+                            .map(|_| ())
+                    })
+                },
             )
             .await;
         }
@@ -446,16 +463,16 @@ impl ResilientStorage {
     /// keeps a record of it for replay; a record the serving backend already had is replaced,
     /// so its replay ends with this newest value. Strategies that spread load treat backends as
     /// peers and record nothing (use [`WritePolicy::WriteThrough`] with them).
-    fn hand_off(&self, served: usize, key: &str, hint: impl Fn() -> Hint) {
+    fn hand_off(&self, served: usize, key: &str, version: WriteVersion, hint: impl Fn() -> Hint) {
         let inner = &self.inner;
         if inner.strategy.spreads_load() {
             return;
         }
         for slot in &inner.slots[..served] {
-            self.record_missed(slot, key, hint());
+            self.record_missed(slot, key, hint(), version);
         }
         if let Some(slot) = inner.slots.get(served) {
-            slot.hints.refresh(key, hint);
+            slot.hints.refresh(key, version, hint);
         }
     }
 
@@ -464,15 +481,15 @@ impl ResilientStorage {
     /// write on the server; its record then stays, so a later pass writes the newest value
     /// again, and reads answer from it meanwhile. Nothing to do (one atomic load per backend)
     /// while no backend has records.
-    fn supersede(&self, key: &str, hint: impl Fn() -> Hint) {
+    fn supersede(&self, key: &str, version: WriteVersion, hint: impl Fn() -> Hint) {
         for slot in &self.inner.slots {
-            slot.hints.refresh(key, &hint);
+            slot.hints.refresh(key, version, &hint);
         }
     }
 
     /// Keeps a write `slot` missed for replay, or reports it lost when the bound is reached.
-    fn record_missed(&self, slot: &Slot, key: &str, hint: Hint) {
-        let recorded = slot.hints.record(key, hint);
+    fn record_missed(&self, slot: &Slot, key: &str, hint: Hint, version: WriteVersion) {
+        let recorded = slot.hints.record(key, hint, version);
         slot.metrics.backlog(slot.hints.pending());
         if recorded.is_err() {
             let lost = slot.hints.lost();
@@ -495,6 +512,7 @@ impl ResilientStorage {
         &'a self,
         served: usize,
         key: &str,
+        version: WriteVersion,
         hint: impl Fn(&Slot) -> Hint,
         call: impl Fn(&'a Slot) -> CallFuture<'a, ()>,
     ) {
@@ -506,7 +524,7 @@ impl ResilientStorage {
                 false => None,
             };
             let Some(permit) = permit else {
-                self.record_missed(slot, key, hint(slot));
+                self.record_missed(slot, key, hint(slot), version);
                 continue;
             };
             let start = Instant::now();
@@ -531,9 +549,9 @@ impl ResilientStorage {
             };
             if copied {
                 // A record from an earlier miss now replays this newest value.
-                slot.hints.refresh(key, || hint(slot));
+                slot.hints.refresh(key, version, || hint(slot));
             } else {
-                self.record_missed(slot, key, hint(slot));
+                self.record_missed(slot, key, hint(slot), version);
             }
         }
     }

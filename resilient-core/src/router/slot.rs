@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
-use super::handoff::{Hints, Replay};
+use super::handoff::Hints;
 use super::telemetry::BackendMetrics;
 use crate::backend::{Backend, Capabilities};
 use crate::breaker::{BreakerConfig, CircuitBreaker};
@@ -245,15 +245,17 @@ async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_t
                 break 'drain;
             };
             let start = Instant::now();
-            let call = async {
-                match hint.replay_at(start) {
-                    Replay::Set(value, ttl) => slot.backend.set(key, value, ttl).await,
-                    Replay::Delete => slot.backend.delete(key).await.map(|_| ()),
-                }
-            };
+            // Conditional on a versioned backend: a newer write another process made there
+            // meanwhile stays, and the record is done all the same.
+            let call = slot
+                .backend
+                .replay_write(key, hint.replay_at(start), version);
             match tokio::time::timeout(attempt_timeout, call).await {
-                Ok(Ok(())) => {
+                Ok(Ok(applied)) => {
                     permit.success(start.elapsed());
+                    if !applied {
+                        tracing::debug!(backend = %slot.name, "replay skipped: a newer write is there");
+                    }
                     if slot.hints.replayed(key, version) {
                         slot.metrics.replayed(1);
                     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::backend::{Backend, LockOutcome};
+use crate::backend::{Backend, KeyWrite, LockOutcome, WriteVersion};
 use crate::key::MAX_KEY_LEN_BOUND;
 
 const SHORT_TTL: Duration = Duration::from_millis(300);
@@ -30,7 +30,156 @@ pub async fn run(backend: &dyn Backend) {
     lock_tokens_grow_across_grants(backend, &p).await;
     locks_expire(backend, &p).await;
     locks_and_keys_do_not_collide(backend, &p).await;
+    if backend.capabilities().versioned {
+        replays_never_overwrite_a_newer_write(backend, &p).await;
+        deletes_and_expiries_keep_older_replays_out(backend, &p).await;
+    }
     health_check_passes(backend).await;
+}
+
+fn put(value: &'static [u8], ttl: Option<Duration>) -> KeyWrite {
+    KeyWrite::Set {
+        value: Bytes::from_static(value),
+        ttl,
+    }
+}
+
+/// Versioned backends: a replayed write lands only over an older version or none, for every
+/// shape of key (braces included, which Redis Cluster reads as hash tags).
+pub async fn replays_never_overwrite_a_newer_write(b: &dyn Backend, p: &str) {
+    let v = WriteVersion;
+    for suffix in [
+        "plain", "a{tag}b", "{tag}", "}{", "{", "}", "x{}y", "{}{z}", "ü{ß}",
+    ] {
+        let key = format!("{p}versioned:{suffix}");
+        b.set_versioned(&key, Bytes::from_static(b"new"), None, v(100))
+            .await
+            .expect("set_versioned");
+        assert!(
+            !b.replay_write(&key, put(b"old", None), v(50))
+                .await
+                .expect("replay"),
+            "an older replay must not apply ({suffix})"
+        );
+        assert_eq!(
+            b.get(&key).await.expect("get").as_deref(),
+            Some(&b"new"[..]),
+            "an older replay overwrote a newer write ({suffix})"
+        );
+        assert!(
+            b.replay_write(&key, put(b"newer", None), v(200))
+                .await
+                .expect("replay"),
+            "a newer replay applies ({suffix})"
+        );
+        assert_eq!(
+            b.get(&key).await.expect("get").as_deref(),
+            Some(&b"newer"[..])
+        );
+        assert!(
+            !b.replay_write(&key, put(b"same", None), v(200))
+                .await
+                .expect("replay"),
+            "a replay of the stored version changes nothing ({suffix})"
+        );
+    }
+    // A key written without a version (before versions, or by another client) is older than
+    // any replay.
+    let plain = format!("{p}versioned:unversioned");
+    b.set(&plain, Bytes::from_static(b"plain"), None)
+        .await
+        .expect("set");
+    assert!(
+        b.replay_write(&plain, put(b"replayed", None), v(1))
+            .await
+            .expect("replay")
+    );
+    assert_eq!(
+        b.get(&plain).await.expect("get").as_deref(),
+        Some(&b"replayed"[..])
+    );
+    // An absent key takes any replay, with its TTL.
+    let fresh = format!("{p}versioned:fresh");
+    assert!(
+        b.replay_write(&fresh, put(b"v", Some(SHORT_TTL)), v(7))
+            .await
+            .expect("replay")
+    );
+    assert_eq!(
+        b.get(&fresh).await.expect("get").as_deref(),
+        Some(&b"v"[..])
+    );
+    wait_until("the replayed value to expire", || async {
+        b.get(&fresh).await.expect("get").is_none()
+    })
+    .await;
+}
+
+/// Versioned backends: a delete leaves a tombstone, and a value that expired keeps its version,
+/// so an older replayed write brings neither back. A newer replay still applies.
+pub async fn deletes_and_expiries_keep_older_replays_out(b: &dyn Backend, p: &str) {
+    let v = WriteVersion;
+    let key = format!("{p}tombstone");
+    b.set_versioned(&key, Bytes::from_static(b"x"), None, v(100))
+        .await
+        .expect("set_versioned");
+    assert!(
+        b.delete_versioned(&key, v(300))
+            .await
+            .expect("delete_versioned"),
+        "the key existed"
+    );
+    assert_eq!(b.get(&key).await.expect("get"), None);
+    assert!(
+        !b.delete_versioned(&key, v(310))
+            .await
+            .expect("delete_versioned"),
+        "a tombstone is not a value"
+    );
+    assert!(
+        !b.replay_write(&key, put(b"old", None), v(250))
+            .await
+            .expect("replay"),
+        "a replay older than the delete must not bring the key back"
+    );
+    assert_eq!(b.get(&key).await.expect("get"), None);
+    assert!(
+        !b.replay_write(&key, KeyWrite::Delete, v(260))
+            .await
+            .expect("replay")
+    );
+    assert!(
+        b.replay_write(&key, put(b"after", None), v(400))
+            .await
+            .expect("replay"),
+        "a replay newer than the delete applies"
+    );
+    assert_eq!(
+        b.get(&key).await.expect("get").as_deref(),
+        Some(&b"after"[..])
+    );
+    assert!(
+        b.replay_write(&key, KeyWrite::Delete, v(500))
+            .await
+            .expect("replay")
+    );
+    assert_eq!(b.get(&key).await.expect("get"), None);
+
+    let expiring = format!("{p}tombstone:expiring");
+    b.set_versioned(&expiring, Bytes::from_static(b"x"), Some(SHORT_TTL), v(100))
+        .await
+        .expect("set_versioned");
+    wait_until("the value to expire", || async {
+        b.get(&expiring).await.expect("get").is_none()
+    })
+    .await;
+    assert!(
+        !b.replay_write(&expiring, put(b"old", None), v(50))
+            .await
+            .expect("replay"),
+        "a replay older than an expired write must not bring a value back"
+    );
+    assert_eq!(b.get(&expiring).await.expect("get"), None);
 }
 
 /// A fresh random key prefix.

@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::backend::{Backend, Capabilities, HealthProbe, LockGrant, LockOutcome};
+use crate::backend::{
+    Backend, Capabilities, HealthProbe, KeyWrite, LockGrant, LockOutcome, WriteVersion,
+};
 use crate::error::{Error, Operation, Result};
 
 /// What a [`FaultBackend`] does to a call.
@@ -230,6 +232,37 @@ impl Backend for FaultBackend {
     async fn delete(&self, key: &str) -> Result<bool> {
         let hold = self.apply(Operation::Delete).await?;
         answer(hold, self.inner.delete(key).await).await
+    }
+
+    async fn set_versioned(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        version: WriteVersion,
+    ) -> Result<()> {
+        let hold = self.apply(Operation::Set).await?;
+        let result = self.inner.set_versioned(key, value, ttl, version).await;
+        answer(hold, result).await
+    }
+
+    async fn delete_versioned(&self, key: &str, version: WriteVersion) -> Result<bool> {
+        let hold = self.apply(Operation::Delete).await?;
+        answer(hold, self.inner.delete_versioned(key, version).await).await
+    }
+
+    async fn replay_write(
+        &self,
+        key: &str,
+        write: KeyWrite,
+        version: WriteVersion,
+    ) -> Result<bool> {
+        let operation = match write {
+            KeyWrite::Delete => Operation::Delete,
+            _ => Operation::Set,
+        };
+        let hold = self.apply(operation).await?;
+        answer(hold, self.inner.replay_write(key, write, version).await).await
     }
 
     async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {
