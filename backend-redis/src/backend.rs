@@ -11,14 +11,14 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, RedisFuture, RedisResult, TlsCertificates, Value};
 use resilient_core::{
-    Backend, Capabilities, Error, FencingToken, HealthProbe, LockGrant, LockOutcome, Operation,
-    Result,
+    Backend, Capabilities, Error, FencingToken, HealthProbe, KeyWrite, LockGrant, LockOutcome,
+    Operation, Result, WriteVersion,
 };
 use tokio::sync::OnceCell;
 
 use crate::config::RedisConfig;
 use crate::error::{bad_reply, classify};
-use crate::scripts;
+use crate::{scripts, slots};
 
 /// A Redis server or Redis Cluster as a resilient-storage backend.
 ///
@@ -281,6 +281,20 @@ impl RedisBackend {
         [self.config.prefix.as_bytes(), key.as_bytes()].concat()
     }
 
+    /// The key and its version key, in one Cluster slot whatever braces the key holds.
+    fn versioned_keys(&self, key: &str) -> (Vec<u8>, Vec<u8>) {
+        let data = self.data_key(key);
+        let version = [
+            self.config.prefix.as_bytes(),
+            b"\0ver:{",
+            slots::tag_for(&data).as_bytes(),
+            b"}",
+            key.as_bytes(),
+        ]
+        .concat();
+        (data, version)
+    }
+
     fn lock_keys(&self, name: &str) -> (Vec<u8>, Vec<u8>) {
         let lock = [
             self.config.prefix.as_bytes(),
@@ -311,6 +325,20 @@ impl RedisBackend {
     }
 }
 
+impl RedisBackend {
+    /// A value's TTL and its version key's (the TTL plus the tombstone time), in ms, or empty
+    /// for a value without TTL (its version then stays as long as it does).
+    fn ttls(&self, ttl: Option<Duration>) -> (Vec<u8>, Vec<u8>) {
+        match ttl {
+            Some(ttl) => (
+                millis(ttl),
+                millis(ttl.saturating_add(self.config.tombstone_ttl)),
+            ),
+            None => (Vec::new(), Vec::new()),
+        }
+    }
+}
+
 fn millis(ttl: Duration) -> Vec<u8> {
     // The router caps TTLs at 100 years, far inside what PX takes; at least 1 ms.
     ttl.as_millis().max(1).to_string().into_bytes()
@@ -334,6 +362,7 @@ impl Backend for RedisBackend {
         Capabilities::new()
             .shared(true)
             .native_ttl(true)
+            .versioned(true)
             .locks(true)
     }
 
@@ -376,6 +405,73 @@ impl Backend for RedisBackend {
             .query(Operation::Delete, redis::cmd("DEL").arg(self.data_key(key)))
             .await?;
         Ok(removed > 0)
+    }
+
+    async fn set_versioned(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        version: WriteVersion,
+    ) -> Result<()> {
+        let (data, version_key) = self.versioned_keys(key);
+        let (ttl, version_ttl) = self.ttls(ttl);
+        self.script::<()>(
+            Operation::Set,
+            &scripts::SET_VERSIONED,
+            &[&data, &version_key],
+            &[&value, version.to_string().as_bytes(), &ttl, &version_ttl],
+        )
+        .await
+    }
+
+    async fn delete_versioned(&self, key: &str, version: WriteVersion) -> Result<bool> {
+        let (data, version_key) = self.versioned_keys(key);
+        let existed: u64 = self
+            .script(
+                Operation::Delete,
+                &scripts::DELETE_VERSIONED,
+                &[&data, &version_key],
+                &[
+                    version.to_string().as_bytes(),
+                    &millis(self.config.tombstone_ttl),
+                ],
+            )
+            .await?;
+        Ok(existed > 0)
+    }
+
+    async fn replay_write(
+        &self,
+        key: &str,
+        write: KeyWrite,
+        version: WriteVersion,
+    ) -> Result<bool> {
+        let (data, version_key) = self.versioned_keys(key);
+        let version = version.to_string();
+        let tombstone = millis(self.config.tombstone_ttl);
+        let keys: [&[u8]; 2] = [&data, &version_key];
+        let applied: u64 = match write {
+            KeyWrite::Set { value, ttl } => {
+                let (ttl, version_ttl) = self.ttls(ttl);
+                let args: [&[u8]; 6] = [
+                    version.as_bytes(),
+                    &tombstone,
+                    b"set",
+                    &value,
+                    &ttl,
+                    &version_ttl,
+                ];
+                self.script(Operation::Set, &scripts::REPLAY, &keys, &args)
+                    .await?
+            }
+            _ => {
+                let args: [&[u8]; 3] = [version.as_bytes(), &tombstone, b"del"];
+                self.script(Operation::Delete, &scripts::REPLAY, &keys, &args)
+                    .await?
+            }
+        };
+        Ok(applied > 0)
     }
 
     async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {

@@ -26,6 +26,7 @@ use resilient_core::{BackendUrl, Error, Result};
 /// | `reconnect_retries` | `1` | extra connection attempts per reconnect |
 /// | `reconnect_max_delay` | `500ms` | the longest wait between those attempts |
 /// | `ca_cert` | system roots | PEM file of the CA that signed the server's certificate (`rediss` only) |
+/// | `tombstone_ttl` | `1h` | how long a key's write version outlives the key (deleted or expired) |
 ///
 /// Any other option (`protocol=resp3`, ...) is passed to the redis crate. Durations are written
 /// like `250ms` or `2s`.
@@ -56,6 +57,10 @@ pub struct RedisConfig {
     pub reconnect_max_delay: Duration,
     /// See the option table.
     pub ca_cert: Option<std::path::PathBuf>,
+    /// How long a key's write version stays after the key was deleted or expired: a replay of
+    /// an older write (from a process that was cut off from Redis) arriving within it is
+    /// refused. See the option table.
+    pub tombstone_ttl: Duration,
     pub(crate) secrets: Secrets,
 }
 
@@ -75,6 +80,7 @@ impl fmt::Debug for RedisConfig {
             .field("reconnect_retries", &self.reconnect_retries)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
             .field("ca_cert", &self.ca_cert)
+            .field("tombstone_ttl", &self.tombstone_ttl)
             .finish()
     }
 }
@@ -116,6 +122,7 @@ impl RedisConfig {
             reconnect_retries: 1,
             reconnect_max_delay: Duration::from_millis(500),
             ca_cert: None,
+            tombstone_ttl: Duration::from_secs(3600),
             secrets: Secrets::default(),
         };
         if let Some((_, password)) = userinfo.and_then(|u| u.split_once(':')) {
@@ -135,6 +142,12 @@ impl RedisConfig {
                 }
                 "response_timeout" => config.response_timeout = parse_duration(&field, value)?,
                 "connect_timeout" => config.connect_timeout = parse_duration(&field, value)?,
+                "tombstone_ttl" => {
+                    config.tombstone_ttl = parse_duration(&field, value)?;
+                    if config.tombstone_ttl.is_zero() {
+                        return Err(Error::config(field, "must be above zero"));
+                    }
+                }
                 "reconnect_max_delay" => {
                     config.reconnect_max_delay = parse_duration(&field, value)?
                 }

@@ -4,6 +4,7 @@ mod backend;
 mod config;
 mod error;
 mod scripts;
+mod slots;
 
 use std::sync::Arc;
 

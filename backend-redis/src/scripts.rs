@@ -1,5 +1,6 @@
-//! Lua scripts for the locks. Each runs atomically on the server and touches two keys that
-//! share a hash tag (the lock and its fencing counter), so it stays in one Cluster slot.
+//! Lua scripts for the locks and the versioned writes. Each runs atomically on the server and
+//! touches two keys that share a hash tag (the lock and its fencing counter; a key and its
+//! version key), so it stays in one Cluster slot.
 //!
 //! The lock value is `<token>:<holder>`: the token is digits, so the first `:` separates them.
 //! Tokens travel as strings, so no Lua number formatting can mangle them.
@@ -65,6 +66,61 @@ if not current then return 0 end
 local sep = string.find(current, ':', 1, true)
 if string.sub(current, sep + 1) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
+",
+    )
+});
+
+/// KEYS: key, version key. ARGV: value, version, ttl in ms or empty, version key ttl in ms or
+/// empty. Writes the value and its version, unconditionally.
+pub(crate) static SET_VERSIONED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[3] == '' then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+end
+return 1
+",
+    )
+});
+
+/// KEYS: key, version key. ARGV: version, tombstone ttl in ms. Deletes the key and leaves its
+/// version as a tombstone; returns 1 when the key existed.
+pub(crate) static DELETE_VERSIONED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local existed = redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return existed
+",
+    )
+});
+
+/// KEYS: key, version key. ARGV: version, tombstone ttl in ms, then `del`, or `set`, value,
+/// ttl in ms or empty, version key ttl in ms or empty. Applies the write only when the stored
+/// version is older or missing; returns 1 when it did, 0 when a newer write is there.
+/// Versions are microseconds since 1970: exact in Lua's doubles until the year 2255.
+pub(crate) static REPLAY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local stored = redis.call('GET', KEYS[2])
+if stored and tonumber(stored) >= tonumber(ARGV[1]) then
+  return 0
+end
+if ARGV[3] == 'del' then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+elseif ARGV[5] == '' then
+  redis.call('SET', KEYS[1], ARGV[4])
+  redis.call('SET', KEYS[2], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[6])
+end
+return 1
 ",
     )
 });
