@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use resilient_core::{
-    Backend, Capabilities, Error, FencingToken, HealthProbe, LockGrant, LockOutcome, Operation,
-    Result,
+    Backend, Capabilities, Error, FencingToken, HealthProbe, KeyWrite, LockGrant, LockOutcome,
+    Operation, Result, WriteVersion,
 };
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -82,17 +82,20 @@ impl PostgresBackend {
     pub async fn sweep(&self) -> Result<u64> {
         self.call(Operation::Delete, async {
             let mut total = 0;
-            // Lock rows stay for the query timeout after they expire: see `Statements::acquire`.
-            let grace = millis(self.config.query_timeout);
-            for (statement, locks) in [
-                (&self.sql.sweep_values, false),
-                (&self.sql.sweep_locks, true),
-            ] {
+            // A value row stays for the tombstone time after it expires, a lock row for the
+            // query timeout: see `Statements`.
+            let sweeps = [
+                (&self.sql.sweep_values, self.config.tombstone_ttl),
+                (&self.sql.sweep_locks, self.config.query_timeout),
+            ];
+            for (statement, grace) in sweeps {
                 loop {
-                    let query =
-                        sqlx::query(statement.clone()).bind(i64::from(self.config.sweep_batch));
-                    let query = if locks { query.bind(grace) } else { query };
-                    let deleted = query.execute(&self.pool).await?.rows_affected();
+                    let deleted = sqlx::query(statement.clone())
+                        .bind(i64::from(self.config.sweep_batch))
+                        .bind(millis(grace))
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected();
                     total += deleted;
                     if deleted < u64::from(self.config.sweep_batch) {
                         break;
@@ -164,6 +167,11 @@ impl Drop for PostgresBackend {
     }
 }
 
+/// A version as PostgreSQL's bigint. Microseconds since 1970 fit until the year 294 247.
+fn stored(version: WriteVersion) -> i64 {
+    i64::try_from(version.0).unwrap_or(i64::MAX)
+}
+
 /// Milliseconds as float8 for `$3::float8 * interval '1 millisecond'`.
 fn millis(ttl: Duration) -> f64 {
     ttl.as_millis() as f64
@@ -202,7 +210,11 @@ impl Backend for PostgresBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new().shared(true).durable(true).locks(true)
+        Capabilities::new()
+            .shared(true)
+            .durable(true)
+            .versioned(true)
+            .locks(true)
     }
 
     async fn health_check(&self) -> Result<HealthProbe> {
@@ -257,6 +269,70 @@ impl Backend for PostgresBackend {
             })
             .await?;
         Ok(live.unwrap_or(false))
+    }
+
+    async fn set_versioned(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        version: WriteVersion,
+    ) -> Result<()> {
+        self.call(Operation::Set, async {
+            sqlx::query(self.sql.set_versioned.clone())
+                .bind(key)
+                .bind(value.as_ref())
+                .bind(ttl.map(millis))
+                .bind(stored(version))
+                .execute(&self.pool)
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn delete_versioned(&self, key: &str, version: WriteVersion) -> Result<bool> {
+        self.call(Operation::Delete, async {
+            sqlx::query_scalar(self.sql.delete_versioned.clone())
+                .bind(key)
+                .bind(stored(version))
+                .fetch_one(&self.pool)
+                .await
+        })
+        .await
+    }
+
+    async fn replay_write(
+        &self,
+        key: &str,
+        write: KeyWrite,
+        version: WriteVersion,
+    ) -> Result<bool> {
+        let applied: Option<bool> = match write {
+            KeyWrite::Set { value, ttl } => {
+                self.call(Operation::Set, async {
+                    sqlx::query_scalar(self.sql.replay_set.clone())
+                        .bind(key)
+                        .bind(value.as_ref())
+                        .bind(ttl.map(millis))
+                        .bind(stored(version))
+                        .fetch_optional(&self.pool)
+                        .await
+                })
+                .await?
+            }
+            _ => {
+                self.call(Operation::Delete, async {
+                    sqlx::query_scalar(self.sql.replay_delete.clone())
+                        .bind(key)
+                        .bind(stored(version))
+                        .fetch_optional(&self.pool)
+                        .await
+                })
+                .await?
+            }
+        };
+        Ok(applied.unwrap_or(false))
     }
 
     async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {

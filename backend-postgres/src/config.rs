@@ -30,6 +30,7 @@ use sqlx::postgres::PgConnectOptions;
 /// | `synchronous_commit` | server default (`on`) | `off` acknowledges a write before its WAL reaches disk: faster, but a server crash can lose the last few hundred milliseconds of acknowledged writes (never corrupts) |
 /// | `sweep_interval` | `30s` | how often expired rows are deleted |
 /// | `sweep_batch` | `1000` | rows deleted per statement by the sweeper |
+/// | `tombstone_ttl` | `1h` | how long a key's write version outlives the key (deleted or expired) before the sweeper removes the row |
 ///
 /// Schema and table names are identifiers: lowercase ASCII letters, digits and `_`, starting with
 /// a letter or `_`, at most 50 bytes.
@@ -60,6 +61,10 @@ pub struct PostgresConfig {
     pub sweep_interval: Duration,
     /// See the option table.
     pub sweep_batch: u32,
+    /// How long a key's write version stays after the key was deleted or expired: a replay of
+    /// an older write (from a process that was cut off from PostgreSQL) arriving within it is
+    /// refused. See the option table.
+    pub tombstone_ttl: Duration,
     pub(crate) connect: PgConnectOptions,
     pub(crate) secrets: Secrets,
 }
@@ -79,6 +84,7 @@ impl fmt::Debug for PostgresConfig {
             .field("statement_timeout", &self.statement_timeout)
             .field("query_timeout", &self.query_timeout)
             .field("synchronous_commit", &self.synchronous_commit)
+            .field("tombstone_ttl", &self.tombstone_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -105,6 +111,7 @@ impl PostgresConfig {
             synchronous_commit: None,
             sweep_interval: Duration::from_secs(30),
             sweep_batch: 1000,
+            tombstone_ttl: Duration::from_secs(3600),
             connect: PgConnectOptions::new(),
             secrets: Secrets::default(),
         };
@@ -141,6 +148,12 @@ impl PostgresConfig {
                 "statement_timeout" => config.statement_timeout = parse_duration(&field, value)?,
                 "query_timeout" => config.query_timeout = parse_duration(&field, value)?,
                 "sweep_interval" => config.sweep_interval = parse_duration(&field, value)?,
+                "tombstone_ttl" => {
+                    config.tombstone_ttl = parse_duration(&field, value)?;
+                    if config.tombstone_ttl.is_zero() {
+                        return Err(Error::config(field, "must be above zero"));
+                    }
+                }
                 "synchronous_commit" => {
                     if !["on", "off", "local", "remote_write", "remote_apply"].contains(&value) {
                         return Err(Error::config(

@@ -12,6 +12,10 @@ pub(crate) struct Statements {
     pub(crate) get: SqlStr,
     pub(crate) set: SqlStr,
     pub(crate) delete: SqlStr,
+    pub(crate) set_versioned: SqlStr,
+    pub(crate) delete_versioned: SqlStr,
+    pub(crate) replay_set: SqlStr,
+    pub(crate) replay_delete: SqlStr,
     pub(crate) acquire: SqlStr,
     pub(crate) lock_holder: SqlStr,
     pub(crate) extend: SqlStr,
@@ -41,9 +45,24 @@ impl Statements {
         Self {
             ddl: vec![
                 sql(format!(r#"CREATE SCHEMA IF NOT EXISTS "{schema}""#)),
+                // `version`: the write's version (see `WriteVersion`); a NULL value with a
+                // version is a delete's tombstone. A row stays for the tombstone time after it
+                // expired (a tombstone expires when it is written), then the sweeper deletes it.
                 sql(format!(
                     "CREATE TABLE IF NOT EXISTS {values} (\
-                     key text PRIMARY KEY, value bytea NOT NULL, expires_at timestamptz)"
+                     key text PRIMARY KEY, value bytea, expires_at timestamptz, version bigint)"
+                )),
+                // Tables made before versions: add the column, once, without taking the
+                // table's lock when it is there already.
+                sql(format!(
+                    "DO $$ BEGIN \
+                       IF NOT EXISTS (SELECT 1 FROM information_schema.columns \
+                         WHERE table_schema = '{schema}' AND table_name = '{table}' \
+                           AND column_name = 'version') THEN \
+                         ALTER TABLE {values} ADD COLUMN version bigint; \
+                         ALTER TABLE {values} ALTER COLUMN value DROP NOT NULL; \
+                       END IF; \
+                     END $$"
                 )),
                 sql(format!(
                     r#"CREATE INDEX IF NOT EXISTS "{table}_expires_at" ON {values} (expires_at) WHERE expires_at IS NOT NULL"#
@@ -56,14 +75,50 @@ impl Statements {
                 sql(format!("CREATE SEQUENCE IF NOT EXISTS {fence}")),
             ],
             get: sql(format!(
-                "SELECT value FROM {values} WHERE key = $1 AND (expires_at IS NULL OR expires_at > now())"
+                "SELECT value FROM {values} WHERE key = $1 AND value IS NOT NULL \
+                 AND (expires_at IS NULL OR expires_at > now())"
             )),
             set: sql(format!(
                 "INSERT INTO {values} (key, value, expires_at) VALUES ($1, $2, {expiry}) \
                  ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at"
             )),
             delete: sql(format!(
-                "DELETE FROM {values} WHERE key = $1 RETURNING (expires_at IS NULL OR expires_at > now())"
+                "DELETE FROM {values} WHERE key = $1 \
+                 RETURNING (value IS NOT NULL AND (expires_at IS NULL OR expires_at > now()))"
+            )),
+            // $4: the version.
+            set_versioned: sql(format!(
+                "INSERT INTO {values} (key, value, expires_at, version) VALUES ($1, $2, {expiry}, $4) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
+                   expires_at = EXCLUDED.expires_at, version = EXCLUDED.version"
+            )),
+            // $2: the version. Leaves a tombstone; answers whether a live value was there.
+            delete_versioned: sql(format!(
+                "WITH old AS (\
+                   SELECT value IS NOT NULL AND (expires_at IS NULL OR expires_at > now()) AS live \
+                   FROM {values} WHERE key = $1 FOR UPDATE), \
+                 tombstone AS (\
+                   INSERT INTO {values} (key, value, expires_at, version) VALUES ($1, NULL, now(), $2) \
+                   ON CONFLICT (key) DO UPDATE SET value = NULL, expires_at = now(), \
+                     version = EXCLUDED.version) \
+                 SELECT coalesce((SELECT live FROM old), false)"
+            )),
+            // Replays apply only over an older version or none; a row comes back when they do.
+            replay_set: sql(format!(
+                "INSERT INTO {values} AS t (key, value, expires_at, version) \
+                 VALUES ($1, $2, {expiry}, $4) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
+                   expires_at = EXCLUDED.expires_at, version = EXCLUDED.version \
+                 WHERE t.version IS NULL OR t.version < EXCLUDED.version \
+                 RETURNING true"
+            )),
+            replay_delete: sql(format!(
+                "INSERT INTO {values} AS t (key, value, expires_at, version) \
+                 VALUES ($1, NULL, now(), $2) \
+                 ON CONFLICT (key) DO UPDATE SET value = NULL, expires_at = now(), \
+                   version = EXCLUDED.version \
+                 WHERE t.version IS NULL OR t.version < EXCLUDED.version \
+                 RETURNING true"
             )),
             // Granted when the lease is free, expired, or already the caller's (then extended,
             // keeping its token). The token is the server's clock in microseconds or one more
@@ -101,9 +156,11 @@ impl Statements {
                 "UPDATE {locks} SET expires_at = '-infinity' \
                  WHERE name = $1 AND holder = $2 AND expires_at > now()"
             )),
+            // $2: the tombstone time in ms: a row's version outlives its value by that much.
             sweep_values: sql(format!(
                 "DELETE FROM {values} WHERE ctid = ANY(ARRAY(\
-                 SELECT ctid FROM {values} WHERE expires_at <= now() LIMIT $1))"
+                 SELECT ctid FROM {values} \
+                 WHERE expires_at <= now() - $2::float8 * interval '1 millisecond' LIMIT $1))"
             )),
             // $2: the query timeout in ms. See `acquire` for why rows stay that long.
             sweep_locks: sql(format!(

@@ -6,9 +6,9 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use resilient_core::Backend;
 use resilient_core::key::MAX_KEY_LEN_BOUND;
 use resilient_core::testing::conformance;
+use resilient_core::{Backend, KeyWrite, WriteVersion};
 use resilient_test_support::PostgresServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +107,7 @@ async fn keys_shaped_like_sql_injection_are_stored_verbatim_and_the_tables_survi
 async fn expired_rows_are_invisible_and_the_sweeper_removes_them() {
     let server = PostgresServer::start().unwrap();
     let backend = common::backend(&format!(
-        "{}?sweep_interval=200ms&sweep_batch=7",
+        "{}?sweep_interval=200ms&sweep_batch=7&tombstone_ttl=300ms",
         server.url()
     ));
     for i in 0..50 {
@@ -163,6 +163,45 @@ async fn expired_rows_are_invisible_and_the_sweeper_removes_them() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(backend.get("kept").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_made_before_versions_gains_them_and_keeps_its_rows() {
+    let server = PostgresServer::start().unwrap();
+    server
+        .psql(
+            "CREATE TABLE resilient_kv (key text PRIMARY KEY, value bytea NOT NULL, \
+             expires_at timestamptz); \
+             INSERT INTO resilient_kv VALUES ('kept', 'old', NULL)",
+        )
+        .unwrap();
+    let backend = common::backend(&server.url());
+    assert_eq!(
+        backend.get("kept").await.unwrap().as_deref(),
+        Some(&b"old"[..])
+    );
+    assert!(
+        backend
+            .replay_write(
+                "kept",
+                KeyWrite::Set {
+                    value: Bytes::from_static(b"replayed"),
+                    ttl: None
+                },
+                WriteVersion(10),
+            )
+            .await
+            .unwrap(),
+        "a row without a version is older than any replay"
+    );
+    assert!(
+        backend
+            .delete_versioned("kept", WriteVersion(20))
+            .await
+            .unwrap()
+    );
+    assert_eq!(backend.get("kept").await.unwrap(), None);
+    conformance::run(&*backend).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
