@@ -174,6 +174,26 @@ fn redis(c: &mut Criterion) {
     });
     group.finish();
 
+    // A write through the router is a script that also stores the write's version; the
+    // baseline is a plain SET.
+    let mut group = c.benchmark_group("redis_set");
+    group.bench_function("resilient", |b| {
+        b.to_async(&rt)
+            .iter(|| async { storage.set("key2", vec![7_u8; 100], None).await.unwrap() })
+    });
+    group.bench_function("baseline", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut conn = raw.clone();
+            redis::cmd("SET")
+                .arg("key3")
+                .arg(&[7_u8; 100][..])
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap()
+        })
+    });
+    group.finish();
+
     // 64 tasks, 16 gets each, per iteration: time per iteration is the inverse of throughput.
     let mut group = c.benchmark_group("redis_get_64_tasks");
     group.bench_function("resilient", |b| {
