@@ -56,7 +56,8 @@ pub enum StorageEvent {
     ReplayCompleted {
         /// The backend.
         backend: String,
-        /// Writes and deletes replayed to it.
+        /// Writes and deletes replayed to it, counting those a versioned backend refused
+        /// because a newer write (from another process) was already there.
         records: u64,
     },
     /// Writes a backend missed could not all be kept for replay (the bound was reached) or were
