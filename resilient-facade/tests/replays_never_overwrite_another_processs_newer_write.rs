@@ -8,17 +8,7 @@ use std::time::{Duration, Instant};
 
 use resilient_storage::prelude::*;
 use resilient_storage::{BackendOptions, HealthConfig, StorageBuilder};
-use resilient_test_support::{FaultProxy, PostgresServer, ProxyMode, RedisServer};
-
-async fn raw_get(url: &str, key: &str) -> Option<String> {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("GET")
-        .arg(key)
-        .query_async(&mut conn)
-        .await
-        .unwrap()
-}
+use resilient_test_support::{FaultProxy, PostgresServer, ProxyMode, RedisServer, read_key};
 
 fn builder(redis_url: &str, postgres_url: &str) -> StorageBuilder {
     ResilientStorage::builder()
@@ -59,7 +49,7 @@ async fn a_replay_never_overwrites_or_undoes_a_newer_write_from_another_process(
     }
     a.delete("rewritten-later").await.unwrap();
     assert_eq!(a.health().backends["redis"].pending_replay, 5);
-    assert_eq!(raw_get(&redis.url(), "only-a").await, None);
+    assert_eq!(read_key(&redis.url(), "only-a").await, None);
 
     // B, still on Redis, overtakes three of A's writes.
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -83,7 +73,7 @@ async fn a_replay_never_overwrites_or_undoes_a_newer_write_from_another_process(
     }
 
     let url = redis.url();
-    let on_redis = |key: &'static str| raw_get(&url, key);
+    let on_redis = |key: &'static str| read_key(&url, key);
     assert_eq!(
         on_redis("overtaken").await.as_deref(),
         Some("b-newer"),

@@ -6,17 +6,7 @@ use std::time::{Duration, Instant};
 
 use resilient_storage::prelude::*;
 use resilient_storage::{BackendOptions, HealthConfig};
-use resilient_test_support::{PostgresServer, RedisOptions, RedisServer};
-
-async fn raw_get(url: &str, key: &str) -> Option<String> {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("GET")
-        .arg(key)
-        .query_async(&mut conn)
-        .await
-        .unwrap()
-}
+use resilient_test_support::{PostgresServer, RedisOptions, RedisServer, read_key};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_and_deletes_made_while_redis_was_down_are_on_redis_after_it_returns() {
@@ -44,7 +34,7 @@ async fn writes_and_deletes_made_while_redis_was_down_are_on_redis_after_it_retu
             .unwrap();
         storage.set(&format!("d{i}"), "old", None).await.unwrap();
     }
-    assert_eq!(raw_get(&redis.url(), "k0").await.as_deref(), Some("old0"));
+    assert_eq!(read_key(&redis.url(), "k0").await.as_deref(), Some("old0"));
 
     redis.kill().unwrap();
     for i in 0..50 {
@@ -97,12 +87,12 @@ async fn writes_and_deletes_made_while_redis_was_down_are_on_redis_after_it_retu
     assert_eq!(stale_reads, 0, "reads during recovery saw stale values");
     for i in 0..50 {
         assert_eq!(
-            raw_get(&redis.url(), &format!("k{i}")).await,
+            read_key(&redis.url(), &format!("k{i}")).await,
             Some(format!("new{i}")),
             "k{i} on Redis"
         );
         assert_eq!(
-            raw_get(&redis.url(), &format!("d{i}")).await,
+            read_key(&redis.url(), &format!("d{i}")).await,
             None,
             "d{i} deleted on Redis"
         );

@@ -32,7 +32,7 @@ pub use capture::LogCapture;
 pub use postgres::PostgresServer;
 pub use process::{ServerProcess, pid_alive};
 pub use proxy::{FaultProxy, ProxyMode};
-pub use redis::{RedisCluster, RedisOptions, RedisServer};
+pub use redis::{RedisCluster, RedisOptions, RedisServer, read_key};
 pub use tls::TestCertificates;
 pub use workload::{Call, Workload};
 

@@ -361,3 +361,18 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 }
+
+/// Reads `key` from the Redis at `url` with a plain client, as a string: what the server holds,
+/// bypassing the library. Panics when the server cannot be reached (tests only).
+pub async fn read_key(url: &str, key: &str) -> Option<String> {
+    let client = ::redis::Client::open(url).expect("a Redis URL");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a connection to the test server");
+    ::redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .expect("GET")
+}
