@@ -24,7 +24,7 @@ use moka::policy::{EvictionPolicy, Expiry};
 use resilient_core::key::MAX_TTL;
 use resilient_core::{
     Backend, BackendFactory, BackendUrl, Bytes, Capabilities, Error, FencingToken, HealthProbe,
-    LockGrant, LockOutcome, Operation, Result, async_trait, inventory,
+    LockGrant, LockOutcome, Operation, Result, WriteVersion, async_trait, inventory,
 };
 use tokio::time::Instant;
 
@@ -210,6 +210,43 @@ impl MemoryBackend {
         self.config.max_bytes
     }
 
+    /// `set`: refuses an entry larger than the store.
+    async fn store(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
+        let size = weight(key, &value);
+        if size > self.config.max_bytes || size > u64::from(u32::MAX) {
+            return Err(Error::backend(
+                &self.config.name,
+                Operation::Set,
+                format!(
+                    "an entry of {size} bytes does not fit in a store of {} bytes",
+                    self.config.max_bytes
+                ),
+            ));
+        }
+        let expires_at = ttl.map(|ttl| deadline(Instant::now(), ttl));
+        self.cache
+            .insert(
+                key.to_owned(),
+                Entry {
+                    value,
+                    ttl,
+                    expires_at,
+                },
+            )
+            .await;
+        Ok(())
+    }
+
+    /// `delete`: true when a live entry was there.
+    async fn remove(&self, key: &str) -> Result<bool> {
+        let now = Instant::now();
+        Ok(self
+            .cache
+            .remove(key)
+            .await
+            .is_some_and(|entry| entry.live(now)))
+    }
+
     fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -257,38 +294,27 @@ impl Backend for MemoryBackend {
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
-        let size = weight(key, &value);
-        if size > self.config.max_bytes || size > u64::from(u32::MAX) {
-            return Err(Error::backend(
-                &self.config.name,
-                Operation::Set,
-                format!(
-                    "an entry of {size} bytes does not fit in a store of {} bytes",
-                    self.config.max_bytes
-                ),
-            ));
-        }
-        let expires_at = ttl.map(|ttl| deadline(Instant::now(), ttl));
-        self.cache
-            .insert(
-                key.to_owned(),
-                Entry {
-                    value,
-                    ttl,
-                    expires_at,
-                },
-            )
-            .await;
-        Ok(())
+        self.store(key, value, ttl).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        let now = Instant::now();
-        Ok(self
-            .cache
-            .remove(key)
-            .await
-            .is_some_and(|entry| entry.live(now)))
+        self.remove(key).await
+    }
+
+    // Process-local, so versions do not matter here; overridden only to save the default
+    // methods' second boxed future.
+    async fn set_versioned(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        _version: WriteVersion,
+    ) -> Result<()> {
+        self.store(key, value, ttl).await
+    }
+
+    async fn delete_versioned(&self, key: &str, _version: WriteVersion) -> Result<bool> {
+        self.remove(key).await
     }
 
     async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {
