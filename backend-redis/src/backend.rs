@@ -295,6 +295,18 @@ impl RedisBackend {
         (data, version)
     }
 
+    /// A value's TTL and its version key's (the TTL plus the tombstone time), in ms, or empty
+    /// for a value without TTL (its version then stays as long as it does).
+    fn ttls(&self, ttl: Option<Duration>) -> (Vec<u8>, Vec<u8>) {
+        match ttl {
+            Some(ttl) => (
+                millis(ttl),
+                millis(ttl.saturating_add(self.config.tombstone_ttl)),
+            ),
+            None => (Vec::new(), Vec::new()),
+        }
+    }
+
     fn lock_keys(&self, name: &str) -> (Vec<u8>, Vec<u8>) {
         let lock = [
             self.config.prefix.as_bytes(),
@@ -322,20 +334,6 @@ impl RedisBackend {
                     "a fencing token that is not a number",
                 )
             })
-    }
-}
-
-impl RedisBackend {
-    /// A value's TTL and its version key's (the TTL plus the tombstone time), in ms, or empty
-    /// for a value without TTL (its version then stays as long as it does).
-    fn ttls(&self, ttl: Option<Duration>) -> (Vec<u8>, Vec<u8>) {
-        match ttl {
-            Some(ttl) => (
-                millis(ttl),
-                millis(ttl.saturating_add(self.config.tombstone_ttl)),
-            ),
-            None => (Vec::new(), Vec::new()),
-        }
     }
 }
 
