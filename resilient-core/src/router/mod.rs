@@ -344,6 +344,11 @@ impl ResilientStorage {
 
     /// Releases a lock held by `holder`; false when `holder` does not hold it. Goes first to
     /// the backend that granted the lock.
+    ///
+    /// A release that fails with a timeout may still reach the server later. If `holder` has
+    /// acquired the lock again by then, that late release ends the new lease (a re-acquire by
+    /// the same holder keeps the token, so nothing tells the two apart): use a fresh holder id
+    /// for each acquisition when a release can time out.
     pub async fn release_lock(&self, name: &str, holder: &str) -> Result<bool> {
         let full = self.inner.keys.full_key(name)?;
         check_holder(holder)?;
