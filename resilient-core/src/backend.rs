@@ -241,8 +241,8 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn delete(&self, key: &str) -> Result<bool>;
 
     /// Writes a key stamped with `version`. A [versioned](Capabilities::versioned) backend
-    /// keeps the version with the value (and drops it with the value's TTL); the default
-    /// ignores it and calls [`set`](Self::set). Unconditional, as `set` is.
+    /// keeps the version with the value, and for a bounded time after the value expires; the
+    /// default ignores it and calls [`set`](Self::set). Unconditional, as `set` is.
     async fn set_versioned(
         &self,
         key: &str,
