@@ -25,9 +25,11 @@ use crate::error::{Error, Result};
 pub struct BreakerConfig {
     /// Trip after this many failures in a row.
     pub consecutive_failures: u32,
-    /// Trip when this share of the calls in the window failed (0 < rate ≤ 1).
+    /// Trip when this share of the calls in the window failed (0 < rate ≤ 1), judged after
+    /// every call once the window holds `minimum_calls`, exactly to a millionth.
     pub failure_rate: f64,
-    /// Trip when this share of the calls in the window were slow (0 < rate ≤ 1).
+    /// Trip when this share of the calls in the window were slow (0 < rate ≤ 1), judged as
+    /// `failure_rate` is.
     pub slow_call_rate: f64,
     /// A successful call that took at least this long counts as slow.
     #[serde(with = "humantime_serde")]
@@ -132,11 +134,12 @@ impl BreakerConfig {
         if self.consecutive_failures == 0 {
             return bad("consecutive_failures", "must be at least 1");
         }
-        if !(self.failure_rate > 0.0 && self.failure_rate <= 1.0) {
-            return bad("failure_rate", "must be in (0, 1]");
+        // Rates are judged in millionths: a smaller one would be zero, tripping on any calls.
+        if !(self.failure_rate >= 1e-6 && self.failure_rate <= 1.0) {
+            return bad("failure_rate", "must be in [0.000001, 1]");
         }
-        if !(self.slow_call_rate > 0.0 && self.slow_call_rate <= 1.0) {
-            return bad("slow_call_rate", "must be in (0, 1]");
+        if !(self.slow_call_rate >= 1e-6 && self.slow_call_rate <= 1.0) {
+            return bad("slow_call_rate", "must be in [0.000001, 1]");
         }
         if self.slow_call.is_zero() {
             return bad("slow_call", "must not be zero");

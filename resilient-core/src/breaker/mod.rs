@@ -117,6 +117,14 @@ pub struct CircuitBreaker {
     generation: AtomicU64,
     consecutive: AtomicU32,
     window: RateWindow,
+    window_ms: u64,
+    /// Thresholds in parts per million, so rates are judged in integers: 55 failures of 100
+    /// reach a rate of 0.55 exactly.
+    failure_ppm: u64,
+    slow_ppm: u64,
+    /// One more than the time (ms since `epoch`) of the last failure or slow call, 0 for none:
+    /// a success with none in the window cannot exceed a rate, and skips summing the window.
+    last_bad_ms: AtomicU64,
     open_until_ms: AtomicU64,
     closed_since_ms: AtomicU64,
     inner: Mutex<Inner>,
@@ -198,12 +206,16 @@ impl CircuitBreaker {
         let window_ms = duration_ms(config.window);
         let buckets = config.window_buckets;
         Self {
+            failure_ppm: rate_ppm(config.failure_rate),
+            slow_ppm: rate_ppm(config.slow_call_rate),
             config,
             epoch: Instant::now(),
             state: AtomicU8::new(CLOSED),
             generation: AtomicU64::new(0),
             consecutive: AtomicU32::new(0),
             window: RateWindow::new(window_ms, buckets),
+            window_ms,
+            last_bad_ms: AtomicU64::new(0),
             open_until_ms: AtomicU64::new(0),
             closed_since_ms: AtomicU64::new(0),
             inner: Mutex::new(Inner::default()),
@@ -403,11 +415,24 @@ impl CircuitBreaker {
         let slow = elapsed >= self.config.slow_call;
         let now_ms = self.ms(now);
         self.window.record(now_ms, false, slow);
+        if slow {
+            self.last_bad_ms.store(now_ms + 1, Ordering::Relaxed);
+        }
         if self.consecutive.load(Ordering::Relaxed) != 0 {
             self.consecutive.store(0, Ordering::Relaxed);
         }
-        if slow && self.rate_exceeded(now_ms) {
+        // Rates are judged after every call, as Resilience4j does: 5 failures in 9 calls and
+        // then a success is 5 in 10, which trips a rate of 0.5.
+        if self.bad_in_window(now_ms) && self.rate_exceeded(now_ms) {
             self.trip_if_current(generation, CLOSED, now);
+        }
+    }
+
+    /// A failure or slow call may still be in the window.
+    fn bad_in_window(&self, now_ms: u64) -> bool {
+        match self.last_bad_ms.load(Ordering::Relaxed) {
+            0 => false,
+            last => now_ms.saturating_sub(last - 1) < self.window_ms,
         }
     }
 
@@ -422,6 +447,7 @@ impl CircuitBreaker {
         let now_ms = self.ms(now);
         let consecutive = self.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
         self.window.record(now_ms, true, false);
+        self.last_bad_ms.store(now_ms + 1, Ordering::Relaxed);
         if consecutive >= self.config.consecutive_failures || self.rate_exceeded(now_ms) {
             self.trip_if_current(generation, CLOSED, now);
         }
@@ -441,9 +467,9 @@ impl CircuitBreaker {
         if totals.calls < u64::from(self.config.minimum_calls) {
             return false;
         }
-        let calls = totals.calls as f64;
-        totals.failures as f64 >= self.config.failure_rate * calls
-            || totals.slow as f64 >= self.config.slow_call_rate * calls
+        let threshold = |ppm: u64| u128::from(ppm) * u128::from(totals.calls);
+        u128::from(totals.failures) * 1_000_000 >= threshold(self.failure_ppm)
+            || u128::from(totals.slow) * 1_000_000 >= threshold(self.slow_ppm)
     }
 
     fn trip_if_current(&self, generation: u64, expected: u8, now: Instant) {
@@ -538,6 +564,11 @@ impl CircuitBreaker {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// A rate in (0, 1] as parts per million, rounded to the nearest: `0.55` is exactly 550,000.
+fn rate_ppm(rate: f64) -> u64 {
+    (rate.clamp(0.0, 1.0) * 1e6).round() as u64
 }
 
 fn duration_ms(d: Duration) -> u64 {

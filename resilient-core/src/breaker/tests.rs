@@ -182,27 +182,36 @@ fn failures_that_left_the_window_do_not_count() {
 
 #[test]
 fn opens_on_slow_call_rate() {
-    let b = CircuitBreaker::new(
-        config()
-            .failure_rate(0.5, 5)
-            .slow_calls(Duration::from_millis(100), 0.8),
-    );
-    let t = Instant::now();
-    for _ in 0..4 {
+    let breaker = || {
+        CircuitBreaker::new(
+            config()
+                .failure_rate(0.5, 5)
+                .slow_calls(Duration::from_millis(100), 0.8),
+        )
+    };
+    let slow = |b: &CircuitBreaker, t| {
         b.try_acquire_at(t)
             .unwrap()
-            .success_at(Duration::from_millis(100), t);
+            .success_at(Duration::from_millis(100), t)
+    };
+    let t = Instant::now();
+    let b = breaker();
+    for _ in 0..3 {
+        slow(&b, t);
+    }
+    succeed(&b, t);
+    succeed(&b, t);
+    assert_eq!(b.state(), CircuitState::Closed, "3 of 5 slow is under 0.8");
+    let b = breaker();
+    for _ in 0..4 {
+        slow(&b, t);
     }
     succeed(&b, t);
     assert_eq!(
         b.state(),
-        CircuitState::Closed,
-        "4 of 5 slow is not above 0.8 yet"
+        CircuitState::Open,
+        "4 of 5 slow reaches 0.8, judged on the fast fifth call"
     );
-    b.try_acquire_at(t)
-        .unwrap()
-        .success_at(Duration::from_millis(150), t);
-    assert_eq!(b.state(), CircuitState::Open, "5 of 6 slow");
 }
 
 #[test]
@@ -319,6 +328,84 @@ fn the_half_open_probe_limit_holds_under_concurrent_callers() {
     }
 }
 
+/// Runs `calls` (true = failure) at one instant on a breaker that trips on the failure rate
+/// only; the state after them.
+fn after_calls(rate: f64, minimum: u32, calls: impl IntoIterator<Item = bool>) -> CircuitState {
+    let b = CircuitBreaker::new(
+        BreakerConfig::default()
+            .consecutive_failures(u32::MAX)
+            .failure_rate(rate, minimum)
+            .jitter(0.0),
+    );
+    let now = b.epoch;
+    for failed in calls {
+        match b.try_acquire_at(now) {
+            Ok(permit) if failed => permit.failure_at(now),
+            Ok(permit) => permit.success_at(MS, now),
+            Err(_) => break,
+        }
+    }
+    b.state()
+}
+
+/// `failures` failures spread among `calls` calls, the last call a success.
+fn spread(failures: usize, calls: usize) -> impl Iterator<Item = bool> {
+    (0..calls).map(move |i| i < failures)
+}
+
+#[test]
+fn rates_at_exactly_the_threshold_trip() {
+    for (failures, calls, rate) in [
+        (55, 100, 0.55),
+        (7, 100, 0.07),
+        (7, 50, 0.14),
+        (28, 100, 0.28),
+    ] {
+        assert_eq!(
+            after_calls(rate, calls as u32, spread(failures, calls)),
+            CircuitState::Open,
+            "{failures} of {calls} at a rate of {rate}"
+        );
+        assert_eq!(
+            after_calls(rate, calls as u32, spread(failures - 1, calls)),
+            CircuitState::Closed,
+            "{} of {calls} at a rate of {rate}",
+            failures - 1
+        );
+    }
+}
+
+#[test]
+fn a_success_that_completes_the_minimum_judges_the_rate() {
+    // 5 failures of 9, then a success: 5 of 10 at 0.5.
+    assert_eq!(after_calls(0.5, 10, spread(5, 10)), CircuitState::Open);
+    // 5 slow calls of 9, then a fast one: 5 of 10 at a slow-call rate of 0.5.
+    let b = CircuitBreaker::new(
+        BreakerConfig::default()
+            .failure_rate(1.0, 10)
+            .slow_calls(Duration::from_millis(100), 0.5)
+            .jitter(0.0),
+    );
+    let now = b.epoch;
+    for i in 0..10 {
+        let elapsed = if i < 5 {
+            Duration::from_millis(150)
+        } else {
+            MS
+        };
+        b.try_acquire_at(now).unwrap().success_at(elapsed, now);
+    }
+    assert_eq!(b.state(), CircuitState::Open);
+}
+
+#[test]
+fn rates_stay_true_past_what_a_bucket_counts() {
+    // One failure in four, 300,000 times in one bucket, at a failure rate of 0.3: a bucket
+    // that counted failures on after its calls saturated would see more than 0.3.
+    let calls = (0..300_000).map(|i| i % 4 == 3);
+    assert_eq!(after_calls(0.3, 100, calls), CircuitState::Closed);
+}
+
 // ---- property test against a reference model ----
 
 #[derive(Debug, Clone, Copy)]
@@ -366,11 +453,14 @@ impl Model {
         let newest = now / self.bucket_ms();
         let oldest = newest.saturating_sub(u64::from(self.cfg.window_buckets) - 1);
         let in_window: Vec<_> = self.calls.iter().filter(|c| c.0 >= oldest).collect();
-        let n = in_window.len() as f64;
-        let failed = in_window.iter().filter(|c| c.1).count() as f64;
-        let slow = in_window.iter().filter(|c| c.2).count() as f64;
-        in_window.len() as u32 >= self.cfg.minimum_calls
-            && (failed >= self.cfg.failure_rate * n || slow >= self.cfg.slow_call_rate * n)
+        let n = in_window.len() as u64;
+        let failed = in_window.iter().filter(|c| c.1).count() as u64;
+        let slow = in_window.iter().filter(|c| c.2).count() as u64;
+        // "At least this share" in exact integers: rates are given to a millionth.
+        let ppm = |rate: f64| (rate * 1e6).round() as u64;
+        n >= u64::from(self.cfg.minimum_calls)
+            && (failed * 1_000_000 >= ppm(self.cfg.failure_rate) * n
+                || slow * 1_000_000 >= ppm(self.cfg.slow_call_rate) * n)
     }
 
     fn trip(&mut self, now: u64) {
@@ -421,7 +511,7 @@ impl Model {
             (false, Step::Success { slow }) => {
                 self.calls.push((now / self.bucket_ms(), false, slow));
                 self.consecutive = 0;
-                if slow && self.rate_exceeded(now) {
+                if self.rate_exceeded(now) {
                     self.trip(now);
                 }
             }
@@ -446,11 +536,13 @@ proptest! {
         consecutive in 1_u32..6,
         minimum_calls in 1_u32..12,
         probes in 1_u32..3,
+        failure_rate in prop::sample::select(vec![0.07, 0.14, 0.28, 0.3, 0.5, 0.55, 1.0]),
+        slow_rate in prop::sample::select(vec![0.1, 0.5, 0.75, 1.0]),
     ) {
         let cfg = BreakerConfig::default()
             .consecutive_failures(consecutive)
-            .failure_rate(0.5, minimum_calls)
-            .slow_calls(Duration::from_millis(50), 0.75)
+            .failure_rate(failure_rate, minimum_calls)
+            .slow_calls(Duration::from_millis(50), slow_rate)
             .window(Duration::from_secs(2), 4)
             .open_duration(Duration::from_millis(300), Duration::from_secs(2))
             .half_open_probes(probes)

@@ -3,7 +3,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const FIELD: u64 = 0xFFFF;
+/// Bits of each count: up to 262,143 calls per bucket.
+const COUNT_BITS: u32 = 18;
+const FIELD: u64 = (1 << COUNT_BITS) - 1;
+/// Bits of the tag: the bucket index modulo 1,024, far more than the 60 buckets a window has.
+const TAG: u64 = (1 << (64 - 3 * COUNT_BITS)) - 1;
+const CALLS: u32 = 2 * COUNT_BITS;
+const FAILURES: u32 = COUNT_BITS;
+const TAG_SHIFT: u32 = 3 * COUNT_BITS;
 
 /// Counts over the window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -19,14 +26,23 @@ pub(crate) struct RateWindow {
     bucket_ms: u64,
 }
 
-// Word layout: tag (16 bits, the bucket index modulo 2^16) | calls | failures | slow, 16 bits
-// each, saturating. A stale bucket is recognised by its tag and starts over.
+// Word layout: tag (10 bits) | calls | failures | slow (18 bits each). A stale bucket is
+// recognised by its tag and starts over. A bucket whose call count is full takes no more
+// calls at all: its counts stay a true sample of its calls, so the rate is never skewed (a
+// count saturating on its own would overstate or understate it).
 fn pack(tag: u64, calls: u64, failures: u64, slow: u64) -> u64 {
-    (tag & FIELD) << 48 | (calls & FIELD) << 32 | (failures & FIELD) << 16 | (slow & FIELD)
+    (tag & TAG) << TAG_SHIFT
+        | (calls & FIELD) << CALLS
+        | (failures & FIELD) << FAILURES
+        | (slow & FIELD)
 }
 
 fn field(word: u64, shift: u32) -> u64 {
     (word >> shift) & FIELD
+}
+
+fn tag_of(word: u64) -> u64 {
+    word >> TAG_SHIFT
 }
 
 impl RateWindow {
@@ -40,17 +56,21 @@ impl RateWindow {
 
     pub(crate) fn record(&self, now_ms: u64, failed: bool, slow: bool) {
         let index = now_ms / self.bucket_ms;
-        let tag = index & FIELD;
+        let tag = index & TAG;
         let slot = &self.buckets[(index % self.buckets.len() as u64) as usize];
         let (f, s) = (u64::from(failed), u64::from(slow));
         let mut current = slot.load(Ordering::Relaxed);
         loop {
-            let next = if field(current, 48) == tag {
+            let next = if tag_of(current) == tag {
+                let calls = field(current, CALLS);
+                if calls == FIELD {
+                    return;
+                }
                 pack(
                     tag,
-                    (field(current, 32) + 1).min(FIELD),
-                    (field(current, 16) + f).min(FIELD),
-                    (field(current, 0) + s).min(FIELD),
+                    calls + 1,
+                    field(current, FAILURES) + f,
+                    field(current, 0) + s,
                 )
             } else {
                 pack(tag, 1, f, s)
@@ -69,9 +89,9 @@ impl RateWindow {
         for back in 0..n.min(newest + 1) {
             let index = newest - back;
             let word = self.buckets[(index % n) as usize].load(Ordering::Acquire);
-            if field(word, 48) == index & FIELD && word != 0 {
-                totals.calls += field(word, 32);
-                totals.failures += field(word, 16);
+            if tag_of(word) == index & TAG && word != 0 {
+                totals.calls += field(word, CALLS);
+                totals.failures += field(word, FAILURES);
                 totals.slow += field(word, 0);
             }
         }
@@ -131,14 +151,15 @@ mod tests {
     }
 
     #[test]
-    fn counts_saturate_instead_of_overflowing_into_the_next_field() {
+    fn a_full_bucket_stops_counting_so_its_rate_stays_true() {
         let window = RateWindow::new(1_000, 1);
-        for _ in 0..70_000 {
-            window.record(0, true, false);
+        // Three successes to one failure, far past what a bucket can count.
+        for i in 0..300_000_u64 {
+            window.record(0, i % 4 == 3, false);
         }
         let totals = window.totals(0);
         assert_eq!(totals.calls, FIELD);
-        assert_eq!(totals.failures, FIELD);
+        assert_eq!(totals.failures, FIELD / 4);
         assert_eq!(totals.slow, 0);
     }
 }
