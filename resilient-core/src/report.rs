@@ -29,8 +29,11 @@ pub enum OverallStatus {
 pub struct HealthReport {
     /// Overall status.
     pub status: OverallStatus,
-    /// The backend serving traffic.
+    /// Where the next key-value call goes (see
+    /// [`ResilientStorage::active_backend`](crate::ResilientStorage::active_backend)).
     pub active_backend: Option<String>,
+    /// The backend that served the last call.
+    pub last_served_backend: Option<String>,
     /// The selection strategy's name.
     pub strategy: String,
     /// Each backend by name, in priority order.
@@ -38,12 +41,26 @@ pub struct HealthReport {
 }
 
 impl HealthReport {
-    /// The HTTP status a health endpoint should answer with: 200 when healthy, 503 otherwise.
+    /// The HTTP status of the health endpoint, for monitoring and alerts: 200 when healthy,
+    /// 503 otherwise, including while the storage serves correctly from a fallback. Do not
+    /// take instances out of a load balancer on it: every instance sees the same outage.
     pub fn http_status(&self) -> u16 {
         match self.status {
             OverallStatus::Healthy => 200,
             OverallStatus::Degraded | OverallStatus::Unhealthy => 503,
         }
+    }
+
+    /// True while the storage can serve calls on some backend (healthy or degraded): what a
+    /// readiness probe or load balancer should ask.
+    pub fn is_ready(&self) -> bool {
+        self.status != OverallStatus::Unhealthy
+    }
+
+    /// The HTTP status of the readiness endpoint: 200 while [ready](Self::is_ready), 503 only
+    /// when no backend can serve.
+    pub fn readiness_http_status(&self) -> u16 {
+        if self.is_ready() { 200 } else { 503 }
     }
 }
 
@@ -70,9 +87,12 @@ pub struct BackendReport {
     pub last_error: Option<String>,
     /// What the backend can do.
     pub capabilities: Capabilities,
-    /// Writes and deletes it missed, waiting to be replayed to it; it takes no key-value
-    /// traffic until they are.
+    /// Writes and deletes not yet on it: missed during an outage (it takes no key-value
+    /// traffic until one replay pass has been through them), or write-behind copies on their
+    /// way (reads on it answer from them meanwhile).
     pub pending_replay: usize,
-    /// Missed writes that could not be kept or replayed: keys it may serve stale.
+    /// Missed writes that could not be kept or replayed since the last replay that left none
+    /// pending: keys it may serve stale. The lifetime total is the metric
+    /// `resilient_storage_replay_lost_total`.
     pub replay_lost: u64,
 }

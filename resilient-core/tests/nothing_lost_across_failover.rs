@@ -171,9 +171,13 @@ async fn writes_beyond_the_bound_are_reported_lost_never_dropped_silently() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn nothing_is_recorded_while_the_primary_serves() {
+async fn under_selected_nothing_is_recorded_while_the_primary_serves() {
     let (redis, postgres) = (fault("redis"), fault("postgres"));
-    let storage = builder(&[&redis, &postgres]).build().await.unwrap();
+    let storage = builder(&[&redis, &postgres])
+        .write_policy(WritePolicy::Selected)
+        .build()
+        .await
+        .unwrap();
     for i in 0..20 {
         storage.set(&format!("k{i}"), "v", None).await.unwrap();
         storage.delete(&format!("k{i}")).await.unwrap();

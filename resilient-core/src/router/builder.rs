@@ -36,18 +36,36 @@ pub const DEFAULT_MAX_HINTS: usize = 100_000;
 /// Default TTL cap of write-through copies to the memory store.
 pub const DEFAULT_MEMORY_TTL_CAP: Duration = Duration::from_secs(300);
 
-/// Where a write goes.
+/// Where a write goes before it is acknowledged, and where copies go after.
+///
+/// | policy | acknowledged once | a read after failover | cost on a set |
+/// |---|---|---|---|
+/// | `WriteBehind` (default) | the serving backend has it | finds every value written before (copies pending when the primary died are read from memory, a miss on a recovered primary asks the secondary) | a record in memory; one more read on a miss |
+/// | `WriteThrough` | the serving backend and every backend below it have it (or a copy failed and was kept for replay) | the same | the slowest backend's write |
+/// | `Selected` | the serving backend has it | finds nothing written before the outage | none |
+///
+/// The README's "What you can rely on" has the whole table with the tests behind each row.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum WritePolicy {
-    /// To the backend the strategy selects (failing over as needed). Backends above it that
-    /// missed the write get it replayed when they recover.
+    /// To the backend the strategy selects (failing over as needed), then copied in the
+    /// background to every backend below it that is shared across processes (PostgreSQL behind
+    /// Redis), each copy applied only over an older version. Until a copy has landed, reads on
+    /// that backend are answered from it, so a failover finds every value written before the
+    /// primary died; and when the serving backend misses a key, the next shared backend is
+    /// asked, so a primary that restarted empty still reads what its copy holds. Copies live in
+    /// this process's memory until they land: a crash loses the ones not yet sent.
     #[default]
+    WriteBehind,
+    /// To the backend the strategy selects only. Backends above it that missed the write get it
+    /// replayed when they recover, but a fallback holds only what was written while it served:
+    /// the choice for a pure cache.
     Selected,
-    /// As `Selected`, then a best-effort copy to every available backend below it, so a later
-    /// failover finds fresh values. Copies to the memory store get a TTL of at most
-    /// `memory_ttl_cap`.
+    /// To the backend the strategy selects, then a copy to every available backend below it,
+    /// all at once and within the call's deadline, before the call returns. Copies to the
+    /// memory store get a TTL of at most `memory_ttl_cap`. A copy that fails or does not finish
+    /// in time is kept for replay.
     WriteThrough,
 }
 
@@ -235,7 +253,7 @@ impl StorageBuilder {
         self
     }
 
-    /// Where writes go. Default [`WritePolicy::Selected`].
+    /// Where writes go. Default [`WritePolicy::WriteBehind`].
     pub fn write_policy(mut self, policy: WritePolicy) -> Self {
         self.write_policy = policy;
         self
@@ -341,10 +359,12 @@ impl StorageBuilder {
         } else {
             Vec::new()
         };
+        let replay_wake = Arc::new(tokio::sync::Notify::new());
         monitors.push(tokio::spawn(replayer(
             slots.clone(),
             events.clone(),
             stop.subscribe(),
+            replay_wake.clone(),
             self.attempt_timeout,
         )));
         let strategy = self
@@ -364,6 +384,7 @@ impl StorageBuilder {
                 events,
                 stop,
                 monitors,
+                replay_wake,
             )),
         })
     }

@@ -99,7 +99,13 @@ struct Record {
 pub(crate) struct Hints {
     max: usize,
     pending: AtomicUsize,
+    /// Records lost in the process's lifetime (metrics).
     lost: AtomicU64,
+    /// Records lost since the last replay that left none pending (the health report).
+    lost_recently: AtomicU64,
+    /// An outage began since the last time no record was left: the end of its replay is an
+    /// event. Write-behind copies that come and go without an outage are not.
+    outage: AtomicBool,
     /// No outage began since the last full replay pass: the backend may take traffic while
     /// its remaining records are replayed (reads consult them). Cleared when an outage begins
     /// (its breaker opens or it turns unhealthy), not by each record: a write that was in
@@ -120,6 +126,8 @@ impl Hints {
             max,
             pending: AtomicUsize::new(0),
             lost: AtomicU64::new(0),
+            lost_recently: AtomicU64::new(0),
+            outage: AtomicBool::new(false),
             caught_up: AtomicBool::new(true),
             replayed: AtomicU64::new(0),
             records: Mutex::new(HashMap::new()),
@@ -131,14 +139,21 @@ impl Hints {
         self.pending.load(Ordering::Acquire)
     }
 
-    /// Records that could not be kept.
+    /// Records that could not be kept or replayed, in the process's lifetime.
     pub(crate) fn lost(&self) -> u64 {
         self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Records that could not be kept or replayed since the last replay that left no record
+    /// pending: a backend that has been brought up to date since no longer reports old losses.
+    pub(crate) fn lost_recently(&self) -> u64 {
+        self.lost_recently.load(Ordering::Relaxed)
     }
 
     /// Counts a record that was taken but could not be replayed.
     pub(crate) fn count_lost(&self) {
         self.lost.fetch_add(1, Ordering::Relaxed);
+        self.lost_recently.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Keeps `hint`, the write of `version`, for `key`, replacing an older record of the same
@@ -157,7 +172,7 @@ impl Hints {
             return Ok(());
         }
         if records.len() >= self.max {
-            self.lost.fetch_add(1, Ordering::Relaxed);
+            self.count_lost();
             return Err(Overflow);
         }
         records.insert(key.to_owned(), Record { hint, version });
@@ -202,6 +217,7 @@ impl Hints {
     /// takes traffic again.
     pub(crate) fn outage_began(&self) {
         self.caught_up.store(false, Ordering::Release);
+        self.outage.store(true, Ordering::Release);
     }
 
     /// A replay pass over every record went through. Returns whether it was caught up already.
@@ -238,12 +254,21 @@ impl Hints {
         done
     }
 
-    /// When no record is left: how many were replayed since the last time none were left
-    /// (zero once taken).
+    /// When no record is left after replays: how many were replayed since an outage began
+    /// (zero when no outage began since the last time, or once taken). Losses counted so far
+    /// are then history: [`lost_recently`](Self::lost_recently) starts over.
     pub(crate) fn take_replayed_when_done(&self) -> u64 {
         let records = self.lock();
-        if records.is_empty() {
-            self.replayed.swap(0, Ordering::Relaxed)
+        if !records.is_empty() {
+            return 0;
+        }
+        let replayed = self.replayed.swap(0, Ordering::Relaxed);
+        if replayed == 0 {
+            return 0;
+        }
+        self.lost_recently.store(0, Ordering::Relaxed);
+        if self.outage.swap(false, Ordering::AcqRel) {
+            replayed
         } else {
             0
         }
@@ -313,6 +338,27 @@ mod tests {
         assert_eq!(hints.record("c", Hint::Delete, V1), Err(Overflow));
         hints.record("a", set(b"x"), V2).unwrap();
         assert_eq!((hints.pending(), hints.lost()), (2, 1));
+    }
+
+    #[test]
+    fn losses_are_reported_until_a_replay_leaves_nothing_pending() {
+        let hints = Hints::new(1);
+        hints.outage_began();
+        hints.record("a", Hint::Delete, V1).unwrap();
+        assert_eq!(hints.record("b", Hint::Delete, V1), Err(Overflow));
+        assert_eq!(hints.take_replayed_when_done(), 0, "a is still pending");
+        assert_eq!(hints.lost_recently(), 1);
+        assert!(hints.replayed("a", V1));
+        assert_eq!(
+            hints.take_replayed_when_done(),
+            1,
+            "the outage's replay ended"
+        );
+        assert_eq!((hints.lost_recently(), hints.lost()), (0, 1));
+        // A write-behind copy replayed without an outage is no event.
+        hints.record("c", Hint::Delete, V2).unwrap();
+        assert!(hints.replayed("c", V2));
+        assert_eq!(hints.take_replayed_when_done(), 0);
     }
 
     #[test]

@@ -107,6 +107,11 @@ struct Inner {
     lock_hints: Mutex<HashMap<(String, String), (usize, Instant)>>,
     /// Stamps every write, so versioned backends can refuse an older replayed one.
     versions: VersionClock,
+    /// Wakes the replayer when a write-behind copy is recorded.
+    replay_wake: Arc<tokio::sync::Notify>,
+    /// A miss is asked again of the next shared backend ([`WritePolicy::WriteBehind`] with a
+    /// shared backend below the first).
+    read_behind: bool,
 }
 
 impl Inner {
@@ -128,7 +133,10 @@ impl Inner {
         events: broadcast::Sender<StorageEvent>,
         stop: watch::Sender<bool>,
         monitors: Vec<JoinHandle<()>>,
+        replay_wake: Arc<tokio::sync::Notify>,
     ) -> Self {
+        let read_behind = write_policy == WritePolicy::WriteBehind
+            && slots.iter().skip(1).any(|slot| slot.capabilities.shared);
         Self {
             slots,
             strategy,
@@ -149,6 +157,8 @@ impl Inner {
             monitors: Mutex::new(monitors),
             lock_hints: Mutex::new(HashMap::new()),
             versions: VersionClock::default(),
+            replay_wake,
+            read_behind,
         }
     }
 }
@@ -160,20 +170,28 @@ impl ResilientStorage {
         StorageBuilder::default()
     }
 
-    /// Reads a key: `None` when absent or expired. A miss is an answer and never fails over.
+    /// Reads a key: `None` when absent or expired. A miss is an answer and never fails over;
+    /// under [`WritePolicy::WriteBehind`] (the default) a miss is asked again of the next
+    /// backend shared across processes, which holds a copy of every write.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let key = self.inner.keys.full_key(key)?;
         let key = &*key;
-        self.route(Operation::Get, Route::Data, key, None, |index, b| {
-            // A backend with writes still to replay is not routed to; this covers a read that
-            // raced with the end of its replay.
-            match self.inner.slots[index].hints.get(key) {
-                Some(hint) => Box::pin(std::future::ready(Ok(hint.read(Instant::now())))),
-                None => b.get(key),
-            }
-        })
-        .await
-        .map(|(value, _)| value)
+        let start = self.inner.read_behind.then(Instant::now);
+        let (value, served) = self
+            .route(Operation::Get, Route::Data, key, None, |index, b| {
+                // A backend with writes still to replay is not routed to; this covers a read
+                // that raced with the end of its replay. A write-behind copy not yet sent is
+                // read from its record too.
+                match self.inner.slots[index].hints.get(key) {
+                    Some(hint) => Box::pin(std::future::ready(Ok(hint.read(Instant::now())))),
+                    None => b.get(key),
+                }
+            })
+            .await?;
+        match (value, start) {
+            (None, Some(start)) => Ok(self.read_behind(served, key, start).await),
+            (value, _) => Ok(value),
+        }
     }
 
     /// Writes a key, with an optional TTL that replaces any earlier one.
@@ -203,7 +221,9 @@ impl ResilientStorage {
             })
             .await?;
         self.hand_off(served, key, version, || hint(ttl));
-        if self.inner.write_policy == WritePolicy::WriteThrough {
+        if self.inner.write_policy == WritePolicy::WriteBehind {
+            self.copy_behind(served, key, version, || hint(ttl));
+        } else if self.inner.write_policy == WritePolicy::WriteThrough {
             // Copies to the memory store are capped, so it cannot hold values indefinitely.
             let ttl_for = |slot: &Slot| {
                 if slot.is_local_memory() {
@@ -218,6 +238,7 @@ impl ResilientStorage {
                 served,
                 key,
                 version,
+                written,
                 |slot| hint(ttl_for(slot)),
                 |slot| {
                     slot.backend
@@ -233,6 +254,7 @@ impl ResilientStorage {
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let key = self.inner.keys.full_key(key)?;
         let key = &*key;
+        let start = Instant::now();
         let version = self.inner.versions.next();
         self.supersede(key, version, || Hint::Delete);
         let (existed, served) = self
@@ -241,11 +263,14 @@ impl ResilientStorage {
             })
             .await?;
         self.hand_off(served, key, version, || Hint::Delete);
-        if self.inner.write_policy == WritePolicy::WriteThrough {
+        if self.inner.write_policy == WritePolicy::WriteBehind {
+            self.copy_behind(served, key, version, || Hint::Delete);
+        } else if self.inner.write_policy == WritePolicy::WriteThrough {
             self.write_through(
                 served,
                 key,
                 version,
+                start,
                 |_| Hint::Delete,
                 |slot| {
                     Box::pin(async move {
@@ -382,13 +407,15 @@ impl ResilientStorage {
             .iter()
             .filter(|slot| slot.view(now, true, true).available)
             .count();
-        let all_well = backends.values().all(|b| {
+        // Write-behind copies on their way are normal operation; a backlog from an outage that
+        // keeps a backend out of traffic, or writes lost since the last replay, are not.
+        let all_well = inner.slots.iter().zip(backends.values()).all(|(slot, b)| {
             b.circuit_state == CircuitState::Closed
                 && matches!(
                     b.health,
                     crate::HealthState::Healthy | crate::HealthState::Unknown
                 )
-                && b.pending_replay == 0
+                && !slot.hints.blocks_traffic()
                 && b.replay_lost == 0
         });
         let status = if routable == 0 || inner.shut_down.load(Ordering::Acquire) {
@@ -401,23 +428,26 @@ impl ResilientStorage {
         HealthReport {
             status,
             active_backend: self.active_backend(),
+            last_served_backend: self.last_served_backend(),
             strategy: inner.strategy.name().to_owned(),
             backends,
         }
     }
 
-    /// The backend that served the last operation, or before any operation, the one the
-    /// strategy would try first.
+    /// Where the next key-value call goes: the backend the strategy would try first now. An
+    /// idle storage whose primary recovered reports the primary once the strategy would move
+    /// back to it, not the fallback that served the last call. `None` when no backend is
+    /// available.
     pub fn active_backend(&self) -> Option<String> {
-        let inner = &self.inner;
-        let index = match inner.active.load(Ordering::Relaxed) {
-            NONE => {
-                let (_, candidates) = self.candidates(Route::Data, Instant::now(), None);
-                candidates.first()?
-            }
-            index => index,
-        };
-        inner.slots.get(index).map(|slot| slot.name.clone())
+        let (_, candidates) = self.candidates(Route::Data, Instant::now(), None);
+        let index = candidates.first()?;
+        self.inner.slots.get(index).map(|slot| slot.name.clone())
+    }
+
+    /// The backend that served the last key-value or lock call, `None` before the first.
+    pub fn last_served_backend(&self) -> Option<String> {
+        let index = self.inner.active.load(Ordering::Relaxed);
+        self.inner.slots.get(index).map(|slot| slot.name.clone())
     }
 
     /// Names of the backends in priority order.
@@ -467,7 +497,7 @@ impl ResilientStorage {
     /// After a write served by backend `served`: every backend above it missed the write and
     /// keeps a record of it for replay; a record the serving backend already had is replaced,
     /// so its replay ends with this newest value. Strategies that spread load treat backends as
-    /// peers and record nothing (use [`WritePolicy::WriteThrough`] with them).
+    /// peers and record nothing here ([`WritePolicy::WriteBehind`] copies to every peer).
     fn hand_off(&self, served: usize, key: &str, version: WriteVersion, hint: impl Fn() -> Hint) {
         let inner = &self.inner;
         if inner.strategy.spreads_load() {
@@ -510,48 +540,128 @@ impl ResilientStorage {
         }
     }
 
-    /// Copies of a write to every backend below the one that served it. A copy that fails,
-    /// or a backend that is unavailable, leaves a record for replay as any missed write does:
+    /// [`WritePolicy::WriteBehind`]: a record of the write for every shared backend below the
+    /// one that served it (every other shared backend under a strategy that spreads load),
+    /// which the replayer sends in the background and reads consult until it has landed.
+    fn copy_behind(
+        &self,
+        served: usize,
+        key: &str,
+        version: WriteVersion,
+        hint: impl Fn() -> Hint,
+    ) {
+        let inner = &self.inner;
+        let peers = inner.strategy.spreads_load();
+        let mut recorded = false;
+        for (index, slot) in inner.slots.iter().enumerate() {
+            if index == served || !slot.capabilities.shared || (index < served && !peers) {
+                continue;
+            }
+            self.record_missed(slot, key, hint(), version);
+            recorded = true;
+        }
+        if recorded {
+            inner.replay_wake.notify_one();
+        }
+    }
+
+    /// After a miss on backend `served` under [`WritePolicy::WriteBehind`]: the next shared
+    /// backend below it holds a copy of every write, so a primary that lost its data (restarted
+    /// empty) still reads what was written. Within the call's deadline; a failure of this read
+    /// counts against that backend's breaker and reads as the miss it followed.
+    async fn read_behind(&self, served: usize, key: &str, start: Instant) -> Option<Bytes> {
+        let inner = &self.inner;
+        let now = Instant::now();
+        let slot = inner
+            .slots
+            .get(served + 1..)?
+            .iter()
+            .find(|slot| slot.capabilities.shared && slot.view(now, true, true).available)?;
+        if let Some(hint) = slot.hints.get(key) {
+            return hint.read(now);
+        }
+        let remaining = (start + inner.deadline).saturating_duration_since(now);
+        if remaining.is_zero() {
+            return None;
+        }
+        let permit = slot.breaker.try_acquire_at(now).ok()?;
+        let budget = inner.attempt_timeout.min(remaining);
+        let result = bounded(budget, slot.backend.get(key)).await;
+        let elapsed = now.elapsed();
+        let (value, outcome) = match result {
+            Ok(Ok(value)) => {
+                permit.success(elapsed);
+                (value, Outcome::Answered)
+            }
+            Ok(Err(error)) if error.is_transient() => {
+                permit.failure();
+                (None, Outcome::Failed)
+            }
+            Ok(Err(_)) => {
+                permit.ignore();
+                (None, Outcome::Answered)
+            }
+            Err(_) => {
+                permit.failure();
+                (None, Outcome::TimedOut)
+            }
+        };
+        slot.metrics.attempt(Operation::Get, outcome, elapsed);
+        tracing::debug!(backend = %slot.name, ?outcome, ?elapsed, "read behind a miss");
+        value
+    }
+
+    /// [`WritePolicy::WriteThrough`]: copies of a write to every backend below the one that
+    /// served it, all at once, each within the attempt timeout and all within the deadline of
+    /// the call that began at `start`. A copy that fails or does not finish in time, or a
+    /// backend that is unavailable, leaves a record for replay as any missed write does:
     /// otherwise a later failover to it would read the older value.
     async fn write_through<'a>(
         &'a self,
         served: usize,
         key: &str,
         version: WriteVersion,
+        start: Instant,
         hint: impl Fn(&Slot) -> Hint,
         call: impl Fn(&'a Slot) -> CallFuture<'a, ()>,
     ) {
         let inner = &self.inner;
         let now = Instant::now();
-        for slot in &inner.slots[served + 1..] {
-            let permit = match slot.view(now, true, true).available {
-                true => slot.breaker.try_acquire().ok(),
+        let remaining = (start + inner.deadline).saturating_duration_since(now);
+        let budget = inner.attempt_timeout.min(remaining);
+        let copies = inner.slots[served + 1..].iter().map(|slot| {
+            let permit = match slot.view(now, true, true).available && !budget.is_zero() {
+                true => slot.breaker.try_acquire_at(now).ok(),
                 false => None,
             };
-            let Some(permit) = permit else {
-                self.record_missed(slot, key, hint(slot), version);
-                continue;
-            };
-            let start = Instant::now();
-            let copied = match bounded(inner.attempt_timeout, call(slot)).await {
-                Ok(Ok(())) => {
-                    permit.success(start.elapsed());
-                    true
+            let copy = permit.map(|permit| (permit, call(slot)));
+            async move {
+                let Some((permit, copy)) = copy else {
+                    return false;
+                };
+                match bounded(budget, copy).await {
+                    Ok(Ok(())) => {
+                        permit.success(now.elapsed());
+                        true
+                    }
+                    Ok(Err(error)) if error.is_transient() => {
+                        permit.failure();
+                        tracing::debug!(backend = %slot.name, %error, "write-through copy failed");
+                        false
+                    }
+                    Ok(Err(_)) => {
+                        permit.ignore();
+                        false
+                    }
+                    Err(_) => {
+                        permit.failure();
+                        false
+                    }
                 }
-                Ok(Err(error)) if error.is_transient() => {
-                    permit.failure();
-                    tracing::debug!(backend = %slot.name, %error, "write-through copy failed");
-                    false
-                }
-                Ok(Err(_)) => {
-                    permit.ignore();
-                    false
-                }
-                Err(_) => {
-                    permit.failure();
-                    false
-                }
-            };
+            }
+        });
+        let copied = futures_util::future::join_all(copies).await;
+        for (slot, copied) in inner.slots[served + 1..].iter().zip(copied) {
             if copied {
                 // A record from an earlier miss now replays this newest value.
                 slot.hints.refresh(key, version, || hint(slot));

@@ -150,7 +150,7 @@ impl Slot {
             last_error: self.health.last_error(),
             capabilities: self.capabilities,
             pending_replay: self.hints.pending(),
-            replay_lost: self.hints.lost(),
+            replay_lost: self.hints.lost_recently(),
         }
     }
 }
@@ -183,6 +183,7 @@ pub(crate) async fn monitor(
         // lasted long enough to mark the backend unhealthy.
         if passed && slot.health.state().is_routable() {
             slot.breaker.health_recovered();
+            probe_breaker(&slot, config.timeout).await;
         }
         if let Some(change) = change {
             if change.to == HealthState::Unhealthy {
@@ -206,23 +207,52 @@ pub(crate) async fn monitor(
     }
 }
 
-/// How often the replayer looks for recovered backends with writes to replay.
-const REPLAY_TICK: Duration = Duration::from_millis(100);
-const REPLAY_BATCH: usize = 256;
+/// Lets a half-open breaker close without traffic: a health check taken as its probe. Under
+/// [`Failover`](crate::strategy::Failover) no call reaches a backend while another serves, and
+/// a read-only, lock-only or idle outage leaves no write to replay, so without this a recovered
+/// backend would wait for a probe that never comes. The probe goes through the breaker like a
+/// call: it takes a probe slot, and a failure reopens the breaker.
+async fn probe_breaker(slot: &Slot, timeout: Duration) {
+    while slot.breaker.state() != crate::CircuitState::Closed {
+        let Ok(permit) = slot.breaker.try_acquire() else {
+            return; // open, forced open, or every probe slot taken by calls
+        };
+        if !permit.is_probe() {
+            return;
+        }
+        let start = Instant::now();
+        match tokio::time::timeout(timeout, slot.backend.health_check()).await {
+            Ok(Ok(_)) => permit.success(start.elapsed()),
+            Ok(Err(error)) if !error.is_transient() => return permit.ignore(),
+            _ => return permit.failure(),
+        }
+    }
+}
 
-/// Replays the writes each backend missed, once it answers again, until `stop` fires. Each
-/// replayed write goes through the backend's breaker: while it is open nothing is sent, and in
-/// half-open the first replayed write is the one probe.
+/// How often the replayer looks for recovered backends with writes to replay, when no
+/// write-behind copy wakes it sooner.
+const REPLAY_TICK: Duration = Duration::from_millis(100);
+/// Replayed writes in flight at once, per backend: well under a pool's connections (16 by
+/// default for PostgreSQL), so replays leave room for calls.
+const REPLAY_CONCURRENCY: usize = 8;
+/// Records replayed between two yields to the scheduler, for a backend that answers at once.
+const REPLAY_YIELD: usize = 256;
+
+/// Replays the writes each backend missed, and sends write-behind copies, once it answers,
+/// until `stop` fires. Each replayed write goes through the backend's breaker: while it is open
+/// nothing is sent, and in half-open the first replayed write is the one probe.
 pub(crate) async fn replayer(
     slots: Vec<Arc<Slot>>,
     events: broadcast::Sender<StorageEvent>,
     mut stop: watch::Receiver<bool>,
+    wake: Arc<tokio::sync::Notify>,
     attempt_timeout: Duration,
 ) {
     loop {
         tokio::select! {
             biased;
             _ = stop.changed() => return,
+            _ = wake.notified() => {}
             _ = tokio::time::sleep(REPLAY_TICK) => {}
         }
         for slot in &slots {
@@ -233,59 +263,49 @@ pub(crate) async fn replayer(
     }
 }
 
+/// How one replayed write ended.
+enum Replayed {
+    Done,
+    /// A transient failure or a timeout: the backend is not ready, stop this pass.
+    Paused,
+}
+
 async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_timeout: Duration) {
+    use futures_util::StreamExt;
     let mut complete = true;
-    'drain: for batch in slot.hints.pass().chunks(REPLAY_BATCH) {
-        // Let other tasks run between batches of a long pass.
-        tokio::task::yield_now().await;
-        for (key, hint, version) in batch {
-            let (key, version) = (key.as_str(), *version);
+    let mut records = slot.hints.pass().into_iter().peekable();
+    let mut running = futures_util::stream::FuturesUnordered::new();
+    let mut started = 0_usize;
+    loop {
+        while complete && running.len() < REPLAY_CONCURRENCY && records.peek().is_some() {
             let Ok(permit) = slot.breaker.try_acquire() else {
-                complete = false;
-                break 'drain;
+                // Half-open: the probe in flight decides. Open: stop until it admits again.
+                if running.is_empty() {
+                    complete = false;
+                }
+                break;
             };
-            let start = Instant::now();
-            // Conditional on a versioned backend: a newer write another process made there
-            // meanwhile stays, and the record is done all the same.
-            let call = slot
-                .backend
-                .replay_write(key, hint.replay_at(start), version);
-            match tokio::time::timeout(attempt_timeout, call).await {
-                Ok(Ok(applied)) => {
-                    permit.success(start.elapsed());
-                    if !applied {
-                        tracing::debug!(backend = %slot.name, "replay skipped: a newer write is there");
-                    }
-                    if slot.hints.replayed(key, version) {
-                        slot.metrics.replayed(1);
-                    }
-                }
-                Ok(Err(error)) if error.is_transient() => {
-                    permit.failure();
-                    tracing::debug!(backend = %slot.name, %error, "replay paused");
-                    complete = false;
-                    break 'drain;
-                }
-                Ok(Err(error)) => {
-                    // The backend refuses this write for good: report it rather than retry
-                    // forever or drop it silently.
-                    permit.ignore();
-                    if slot.hints.forget(key, version) {
-                        slot.hints.count_lost();
-                        slot.metrics.lost(slot.hints.lost());
-                        tracing::warn!(backend = %slot.name, %error, "a write could not be replayed");
-                        let _ = events.send(StorageEvent::ReplayLost {
-                            backend: slot.name.clone(),
-                            lost: slot.hints.lost(),
-                        });
-                    }
-                }
-                Err(_) => {
-                    permit.failure();
-                    complete = false;
-                    break 'drain;
-                }
+            let Some((key, hint, version)) = records.next() else {
+                break;
+            };
+            running.push(replay_one(
+                slot,
+                events,
+                permit,
+                key,
+                hint,
+                version,
+                attempt_timeout,
+            ));
+            started += 1;
+            if started % REPLAY_YIELD == 0 {
+                tokio::task::yield_now().await;
             }
+        }
+        match running.next().await {
+            Some(Replayed::Done) => {}
+            Some(Replayed::Paused) => complete = false,
+            None => break,
         }
     }
     slot.metrics.backlog(slot.hints.pending());
@@ -301,5 +321,58 @@ async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_t
             backend: slot.name.clone(),
             records,
         });
+    }
+}
+
+async fn replay_one(
+    slot: &Slot,
+    events: &broadcast::Sender<StorageEvent>,
+    permit: crate::breaker::Permit<'_>,
+    key: String,
+    hint: super::handoff::Hint,
+    version: crate::backend::WriteVersion,
+    attempt_timeout: Duration,
+) -> Replayed {
+    let start = Instant::now();
+    // Conditional on a versioned backend: a newer write another process made there meanwhile
+    // stays, and the record is done all the same.
+    let call = slot
+        .backend
+        .replay_write(&key, hint.replay_at(start), version);
+    match tokio::time::timeout(attempt_timeout, call).await {
+        Ok(Ok(applied)) => {
+            permit.success(start.elapsed());
+            if !applied {
+                tracing::debug!(backend = %slot.name, "replay skipped: a newer write is there");
+            }
+            if slot.hints.replayed(&key, version) {
+                slot.metrics.replayed(1);
+            }
+            Replayed::Done
+        }
+        Ok(Err(error)) if error.is_transient() => {
+            permit.failure();
+            tracing::debug!(backend = %slot.name, %error, "replay paused");
+            Replayed::Paused
+        }
+        Ok(Err(error)) => {
+            // The backend refuses this write for good: report it rather than retry forever or
+            // drop it silently.
+            permit.ignore();
+            if slot.hints.forget(&key, version) {
+                slot.hints.count_lost();
+                slot.metrics.lost(slot.hints.lost());
+                tracing::warn!(backend = %slot.name, %error, "a write could not be replayed");
+                let _ = events.send(StorageEvent::ReplayLost {
+                    backend: slot.name.clone(),
+                    lost: slot.hints.lost(),
+                });
+            }
+            Replayed::Done
+        }
+        Err(_) => {
+            permit.failure();
+            Replayed::Paused
+        }
     }
 }

@@ -1,0 +1,305 @@
+//! What a new user relies on with default settings, on a paused clock with fault-wrapped
+//! stores: values written before the primary died are read after failover, a counter stays
+//! exact, traffic comes back after every shape of outage, `activeBackend` says where the next
+//! call goes, readiness holds while a fallback serves, and write-through keeps the deadline.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{DEADLINE, builder, fault};
+use resilient_core::testing::{Fault, FaultBackend};
+use resilient_core::{
+    Backend, HealthConfig, OverallStatus, ResilientStorage, StorageBuilder, WritePolicy,
+};
+use tokio::time::{Instant, sleep};
+
+async fn direct(backend: &dyn Backend, key: &str) -> Option<Bytes> {
+    backend.get(key).await.unwrap()
+}
+
+/// Redis over PostgreSQL with default health checks (every 1 s, rise 2, fall 3).
+fn checked(redis: &Arc<FaultBackend>, postgres: &Arc<FaultBackend>) -> StorageBuilder {
+    builder(&[redis, postgres]).health(HealthConfig::default())
+}
+
+/// Read-modify-write, as a user keeps a counter.
+async fn increment(storage: &ResilientStorage, key: &str) {
+    let n: u64 = storage.get_json(key).await.unwrap().unwrap_or(0);
+    storage.set_json(key, &(n + 1), None).await.unwrap();
+}
+
+/// The longest a recovered Redis may wait for traffic: the failback delay (2 s), `rise` health
+/// intervals after an outage long enough to make it unhealthy (2 × 1 s), and one probe.
+const FAILBACK_BOUND: Duration = Duration::from_millis(4_100);
+
+/// True once a get is served by `backend` (it sees the call).
+async fn serves(storage: &ResilientStorage, backend: &FaultBackend) -> bool {
+    let before = backend.calls();
+    storage.get("probe").await.unwrap();
+    backend.calls() > before
+}
+
+#[tokio::test(start_paused = true)]
+async fn values_written_before_the_primary_died_are_read_after_failover() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres]).build().await.unwrap();
+    for i in 0..50 {
+        storage
+            .set(&format!("k{i}"), format!("v{i}"), None)
+            .await
+            .unwrap();
+    }
+    storage.delete("k0").await.unwrap();
+    // Redis dies before the copies have been sent: reads on PostgreSQL answer from them.
+    assert!(storage.health().backends["postgres"].pending_replay > 0);
+    redis.inject(Fault::Fail);
+    assert_eq!(storage.get("k0").await.unwrap(), None);
+    for i in 1..50 {
+        assert_eq!(
+            storage.get(&format!("k{i}")).await.unwrap().as_deref(),
+            Some(format!("v{i}").as_bytes()),
+            "k{i} after failover"
+        );
+    }
+    // And the copies land on PostgreSQL itself.
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(storage.health().backends["postgres"].pending_replay, 0);
+    assert_eq!(direct(&*postgres, "k0").await, None);
+    assert_eq!(direct(&*postgres, "k7").await.as_deref(), Some(&b"v7"[..]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_counter_stays_exact_across_a_kill_and_an_empty_restart() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = checked(&redis, &postgres).build().await.unwrap();
+    for _ in 0..100 {
+        increment(&storage, "counter").await;
+    }
+    redis.inject(Fault::Fail);
+    for _ in 0..100 {
+        increment(&storage, "counter").await;
+    }
+    sleep(Duration::from_secs(5)).await;
+    // Restarted with an empty dataset.
+    redis.inject(Fault::Pass);
+    redis.delete("counter").await.unwrap();
+    for _ in 0..100 {
+        increment(&storage, "counter").await;
+        sleep(Duration::from_millis(50)).await;
+    }
+    sleep(FAILBACK_BOUND).await;
+    assert_eq!(storage.get_json::<u64>("counter").await.unwrap(), Some(300));
+    assert!(serves(&storage, &redis).await, "traffic is back on Redis");
+    assert_eq!(
+        direct(&*redis, "counter").await.as_deref(),
+        Some(&b"300"[..])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_primary_that_restarted_empty_still_reads_what_its_copy_holds() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres]).build().await.unwrap();
+    for i in 0..20 {
+        storage
+            .set(&format!("k{i}"), format!("v{i}"), None)
+            .await
+            .unwrap();
+    }
+    sleep(Duration::from_millis(200)).await;
+    // Too quick for the breaker to notice: Redis answers again, empty.
+    for i in 0..20 {
+        redis.delete(&format!("k{i}")).await.unwrap();
+    }
+    for i in 0..20 {
+        assert_eq!(
+            storage.get(&format!("k{i}")).await.unwrap().as_deref(),
+            Some(format!("v{i}").as_bytes())
+        );
+    }
+    assert_eq!(storage.get("never-written").await.unwrap(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn selected_is_the_explicit_choice_that_copies_nothing() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres])
+        .write_policy(WritePolicy::Selected)
+        .build()
+        .await
+        .unwrap();
+    storage.set("k", "v", None).await.unwrap();
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(direct(&*postgres, "k").await, None);
+    redis.inject(Fault::Fail);
+    assert_eq!(storage.get("k").await.unwrap(), None, "a cache may miss");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failback_after_a_read_only_outage() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = checked(&redis, &postgres).build().await.unwrap();
+    redis.inject(Fault::Fail);
+    for _ in 0..50 {
+        storage.get("k").await.unwrap();
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(storage.active_backend().as_deref(), Some("postgres"));
+    redis.inject(Fault::Pass);
+    let back = Instant::now();
+    while !serves(&storage, &redis).await {
+        assert!(
+            back.elapsed() < FAILBACK_BOUND,
+            "no failback after reads only"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(storage.health().status, OverallStatus::Healthy);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failback_after_a_lock_only_outage() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = checked(&redis, &postgres)
+        .lock_failover_delay(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    redis.inject(Fault::Fail);
+    for i in 0..50 {
+        // Fails closed for the failover delay, then PostgreSQL grants.
+        let _ = storage
+            .acquire_lock(&format!("job{i}"), "me", Duration::from_millis(500))
+            .await;
+        sleep(Duration::from_millis(100)).await;
+    }
+    redis.inject(Fault::Pass);
+    let back = Instant::now();
+    while !serves(&storage, &redis).await {
+        assert!(
+            back.elapsed() < FAILBACK_BOUND,
+            "no failback after locks only"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    // Lock authority follows once PostgreSQL's leases have all expired.
+    sleep(Duration::from_secs(1)).await;
+    let grant = storage
+        .acquire_lock("after", "me", Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert_eq!(grant.grant().unwrap().backend, "redis");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failback_after_an_outage_with_writes() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = checked(&redis, &postgres).build().await.unwrap();
+    redis.inject(Fault::Fail);
+    for i in 0..50 {
+        storage.set(&format!("k{i}"), "v", None).await.unwrap();
+        sleep(Duration::from_millis(100)).await;
+    }
+    redis.inject(Fault::Pass);
+    let back = Instant::now();
+    while !serves(&storage, &redis).await {
+        assert!(back.elapsed() < FAILBACK_BOUND, "no failback after writes");
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(direct(&*redis, "k49").await.as_deref(), Some(&b"v"[..]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failback_after_an_idle_outage_and_active_backend_says_where_the_next_call_goes() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = checked(&redis, &postgres).build().await.unwrap();
+    storage.set("k", "v", None).await.unwrap();
+    redis.inject(Fault::Fail);
+    // One call fails over; then nothing at all for the rest of the outage.
+    storage.get("k").await.unwrap();
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(storage.active_backend().as_deref(), Some("postgres"));
+    redis.inject(Fault::Pass);
+    sleep(FAILBACK_BOUND).await;
+    // No call since: the report still says where the next one goes.
+    let report = storage.health();
+    assert_eq!(report.active_backend.as_deref(), Some("redis"));
+    assert_eq!(report.last_served_backend.as_deref(), Some("postgres"));
+    assert!(serves(&storage, &redis).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_holds_while_a_fallback_serves_and_fails_only_when_none_can() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = checked(&redis, &postgres).build().await.unwrap();
+    redis.inject(Fault::Fail);
+    sleep(Duration::from_secs(4)).await;
+    let report = storage.health();
+    assert_eq!(report.status, OverallStatus::Degraded);
+    assert_eq!(report.http_status(), 503, "the health route still alerts");
+    assert_eq!(
+        report.readiness_http_status(),
+        200,
+        "but the instance serves"
+    );
+    postgres.inject(Fault::Fail);
+    sleep(Duration::from_secs(4)).await;
+    assert_eq!(storage.health().readiness_http_status(), 503);
+}
+
+#[tokio::test(start_paused = true)]
+async fn replay_lost_counts_only_since_the_last_complete_replay() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres])
+        .max_hints(2)
+        .build()
+        .await
+        .unwrap();
+    redis.inject(Fault::Fail);
+    for key in ["a", "b", "c"] {
+        storage.set(key, "v", None).await.unwrap();
+    }
+    assert_eq!(storage.health().backends["redis"].replay_lost, 1);
+    redis.inject(Fault::Pass);
+    sleep(Duration::from_secs(2)).await;
+    let report = storage.health();
+    assert_eq!(report.backends["redis"].pending_replay, 0);
+    assert_eq!(report.backends["redis"].replay_lost, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn write_through_copies_run_at_once_within_the_deadline() {
+    let backends: Vec<_> = ["redis", "postgres", "b", "c"].map(fault).into();
+    let refs: Vec<_> = backends.iter().collect();
+    let attempt = Duration::from_millis(200);
+    let storage = builder(&refs)
+        .attempt_timeout(attempt)
+        .write_policy(WritePolicy::WriteThrough)
+        .build()
+        .await
+        .unwrap();
+    for copy in &backends[1..] {
+        copy.inject(Fault::Hang);
+    }
+    let start = Instant::now();
+    storage.set("k", "v", None).await.unwrap();
+    assert_eq!(
+        start.elapsed(),
+        attempt,
+        "three hanging copies, one attempt timeout"
+    );
+
+    // A slow primary leaves the copies only what is left of the deadline.
+    backends[0].inject(Fault::Delay(Duration::from_millis(150)));
+    let start = Instant::now();
+    storage.set("k", "v2", None).await.unwrap();
+    assert_eq!(start.elapsed(), DEADLINE);
+    assert_eq!(
+        storage.health().backends["c"].pending_replay,
+        1,
+        "kept for replay"
+    );
+}
