@@ -214,14 +214,15 @@ impl MemoryBackend {
     async fn store(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
         let size = weight(key, &value);
         if size > self.config.max_bytes || size > u64::from(u32::MAX) {
-            return Err(Error::backend(
-                &self.config.name,
-                Operation::Set,
-                format!(
+            // The request is at fault, not the store: a caller error, which no breaker counts.
+            return Err(Error::Rejected {
+                backend: self.config.name.clone(),
+                operation: Operation::Set,
+                message: format!(
                     "an entry of {size} bytes does not fit in a store of {} bytes",
                     self.config.max_bytes
                 ),
-            ));
+            });
         }
         let expires_at = ttl.map(|ttl| deadline(Instant::now(), ttl));
         self.cache
@@ -489,15 +490,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_entry_larger_than_the_store_is_refused_with_an_error() {
+    async fn a_value_larger_than_the_store_is_a_caller_error() {
         let m = MemoryBackend::new(MemoryConfig::default().max_bytes(1_000));
         let err = m
             .set("k", Bytes::from(vec![0_u8; 2_000]), None)
             .await
             .unwrap_err();
         assert!(
-            err.is_transient(),
-            "the router may try another backend: {err}"
+            err.is_caller_error(),
+            "the request is at fault, not the store: {err}"
         );
         assert!(m.get("k").await.unwrap().is_none());
     }

@@ -26,9 +26,10 @@ use crate::{scripts, slots};
 /// server that comes back is used again without any action. Health checks use a connection of
 /// their own, so a check never queues behind data commands.
 ///
-/// Keys are stored as `prefix + key`. A lock `name` is stored at `prefix + "\0lock:{name}"`
-/// with its fencing counter at `prefix + "\0lock:{name}:fence"`: the NUL byte keeps locks apart
-/// from every valid data key, and the braces put both keys in one Cluster slot.
+/// Keys are stored as `prefix + key`. A lock `name` is stored at `prefix + "\0lock:{tag}name"`
+/// with its fencing counter at `prefix + "\0lock:{tag}name:fence"`: the NUL byte keeps locks
+/// apart from every valid data key, and `tag`, a brace-free hash tag of the slot of `name`,
+/// puts both keys in one Cluster slot whatever braces the name holds.
 #[derive(Debug)]
 pub struct RedisBackend {
     config: RedisConfig,
@@ -311,8 +312,9 @@ impl RedisBackend {
         let lock = [
             self.config.prefix.as_bytes(),
             b"\0lock:{",
-            name.as_bytes(),
+            slots::tag_for(name.as_bytes()).as_bytes(),
             b"}",
+            name.as_bytes(),
         ]
         .concat();
         let fence = [lock.as_slice(), b":fence"].concat();

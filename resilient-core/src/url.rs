@@ -80,51 +80,53 @@ impl fmt::Display for BackendUrl {
 }
 
 /// Replaces the password of `scheme://user:password@host` and the values of `password=`-like
-/// query options with `***`. Works on any string that may be a URL; text without credentials
-/// comes back unchanged.
+/// query options with `***`. Works on any string that may be a URL or quote some; text without
+/// credentials comes back unchanged.
+///
+/// The password is hidden whatever characters it holds: the userinfo ends at the *last* `@`
+/// before the URL's end (the first whitespace), since a raw password may hold `/ ? # @ :` and a
+/// host none of them, and it has a password when a `:` comes before that `@`. A URL with an `@`
+/// in its path or query is redacted from its first `:` on: the price of never showing one.
 pub fn redact(url: &str) -> String {
-    let mut out = String::with_capacity(url.len());
-    let (main, query) = match url.split_once('?') {
-        Some((m, q)) => (m, Some(q)),
-        None => (url, None),
+    let Some(start) = url.find("://") else {
+        return redact_query(url);
     };
-    match main.find("://") {
-        Some(start) => {
-            let rest = &main[start + 3..];
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            let authority = &rest[..authority_end];
-            out.push_str(&main[..start + 3]);
-            match authority.rfind('@') {
-                Some(at) => {
-                    let userinfo = &authority[..at];
-                    match userinfo.split_once(':') {
-                        Some((user, _)) => {
-                            out.push_str(user);
-                            out.push_str(":***");
-                        }
-                        None => out.push_str(userinfo),
-                    }
-                    out.push_str(&authority[at..]);
-                }
-                None => out.push_str(authority),
-            }
-            out.push_str(&rest[authority_end..]);
+    let (head, rest) = url.split_at(start + 3);
+    let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+    let (target, tail) = rest.split_at(end);
+    let mut out = String::with_capacity(url.len());
+    out.push_str(head);
+    match (target.rfind('@'), target.find(':')) {
+        (Some(at), Some(colon)) if colon < at => {
+            out.push_str(&target[..colon]);
+            out.push_str(":***");
+            out.push_str(&redact_query(&target[at..]));
         }
-        None => out.push_str(main),
+        _ => out.push_str(&redact_query(target)),
     }
-    if let Some(query) = query {
-        out.push('?');
-        for (i, pair) in query.split('&').enumerate() {
-            if i > 0 {
-                out.push('&');
+    // More URLs may follow in a message.
+    out.push_str(&redact(tail));
+    out
+}
+
+/// Replaces the values of `password=`-like query options with `***`.
+fn redact_query(text: &str) -> String {
+    let Some((main, query)) = text.split_once('?') else {
+        return text.to_owned();
+    };
+    let mut out = String::with_capacity(text.len());
+    out.push_str(main);
+    out.push('?');
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((name, _)) if is_secret_option(name) => {
+                out.push_str(name);
+                out.push_str("=***");
             }
-            match pair.split_once('=') {
-                Some((name, _)) if is_secret_option(name) => {
-                    out.push_str(name);
-                    out.push_str("=***");
-                }
-                _ => out.push_str(pair),
-            }
+            _ => out.push_str(pair),
         }
     }
     out
@@ -248,6 +250,39 @@ mod tests {
         );
         assert_eq!(redact("redis://:pw@h"), "redis://:***@h");
         assert_eq!(redact("memory://"), "memory://");
+    }
+
+    #[test]
+    fn a_password_with_url_delimiters_is_redacted_whole() {
+        assert_eq!(redact("redis://:pa/ss@host"), "redis://:***@host");
+        assert_eq!(
+            redact("redis://:S3cr3t/pa?ss#w@rd@host:6379/0"),
+            "redis://:***@host:6379/0"
+        );
+        assert_eq!(
+            redact("failed: postgres://u:a b@h/db (x) and redis://:q@r"),
+            "failed: postgres://u:a b@h/db (x) and redis://:***@r",
+            "a URL in a message ends at whitespace"
+        );
+        assert_eq!(redact("redis://host:6379/0"), "redis://host:6379/0");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn redact_never_shows_a_password(
+            user in "[a-z]{0,6}",
+            password in r"[a-zA-Z0-9/?#@:%&=.+-]{4,24}",
+            host in "[a-z]{1,10}(:[0-9]{1,5})?",
+            path in r"(/[a-z0-9]{0,6})?(\?[a-z_]{1,8}=[a-z0-9]{0,6})?",
+            scheme in "(redis|rediss|postgres|redis\\+cluster)",
+        ) {
+            let url = format!("{scheme}://{user}:{password}@{host}{path}");
+            let shown = redact(&url);
+            let outside = format!("{scheme}://{user}:@{host}{path}");
+            proptest::prop_assume!(!outside.contains(&password));
+            proptest::prop_assert!(!shown.contains(&password), "{} shows the password", shown);
+            proptest::prop_assert!(shown.contains(":***@"), "{}", shown);
+        }
     }
 
     #[test]

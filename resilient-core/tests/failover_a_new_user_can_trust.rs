@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{DEADLINE, builder, fault};
+use resilient_backend_memory::{MemoryBackend, MemoryConfig};
 use resilient_core::testing::{Fault, FaultBackend};
 use resilient_core::{
-    Backend, HealthConfig, OverallStatus, ResilientStorage, StorageBuilder, WritePolicy,
+    Backend, CircuitState, HealthConfig, OverallStatus, ResilientStorage, StorageBuilder,
+    WritePolicy,
 };
 use tokio::time::{Instant, sleep};
 
@@ -302,4 +304,27 @@ async fn write_through_copies_run_at_once_within_the_deadline() {
         1,
         "kept for replay"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_value_larger_than_the_memory_store_is_a_caller_error_that_trips_nothing() {
+    let memory = Arc::new(MemoryBackend::new(MemoryConfig::default().max_bytes(1_000)));
+    let storage = ResilientStorage::builder()
+        .backend(memory, 1)
+        .memory_fallback(false)
+        .breaker(common::breaker())
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let err = storage.set("k", vec![0_u8; 2_000], None).await.unwrap_err();
+        assert!(err.is_caller_error(), "{err}");
+    }
+    let report = storage.health();
+    assert_eq!(
+        report.backends["memory"].circuit_state,
+        CircuitState::Closed
+    );
+    assert_eq!(report.backends["memory"].consecutive_failures, 0);
+    storage.set("small", "v", None).await.unwrap();
 }

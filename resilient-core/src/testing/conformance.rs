@@ -30,6 +30,7 @@ pub async fn run(backend: &dyn Backend) {
     lock_tokens_grow_across_grants(backend, &p).await;
     locks_expire(backend, &p).await;
     locks_and_keys_do_not_collide(backend, &p).await;
+    brace_shaped_lock_names_work(backend, &p).await;
     if backend.capabilities().versioned {
         replays_never_overwrite_a_newer_write(backend, &p).await;
         deletes_and_expiries_keep_older_replays_out(backend, &p).await;
@@ -578,6 +579,42 @@ pub async fn locks_and_keys_do_not_collide(b: &dyn Backend, p: &str) {
         b.get(&name).await.expect("get").as_deref(),
         Some(&b"data"[..])
     );
+}
+
+/// Lock names of every brace shape (which Redis Cluster reads as hash tags) acquire, extend and
+/// release like any other: a lock's keys must never be split across slots by its name.
+pub async fn brace_shaped_lock_names_work(b: &dyn Backend, p: &str) {
+    let ttl = Duration::from_secs(5);
+    for shape in ["}x", "{", "}{", "{a}", "a}b{", "{}", "x{}y"] {
+        // The name starts with the shape: where Redis Cluster looks for a hash tag.
+        let name = format!("{shape}{p}brace-lock");
+        let first = b
+            .acquire_lock(&name, "h1", ttl)
+            .await
+            .unwrap_or_else(|e| panic!("acquire {name:?}: {e}"));
+        assert!(first.grant().is_some(), "{name:?} acquired");
+        assert!(
+            b.acquire_lock(&name, "h2", ttl)
+                .await
+                .unwrap_or_else(|e| panic!("second acquire {name:?}: {e}"))
+                .grant()
+                .is_none(),
+            "{name:?} is exclusive"
+        );
+        assert!(
+            b.extend_lock(&name, "h1", ttl)
+                .await
+                .unwrap_or_else(|e| panic!("extend {name:?}: {e}"))
+                .is_some(),
+            "{name:?} extends"
+        );
+        assert!(
+            b.release_lock(&name, "h1")
+                .await
+                .unwrap_or_else(|e| panic!("release {name:?}: {e}")),
+            "{name:?} releases"
+        );
+    }
 }
 
 /// The health check passes on a working backend.
