@@ -292,12 +292,57 @@ fn postgres(c: &mut Criterion) {
     drop(server);
 }
 
+/// The default write policy's cost: a set on a storage over Redis with PostgreSQL behind it
+/// (write-behind: acknowledged by Redis, copied to PostgreSQL in the background) against a set
+/// on a Redis-only storage. Each iteration writes a new key, so every set is one more copy for
+/// PostgreSQL, which shares the machine's cores with the benchmark.
+fn default_set(c: &mut Criterion) {
+    let redis = RedisServer::start().expect("redis-server for the benchmarks");
+    let postgres = PostgresServer::start().expect("postgres for the benchmarks");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (default, redis_only) = rt.block_on(async {
+        let default = ResilientStorage::builder()
+            .backend_url(&redis.url(), 1)
+            .unwrap()
+            .backend_url(&postgres.url(), 2)
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+        (default, storage_over(&redis.url(), true).await)
+    });
+    let value = Bytes::from(vec![7_u8; 100]);
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let key = || {
+        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 50_000;
+        format!("set:{n}")
+    };
+    let mut group = c.benchmark_group("default_set");
+    group.bench_function("resilient", |b| {
+        b.to_async(&rt)
+            .iter(|| async { default.set(&key(), value.clone(), None).await.unwrap() })
+    });
+    group.bench_function("baseline", |b| {
+        b.to_async(&rt)
+            .iter(|| async { redis_only.set(&key(), value.clone(), None).await.unwrap() })
+    });
+    group.finish();
+    rt.block_on(async {
+        default.shutdown().await;
+        redis_only.shutdown().await;
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(50);
-    targets = memory, breaker, routing, redis, postgres
+    targets = memory, breaker, routing, redis, postgres, default_set
 }
 criterion_main!(benches);

@@ -7,7 +7,10 @@
 //!     resilient-facade/examples/storage.toml
 //! ```
 //!
-//! - `GET /health/storage`: the health report; 200 when healthy, 503 when degraded or unhealthy.
+//! - `GET /health/storage`: the health report; 200 when healthy, 503 when degraded or unhealthy
+//!   (for alerts).
+//! - `GET /health/storage/ready`: the same report; 503 only when no backend can serve (for a
+//!   load balancer or readiness probe).
 //! - `GET /metrics`: Prometheus text format.
 //! - `GET /visits`: counts its own calls in the storage key `visits` and returns the count.
 //!

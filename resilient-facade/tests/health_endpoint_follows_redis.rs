@@ -106,7 +106,8 @@ fn wait_for_status(agent: &ureq::Agent, url: &str, want: u16, within: Duration) 
 }
 
 #[test]
-fn health_endpoint_answers_200_then_503_while_redis_is_down_then_200_again() {
+fn health_endpoint_answers_200_then_503_while_redis_is_down_then_200_again_and_readiness_stays_200()
+{
     let mut redis = RedisServer::start().unwrap();
     let server = start_server(&redis.url());
     let agent = agent();
@@ -172,7 +173,13 @@ fn health_endpoint_answers_200_then_503_while_redis_is_down_then_200_again() {
     let body = wait_for_status(&agent, &health, 503, Duration::from_secs(10));
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_ne!(report["status"], "healthy", "{report}");
-    assert_eq!(report["activeBackend"], "memory", "{report}");
+    let ready = format!("{}/health/storage/ready", server.base);
+    assert_eq!(
+        get(&agent, &ready).0,
+        200,
+        "readiness holds while the memory fallback serves"
+    );
+    assert_eq!(report["lastServedBackend"], "memory", "{report}");
     assert!(!body.contains(&redis.url()), "the report shows the URL");
 
     let during = get(&agent, &metrics).1;

@@ -232,7 +232,7 @@ fn outside_crate(features: &str, expected: &str) -> Result<(), String> {
         .args(["run", "--quiet", "--manifest-path"])
         .arg(&manifest)
         .args(["--no-default-features", "--features", features])
-        .env("CARGO_TARGET_DIR", root().join("target"))
+        .env("CARGO_TARGET_DIR", target_dir()?)
         .output()
         .map_err(|e| format!("{what}: could not start: {e}"))?;
     if !output.status.success() {
@@ -278,14 +278,46 @@ fn bench_build() -> Result<(), String> {
     )
 }
 
+/// The directory cargo builds into, resolved as cargo does (`CARGO_TARGET_DIR`,
+/// `build.target-dir` in `.cargo/config.toml`, or `target/` in the workspace): `cargo metadata`
+/// says which.
+fn target_dir() -> Result<PathBuf, String> {
+    metadata_target_dir(cargo())
+}
+
+/// `cargo metadata`'s target directory, run as `command` (a cargo command in the workspace).
+fn metadata_target_dir(mut command: Command) -> Result<PathBuf, String> {
+    let output = command
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .map_err(|e| format!("cargo metadata: could not start: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&output.stdout).map_err(|e| format!("cargo metadata: {e}"))?;
+    json["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .ok_or_else(|| "cargo metadata: no target_directory".to_owned())
+}
+
 fn bench() -> Result<(), String> {
     ensure_servers()?;
+    let target = target_dir()?;
+    // Criterion and the benchmarks' own results follow CARGO_TARGET_DIR: set it to what cargo
+    // resolved, so a `build.target-dir` in a config file is followed too.
     run(
         "benchmarks",
-        cargo().args(["bench", "-p", "resilient-benches"]),
+        cargo()
+            .args(["bench", "-p", "resilient-benches"])
+            .env("CARGO_TARGET_DIR", &target),
     )?;
-    let summary = summary()?;
-    let path = root().join("target/criterion/summary.md");
+    let summary = summary(&target)?;
+    let path = target.join("criterion/summary.md");
     std::fs::write(&path, &summary).map_err(|e| format!("write {}: {e}", path.display()))?;
     println!("{summary}");
     eprintln!("xtask: summary written to {}", path.display());
@@ -335,6 +367,11 @@ const GROUPS: &[(&str, &str, Goal)] = &[
         "routing over 3 backends vs 1, primary healthy",
         Goal::AtMost(1.1),
     ),
+    (
+        "default_set",
+        "set under the default write-behind policy, Redis + PostgreSQL, vs a Redis-only storage",
+        Goal::AtMost(1.15),
+    ),
 ];
 
 #[derive(Clone, Copy)]
@@ -343,10 +380,8 @@ enum Goal {
     ThroughputAtLeast(f64),
 }
 
-fn mean_ns(group: &str, function: &str) -> Result<f64, String> {
-    let path = root().join(format!(
-        "target/criterion/{group}/{function}/new/estimates.json"
-    ));
+fn mean_ns(target: &Path, group: &str, function: &str) -> Result<f64, String> {
+    let path = target.join(format!("criterion/{group}/{function}/new/estimates.json"));
     let text =
         std::fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
@@ -355,14 +390,15 @@ fn mean_ns(group: &str, function: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("no mean in {}", path.display()))
 }
 
-fn custom(name: &str) -> Result<serde_json::Value, String> {
-    let path = root().join(format!("target/criterion/resilient-custom/{name}.json"));
+fn custom(target: &Path, name: &str) -> Result<serde_json::Value, String> {
+    let path = target.join(format!("criterion/resilient-custom/{name}.json"));
     let text =
         std::fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| e.to_string())
 }
 
-fn summary() -> Result<String, String> {
+/// The summary of the results under `target` (cargo's target directory).
+fn summary(target: &Path) -> Result<String, String> {
     let mut out = String::from(
         "# resilient-storage benchmarks\n\nEvery figure is measured in the same run as its baseline.\n\n\
          | benchmark | resilient | baseline | ratio | goal | met |\n|---|---|---|---|---|---|\n",
@@ -377,8 +413,8 @@ fn summary() -> Result<String, String> {
         }
     };
     for (group, what, goal) in GROUPS {
-        let ours = mean_ns(group, "resilient")?;
-        let base = mean_ns(group, "baseline")?;
+        let ours = mean_ns(target, group, "resilient")?;
+        let base = mean_ns(target, group, "baseline")?;
         let (ratio, goal_text, met) = match goal {
             Goal::AtMost(limit) => (ours / base, format!("≤ {limit}x"), ours / base <= *limit),
             Goal::ThroughputAtLeast(limit) => (
@@ -406,7 +442,7 @@ fn summary() -> Result<String, String> {
             1.05,
         ),
     ] {
-        let figures = custom(&format!("interleaved_{name}"))?;
+        let figures = custom(target, &format!("interleaved_{name}"))?;
         let get = |k: &str| figures[k].as_f64().unwrap_or(f64::NAN);
         let ratio = get("median_ratio");
         out.push_str(&format!(
@@ -416,7 +452,7 @@ fn summary() -> Result<String, String> {
             if ratio <= limit { "yes" } else { "**no**" }
         ));
     }
-    let latency = custom("latency_aware_vs_failover")?;
+    let latency = custom(target, "latency_aware_vs_failover")?;
     let p99 = |s: &str| {
         latency["strategies"][s]["p99_us"]
             .as_f64()
@@ -430,7 +466,7 @@ fn summary() -> Result<String, String> {
         if ratio <= 0.3 { "yes" } else { "**no**" }
     ));
     for config in ["defaults", "fast_failback"] {
-        let times = custom(&format!("failover_times_{config}"))?;
+        let times = custom(target, &format!("failover_times_{config}"))?;
         let get = |k: &str| times[k].as_f64().unwrap_or(f64::NAN);
         let rows = [
             (
@@ -459,4 +495,66 @@ fn summary() -> Result<String, String> {
          `fast_failback`: Priority strategy, rise 1, no failback delay.\n",
     );
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = env::temp_dir().join(format!("xtask-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_target_directory_follows_cargo_target_dir() {
+        let dir = scratch("target-dir");
+        let mut command = cargo();
+        command.env("CARGO_TARGET_DIR", &dir);
+        assert_eq!(metadata_target_dir(command).unwrap(), dir);
+    }
+
+    #[test]
+    fn the_summary_reads_results_under_a_custom_target_directory() {
+        let target = scratch("summary");
+        let write = |path: PathBuf, json: serde_json::Value| {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, json.to_string()).unwrap();
+        };
+        for (group, _, _) in GROUPS {
+            for (function, ns) in [("resilient", 110.0), ("baseline", 100.0)] {
+                write(
+                    target.join(format!("criterion/{group}/{function}/new/estimates.json")),
+                    serde_json::json!({"mean": {"point_estimate": ns}}),
+                );
+            }
+        }
+        let custom = |name: &str| target.join(format!("criterion/resilient-custom/{name}.json"));
+        for name in ["interleaved_redis_get", "interleaved_postgres_get"] {
+            write(
+                custom(name),
+                serde_json::json!({"median_ratio": 1.01, "resilient_us": 50.5, "baseline_us": 50.0}),
+            );
+        }
+        write(
+            custom("latency_aware_vs_failover"),
+            serde_json::json!({"p99_ratio": 0.2, "strategies": {
+                "latency_aware": {"p99_us": 100.0}, "failover": {"p99_us": 500.0}}}),
+        );
+        for config in ["defaults", "fast_failback"] {
+            write(
+                custom(&format!("failover_times_{config}")),
+                serde_json::json!({"failover_ms": 5.0, "failover_baseline_ms": 500.0,
+                    "failback_ms": 900.0, "failback_baseline_ms": 1000.0}),
+            );
+        }
+        let summary = summary(&target).unwrap();
+        assert!(
+            summary.contains("| set under the default write-behind policy"),
+            "{summary}"
+        );
+        assert!(summary.contains("| 110.0 ns | 100.0 ns | 1.100x | ≤ 1.15x | yes |"));
+    }
 }

@@ -107,7 +107,7 @@ pub struct StorageConfig {
     pub local_locks: bool,
     /// Key and value limits and namespace.
     pub keys: KeyPolicy,
-    /// Where writes go: `selected` or `write_through`.
+    /// Where writes go: `write_behind` (default), `write_through` or `selected`.
     pub write_policy: WritePolicy,
     /// The longest TTL of write-through copies to the memory store.
     #[serde(with = "humantime_serde")]

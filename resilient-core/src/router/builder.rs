@@ -41,7 +41,7 @@ pub const DEFAULT_MEMORY_TTL_CAP: Duration = Duration::from_secs(300);
 /// | policy | acknowledged once | a read after failover | cost on a set |
 /// |---|---|---|---|
 /// | `WriteBehind` (default) | the serving backend has it | finds every value written before (copies pending when the primary died are read from memory, a miss on a recovered primary asks the secondary) | a record in memory; one more read on a miss |
-/// | `WriteThrough` | the serving backend and every backend below it have it (or a copy failed and was kept for replay) | the same | the slowest backend's write |
+/// | `WriteThrough` | the serving backend and every backend below it have it (or a copy failed and was kept for replay) | the same | the slowest backend's write; one more read on a miss |
 /// | `Selected` | the serving backend has it | finds nothing written before the outage | none |
 ///
 /// The README's "What you can rely on" has the whole table with the tests behind each row.
@@ -65,7 +65,7 @@ pub enum WritePolicy {
     /// To the backend the strategy selects, then a copy to every available backend below it,
     /// all at once and within the call's deadline, before the call returns. Copies to the
     /// memory store get a TTL of at most `memory_ttl_cap`. A copy that fails or does not finish
-    /// in time is kept for replay.
+    /// in time is kept for replay. A miss asks the next shared backend, as under `WriteBehind`.
     WriteThrough,
 }
 

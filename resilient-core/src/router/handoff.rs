@@ -103,9 +103,9 @@ pub(crate) struct Hints {
     lost: AtomicU64,
     /// Records lost since the last replay that left none pending (the health report).
     lost_recently: AtomicU64,
-    /// An outage began since the last time no record was left: the end of its replay is an
-    /// event. Write-behind copies that come and go without an outage are not.
-    outage: AtomicBool,
+    /// A write this backend missed was recorded since the last time no record was left: the
+    /// end of its replay is an event. Write-behind copies that come and go are not.
+    missed: AtomicBool,
     /// No outage began since the last full replay pass: the backend may take traffic while
     /// its remaining records are replayed (reads consult them). Cleared when an outage begins
     /// (its breaker opens or it turns unhealthy), not by each record: a write that was in
@@ -127,7 +127,7 @@ impl Hints {
             pending: AtomicUsize::new(0),
             lost: AtomicU64::new(0),
             lost_recently: AtomicU64::new(0),
-            outage: AtomicBool::new(false),
+            missed: AtomicBool::new(false),
             caught_up: AtomicBool::new(true),
             replayed: AtomicU64::new(0),
             records: Mutex::new(HashMap::new()),
@@ -157,13 +157,18 @@ impl Hints {
     }
 
     /// Keeps `hint`, the write of `version`, for `key`, replacing an older record of the same
-    /// key (a newer one stays).
+    /// key (a newer one stays). `missed`: the backend missed the write (it failed, or another
+    /// served it while this one was preferred); otherwise it is a write-behind copy.
     pub(crate) fn record(
         &self,
         key: &str,
         hint: Hint,
         version: WriteVersion,
+        missed: bool,
     ) -> Result<(), Overflow> {
+        if missed && !self.missed.load(Ordering::Relaxed) {
+            self.missed.store(true, Ordering::Relaxed);
+        }
         let mut records = self.lock();
         if let Some(record) = records.get_mut(key) {
             if record.version <= version {
@@ -217,7 +222,6 @@ impl Hints {
     /// takes traffic again.
     pub(crate) fn outage_began(&self) {
         self.caught_up.store(false, Ordering::Release);
-        self.outage.store(true, Ordering::Release);
     }
 
     /// A replay pass over every record went through. Returns whether it was caught up already.
@@ -254,8 +258,8 @@ impl Hints {
         done
     }
 
-    /// When no record is left after replays: how many were replayed since an outage began
-    /// (zero when no outage began since the last time, or once taken). Losses counted so far
+    /// When no record is left after replays: how many were replayed since the last time, if
+    /// any of them was a missed write (zero when all were write-behind copies, or once taken). Losses counted so far
     /// are then history: [`lost_recently`](Self::lost_recently) starts over.
     pub(crate) fn take_replayed_when_done(&self) -> u64 {
         let records = self.lock();
@@ -267,7 +271,7 @@ impl Hints {
             return 0;
         }
         self.lost_recently.store(0, Ordering::Relaxed);
-        if self.outage.swap(false, Ordering::AcqRel) {
+        if self.missed.swap(false, Ordering::AcqRel) {
             replayed
         } else {
             0
@@ -296,9 +300,9 @@ mod tests {
     #[test]
     fn records_coalesce_per_key_and_a_newer_write_survives_an_older_replay() {
         let hints = Hints::new(10);
-        hints.record("k", set(b"1"), V1).unwrap();
+        hints.record("k", set(b"1"), V1, true).unwrap();
         let (_, _, v1) = hints.pass().remove(0);
-        hints.record("k", set(b"2"), V2).unwrap();
+        hints.record("k", set(b"2"), V2, true).unwrap();
         assert_eq!(hints.pending(), 1);
         assert!(!hints.replayed("k", v1), "the newer record stays");
         let (_, hint, v2) = hints.pass().remove(0);
@@ -310,8 +314,8 @@ mod tests {
     #[test]
     fn an_older_write_recorded_late_never_replaces_a_newer_record() {
         let hints = Hints::new(10);
-        hints.record("k", set(b"2"), V2).unwrap();
-        hints.record("k", set(b"1"), V1).unwrap();
+        hints.record("k", set(b"2"), V2, true).unwrap();
+        hints.record("k", set(b"1"), V1, true).unwrap();
         hints.refresh("k", V1, || set(b"1"));
         assert_eq!(hints.pass(), vec![("k".to_owned(), set(b"2"), V2)]);
         hints.refresh("k", WriteVersion(3), || Hint::Delete);
@@ -333,19 +337,18 @@ mod tests {
     #[test]
     fn the_bound_is_kept_and_what_does_not_fit_is_counted() {
         let hints = Hints::new(2);
-        hints.record("a", Hint::Delete, V1).unwrap();
-        hints.record("b", Hint::Delete, V1).unwrap();
-        assert_eq!(hints.record("c", Hint::Delete, V1), Err(Overflow));
-        hints.record("a", set(b"x"), V2).unwrap();
+        hints.record("a", Hint::Delete, V1, true).unwrap();
+        hints.record("b", Hint::Delete, V1, true).unwrap();
+        assert_eq!(hints.record("c", Hint::Delete, V1, true), Err(Overflow));
+        hints.record("a", set(b"x"), V2, true).unwrap();
         assert_eq!((hints.pending(), hints.lost()), (2, 1));
     }
 
     #[test]
     fn losses_are_reported_until_a_replay_leaves_nothing_pending() {
         let hints = Hints::new(1);
-        hints.outage_began();
-        hints.record("a", Hint::Delete, V1).unwrap();
-        assert_eq!(hints.record("b", Hint::Delete, V1), Err(Overflow));
+        hints.record("a", Hint::Delete, V1, true).unwrap();
+        assert_eq!(hints.record("b", Hint::Delete, V1, true), Err(Overflow));
         assert_eq!(hints.take_replayed_when_done(), 0, "a is still pending");
         assert_eq!(hints.lost_recently(), 1);
         assert!(hints.replayed("a", V1));
@@ -355,8 +358,8 @@ mod tests {
             "the outage's replay ended"
         );
         assert_eq!((hints.lost_recently(), hints.lost()), (0, 1));
-        // A write-behind copy replayed without an outage is no event.
-        hints.record("c", Hint::Delete, V2).unwrap();
+        // A write-behind copy replayed is no event.
+        hints.record("c", Hint::Delete, V2, false).unwrap();
         assert!(hints.replayed("c", V2));
         assert_eq!(hints.take_replayed_when_done(), 0);
     }

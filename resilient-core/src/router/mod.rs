@@ -109,8 +109,8 @@ struct Inner {
     versions: VersionClock,
     /// Wakes the replayer when a write-behind copy is recorded.
     replay_wake: Arc<tokio::sync::Notify>,
-    /// A miss is asked again of the next shared backend ([`WritePolicy::WriteBehind`] with a
-    /// shared backend below the first).
+    /// A miss is asked again of the next shared backend (a policy that copies writes down, with
+    /// a shared backend below the first).
     read_behind: bool,
 }
 
@@ -135,7 +135,7 @@ impl Inner {
         monitors: Vec<JoinHandle<()>>,
         replay_wake: Arc<tokio::sync::Notify>,
     ) -> Self {
-        let read_behind = write_policy == WritePolicy::WriteBehind
+        let read_behind = write_policy != WritePolicy::Selected
             && slots.iter().skip(1).any(|slot| slot.capabilities.shared);
         Self {
             slots,
@@ -171,8 +171,9 @@ impl ResilientStorage {
     }
 
     /// Reads a key: `None` when absent or expired. A miss is an answer and never fails over;
-    /// under [`WritePolicy::WriteBehind`] (the default) a miss is asked again of the next
-    /// backend shared across processes, which holds a copy of every write.
+    /// under a policy that copies writes down ([`WritePolicy::WriteBehind`], the default, or
+    /// [`WritePolicy::WriteThrough`]) a miss is asked again of the next backend shared across
+    /// processes, which holds a copy of every write.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let key = self.inner.keys.full_key(key)?;
         let key = &*key;
@@ -524,7 +525,12 @@ impl ResilientStorage {
 
     /// Keeps a write `slot` missed for replay, or reports it lost when the bound is reached.
     fn record_missed(&self, slot: &Slot, key: &str, hint: Hint, version: WriteVersion) {
-        let recorded = slot.hints.record(key, hint, version);
+        self.record(slot, key, hint, version, true);
+    }
+
+    /// Keeps a write for `slot` to receive: one it `missed`, or a write-behind copy.
+    fn record(&self, slot: &Slot, key: &str, hint: Hint, version: WriteVersion, missed: bool) {
+        let recorded = slot.hints.record(key, hint, version, missed);
         slot.metrics.backlog(slot.hints.pending());
         if recorded.is_err() {
             let lost = slot.hints.lost();
@@ -557,7 +563,7 @@ impl ResilientStorage {
             if index == served || !slot.capabilities.shared || (index < served && !peers) {
                 continue;
             }
-            self.record_missed(slot, key, hint(), version);
+            self.record(slot, key, hint(), version, false);
             recorded = true;
         }
         if recorded {
@@ -565,7 +571,7 @@ impl ResilientStorage {
         }
     }
 
-    /// After a miss on backend `served` under [`WritePolicy::WriteBehind`]: the next shared
+    /// After a miss on backend `served` under a policy that copies writes down: the next shared
     /// backend below it holds a copy of every write, so a primary that lost its data (restarted
     /// empty) still reads what was written. Within the call's deadline; a failure of this read
     /// counts against that backend's breaker and reads as the miss it followed.

@@ -1,0 +1,168 @@
+//! Against real servers, with `ResilientStorage::builder()` and two URLs and nothing else: values
+//! written before Redis died are read after failover, a counter kept in the storage stays exact
+//! across a kill and an empty restart, and Redis takes traffic back after an outage of reads
+//! only, locks only, writes, or no traffic at all.
+
+use std::time::{Duration, Instant};
+
+use resilient_storage::prelude::*;
+use resilient_test_support::{PostgresServer, RedisServer, read_key};
+
+async fn defaults(redis: &RedisServer, postgres: &PostgresServer) -> ResilientStorage {
+    ResilientStorage::builder()
+        .backend_url(&redis.url(), 1)
+        .unwrap()
+        .backend_url(&postgres.url(), 2)
+        .unwrap()
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Restarts Redis with an empty dataset (no persistence), off the async threads.
+async fn restart(mut redis: RedisServer) -> RedisServer {
+    tokio::task::spawn_blocking(move || {
+        redis.restart().unwrap();
+        redis
+    })
+    .await
+    .unwrap()
+}
+
+/// The default failback: failback delay 2 s, two passing health checks 1 s apart after an
+/// outage that made Redis unhealthy, one probe. The bound leaves a busy 2-core machine 6 s
+/// more.
+const FAILBACK_BOUND: Duration = Duration::from_secs(10);
+
+/// Waits until a get is served by Redis; how long that took.
+async fn failback(storage: &ResilientStorage, what: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        storage.get("probe").await.unwrap();
+        if storage.last_served_backend().as_deref() == Some("redis") {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < FAILBACK_BOUND,
+            "no failback after {what} within {FAILBACK_BOUND:?}: {:?}",
+            storage.health()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn increment(storage: &ResilientStorage) {
+    let n: u64 = storage.get_json("counter").await.unwrap().unwrap_or(0);
+    storage.set_json("counter", &(n + 1), None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_a_redis_kill_and_an_empty_restart_with_default_settings() {
+    let mut redis = RedisServer::start().unwrap();
+    let postgres = PostgresServer::start().unwrap();
+    let storage = defaults(&redis, &postgres).await;
+    for i in 0..200 {
+        storage
+            .set(&format!("k{i}"), format!("v{i}"), None)
+            .await
+            .unwrap();
+    }
+    for _ in 0..50 {
+        increment(&storage).await;
+    }
+    redis.kill().unwrap();
+    for i in 0..200 {
+        assert_eq!(
+            storage.get(&format!("k{i}")).await.unwrap().as_deref(),
+            Some(format!("v{i}").as_bytes()),
+            "k{i} after Redis died"
+        );
+    }
+    for _ in 0..50 {
+        increment(&storage).await;
+    }
+    let redis = restart(redis).await;
+    for _ in 0..50 {
+        increment(&storage).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    failback(&storage, "a kill and an empty restart").await;
+    assert_eq!(storage.get_json::<u64>("counter").await.unwrap(), Some(150));
+    assert_eq!(
+        read_key(&redis.url(), "counter").await.as_deref(),
+        Some("150")
+    );
+    for i in 0..200 {
+        assert_eq!(
+            storage.get(&format!("k{i}")).await.unwrap().as_deref(),
+            Some(format!("v{i}").as_bytes()),
+            "k{i} after Redis came back empty"
+        );
+    }
+    storage.shutdown().await;
+}
+
+/// Kills Redis, runs `traffic` for 4 s (long enough for the breaker to open and the health
+/// checks to mark Redis unhealthy), restarts it empty, and returns how long failback took.
+async fn outage<F, Fut>(what: &str, traffic: F) -> Duration
+where
+    F: Fn(ResilientStorage) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut redis = RedisServer::start().unwrap();
+    let postgres = PostgresServer::start().unwrap();
+    let storage = defaults(&redis, &postgres).await;
+    storage.set("k", "v", None).await.unwrap();
+    // A first lease, so locks wait one lease (1 s) before PostgreSQL may grant.
+    storage
+        .acquire_lock("first", "me", Duration::from_secs(1))
+        .await
+        .unwrap();
+    redis.kill().unwrap();
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        traffic(storage.clone()).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _redis = restart(redis).await;
+    let took = failback(&storage, what).await;
+    eprintln!("failback after {what}: {took:?}");
+    assert_eq!(storage.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    storage.shutdown().await;
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_takes_traffic_back_after_an_outage_of_reads_only() {
+    outage("reads only", |storage| async move {
+        storage.get("k").await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_takes_traffic_back_after_an_outage_of_locks_only() {
+    outage("locks only", |storage| async move {
+        // Fails closed until Redis's leases may have expired, then PostgreSQL grants.
+        if let Ok(LockOutcome::Acquired(_)) = storage
+            .acquire_lock("job", "me", Duration::from_secs(1))
+            .await
+        {
+            storage.release_lock("job", "me").await.unwrap();
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_takes_traffic_back_after_an_outage_of_writes() {
+    outage("writes", |storage| async move {
+        storage.set("w", "v", None).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_takes_traffic_back_after_an_idle_outage() {
+    outage("no traffic", |_| async {}).await;
+}
