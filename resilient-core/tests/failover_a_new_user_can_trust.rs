@@ -8,8 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::{DEADLINE, builder, fault};
+use common::{DEADLINE, builder, direct, fault};
 use resilient_backend_memory::{MemoryBackend, MemoryConfig};
 use resilient_core::testing::{Fault, FaultBackend};
 use resilient_core::{
@@ -17,10 +16,6 @@ use resilient_core::{
     WritePolicy,
 };
 use tokio::time::{Instant, sleep};
-
-async fn direct(backend: &dyn Backend, key: &str) -> Option<Bytes> {
-    backend.get(key).await.unwrap()
-}
 
 /// Redis over PostgreSQL with default health checks (every 1 s, rise 2, fall 3).
 fn checked(redis: &Arc<FaultBackend>, postgres: &Arc<FaultBackend>) -> StorageBuilder {

@@ -7,16 +7,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::{builder, drain, fault};
+use common::{builder, direct, drain, fault};
 use resilient_backend_memory::{MemoryBackend, MemoryConfig};
 use resilient_core::testing::Fault;
 use resilient_core::{Backend, Operation, OverallStatus, StorageEvent, Strategy, WritePolicy};
 use tokio::time::sleep;
-
-async fn direct(backend: &dyn Backend, key: &str) -> Option<Bytes> {
-    backend.get(key).await.unwrap()
-}
 
 #[tokio::test(start_paused = true)]
 async fn writes_and_deletes_made_during_an_outage_are_replayed_before_failback() {

@@ -259,8 +259,9 @@ impl Hints {
     }
 
     /// When no record is left after replays: how many were replayed since the last time, if
-    /// any of them was a missed write (zero when all were write-behind copies, or once taken). Losses counted so far
-    /// are then history: [`lost_recently`](Self::lost_recently) starts over.
+    /// any of them was a missed write (zero when all were write-behind copies, or once taken).
+    /// Losses counted so far are then history: [`lost_recently`](Self::lost_recently) starts
+    /// over.
     pub(crate) fn take_replayed_when_done(&self) -> u64 {
         let records = self.lock();
         if !records.is_empty() {

@@ -55,6 +55,34 @@ async fn bounded<T>(
     }
 }
 
+/// Reports the result of a [`bounded`] call made outside [`ResilientStorage::attempts`] on its
+/// permit: a success, a counted failure (a transient error or the timeout), or nothing (a
+/// caller error, which says nothing about the backend). Returns the outcome for metrics.
+fn settle<T>(
+    permit: crate::breaker::Permit<'_>,
+    result: &std::result::Result<Result<T>, tokio::time::error::Elapsed>,
+    elapsed: Duration,
+) -> Outcome {
+    match result {
+        Ok(Ok(_)) => {
+            permit.success(elapsed);
+            Outcome::Answered
+        }
+        Ok(Err(error)) if error.is_transient() => {
+            permit.failure();
+            Outcome::Failed
+        }
+        Ok(Err(_)) => {
+            permit.ignore();
+            Outcome::Answered
+        }
+        Err(_) => {
+            permit.failure();
+            Outcome::TimedOut
+        }
+    }
+}
+
 const NONE: usize = usize::MAX;
 const MAX_LOCK_HINTS: usize = 4096;
 
@@ -255,7 +283,8 @@ impl ResilientStorage {
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let key = self.inner.keys.full_key(key)?;
         let key = &*key;
-        let start = Instant::now();
+        // Write-through copies share the call's deadline; only they need its start.
+        let start = (self.inner.write_policy == WritePolicy::WriteThrough).then(Instant::now);
         let version = self.inner.versions.next();
         self.supersede(key, version, || Hint::Delete);
         let (existed, served) = self
@@ -266,7 +295,7 @@ impl ResilientStorage {
         self.hand_off(served, key, version, || Hint::Delete);
         if self.inner.write_policy == WritePolicy::WriteBehind {
             self.copy_behind(served, key, version, || Hint::Delete);
-        } else if self.inner.write_policy == WritePolicy::WriteThrough {
+        } else if let Some(start) = start {
             self.write_through(
                 served,
                 key,
@@ -594,24 +623,8 @@ impl ResilientStorage {
         let budget = inner.attempt_timeout.min(remaining);
         let result = bounded(budget, slot.backend.get(key)).await;
         let elapsed = now.elapsed();
-        let (value, outcome) = match result {
-            Ok(Ok(value)) => {
-                permit.success(elapsed);
-                (value, Outcome::Answered)
-            }
-            Ok(Err(error)) if error.is_transient() => {
-                permit.failure();
-                (None, Outcome::Failed)
-            }
-            Ok(Err(_)) => {
-                permit.ignore();
-                (None, Outcome::Answered)
-            }
-            Err(_) => {
-                permit.failure();
-                (None, Outcome::TimedOut)
-            }
-        };
+        let outcome = settle(permit, &result, elapsed);
+        let value = result.ok().and_then(Result::ok).flatten();
         slot.metrics.attempt(Operation::Get, outcome, elapsed);
         tracing::debug!(backend = %slot.name, ?outcome, ?elapsed, "read behind a miss");
         value
@@ -645,25 +658,14 @@ impl ResilientStorage {
                 let Some((permit, copy)) = copy else {
                     return false;
                 };
-                match bounded(budget, copy).await {
-                    Ok(Ok(())) => {
-                        permit.success(now.elapsed());
-                        true
-                    }
-                    Ok(Err(error)) if error.is_transient() => {
-                        permit.failure();
-                        tracing::debug!(backend = %slot.name, %error, "write-through copy failed");
-                        false
-                    }
-                    Ok(Err(_)) => {
-                        permit.ignore();
-                        false
-                    }
-                    Err(_) => {
-                        permit.failure();
-                        false
-                    }
+                let result = bounded(budget, copy).await;
+                if let Ok(Err(error)) = &result
+                    && error.is_transient()
+                {
+                    tracing::debug!(backend = %slot.name, %error, "write-through copy failed");
                 }
+                settle(permit, &result, now.elapsed());
+                matches!(result, Ok(Ok(())))
             }
         });
         let copied = futures_util::future::join_all(copies).await;

@@ -46,6 +46,11 @@ pub fn builder(backends: &[&Arc<FaultBackend>]) -> StorageBuilder {
     builder
 }
 
+/// A read straight from a backend, past the storage.
+pub async fn direct(backend: &dyn Backend, key: &str) -> Option<bytes::Bytes> {
+    backend.get(key).await.unwrap()
+}
+
 /// Every event received so far.
 pub fn drain(events: &mut broadcast::Receiver<StorageEvent>) -> Vec<StorageEvent> {
     let mut out = Vec::new();
