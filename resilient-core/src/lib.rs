@@ -41,7 +41,7 @@ pub use registry::BackendFactory;
 pub use report::{BackendReport, HealthReport, OverallStatus};
 pub use router::{
     BackendOptions, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_FAILBACK_DELAY,
-    DEFAULT_MAX_HINTS, DEFAULT_MEMORY_TTL_CAP, LockGuard, LockLost, LockOptions,
+    DEFAULT_MAX_HINTS, DEFAULT_MEMORY_TTL_CAP, LockFailover, LockGuard, LockLost, LockOptions,
     MEMORY_FALLBACK_PRIORITY, ResilientStorage, StorageBuilder, WritePolicy,
 };
 pub use strategy::{SelectionStrategy, Strategy};

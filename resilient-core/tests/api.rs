@@ -10,7 +10,8 @@ use common::{builder, fault};
 use resilient_core::key::MAX_TTL;
 use resilient_core::testing::Fault;
 use resilient_core::{
-    Backend, Error, KeyPolicy, LockOutcome, OverallStatus, ResilientStorage, StorageConfig,
+    Backend, Error, KeyPolicy, LockFailover, LockOutcome, OverallStatus, ResilientStorage,
+    StorageConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -219,7 +220,7 @@ async fn extend_and_release_go_to_the_backend_that_granted_the_lock() {
     let (redis, postgres) = (fault("redis"), fault("postgres"));
     let storage = builder(&[&redis, &postgres])
         .strategy(resilient_core::Strategy::Priority)
-        .lock_failover_delay(Duration::from_secs(1))
+        .lock_failover(LockFailover::after_outage(Duration::from_secs(1)))
         .build()
         .await
         .unwrap();
@@ -267,7 +268,7 @@ async fn lock_authority_moves_back_only_after_every_lease_of_the_fallback_expire
     let wait = Duration::from_secs(1);
     let storage = builder(&[&redis, &postgres])
         .strategy(resilient_core::Strategy::Priority)
-        .lock_failover_delay(wait)
+        .lock_failover(LockFailover::after_outage(wait))
         .build()
         .await
         .unwrap();
@@ -331,7 +332,7 @@ async fn a_release_reaches_the_granting_backend_while_authority_moves() {
     let (redis, postgres) = (fault("redis"), fault("postgres"));
     let storage = builder(&[&redis, &postgres])
         .strategy(resilient_core::Strategy::Priority)
-        .lock_failover_delay(Duration::from_secs(1))
+        .lock_failover(LockFailover::after_outage(Duration::from_secs(1)))
         .build()
         .await
         .unwrap();
@@ -592,38 +593,67 @@ async fn an_unknown_scheme_lists_the_available_ones() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_lower_backend_grants_locks_only_after_the_longest_lease_could_have_expired() {
+async fn by_default_locks_fail_closed_for_as_long_as_the_lock_authority_is_out_of_reach() {
     let (redis, postgres) = (fault("redis"), fault("postgres"));
     let storage = builder(&[&redis, &postgres]).build().await.unwrap();
     let lease = Duration::from_secs(10);
-    assert_eq!(
-        storage
-            .acquire_lock("a", "w1", lease)
+    let held = storage.acquire_lock("a", "w1", lease).await.unwrap();
+    assert_eq!(held.grant().unwrap().backend, "redis");
+    redis.inject(Fault::Fail);
+    // Key-value calls fail over at once; lock calls never leave Redis, however long it is out
+    // of reach: another process may still reach it and take the same locks there.
+    storage.set("k", "v", None).await.unwrap();
+    let mut refusals = Vec::new();
+    for _ in 0..10 {
+        for _ in 0..4 {
+            let err = storage.acquire_lock("b", "w2", lease).await.unwrap_err();
+            refusals.push(err.to_string());
+            assert!(storage.extend_lock("a", "w1", lease).await.is_err());
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    // Attempts on Redis while its breaker lets them through, refusals without a call otherwise;
+    // never an attempt elsewhere.
+    assert!(refusals.iter().all(|e| !e.contains("postgres")), "{refusals:?}");
+    assert!(
+        refusals
+            .iter()
+            .any(|e| e.contains("locks fail closed") && e.contains("[redis], the lock authority")),
+        "{refusals:?}"
+    );
+    assert!(
+        Backend::acquire_lock(&*postgres, "b", "other", lease)
             .await
             .unwrap()
-            .grant()
-            .unwrap()
-            .backend,
-        "redis"
+            .is_acquired(),
+        "PostgreSQL granted nothing"
     );
-    redis.inject(Fault::Fail);
-    let down_at = tokio::time::Instant::now();
-    for _ in 0..3 {
-        assert!(storage.acquire_lock("b", "w2", lease).await.is_err());
+    redis.inject(Fault::Pass);
+    // The breaker's open time has backed off to its 8 s cap; then one probe closes it.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let grant = storage.acquire_lock("c", "w2", lease).await.unwrap();
+    assert_eq!(grant.grant().unwrap().backend, "redis");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lock_authority_is_the_first_lock_backend_whatever_the_strategy() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    for strategy in [
+        resilient_core::Strategy::RoundRobin,
+        resilient_core::Strategy::LatencyAware,
+        resilient_core::Strategy::Priority,
+    ] {
+        let storage = builder(&[&redis, &postgres])
+            .strategy(strategy)
+            .build()
+            .await
+            .unwrap();
+        for i in 0..6 {
+            let grant = storage
+                .acquire_lock(&format!("{strategy:?}{i}"), "w", Duration::from_secs(1))
+                .await
+                .unwrap();
+            assert_eq!(grant.grant().unwrap().backend, "redis", "{strategy:?}");
+        }
     }
-    // Key-value calls fail over at once; lock calls wait out the lease "a" may still hold.
-    storage.set("k", "v", None).await.unwrap();
-    tokio::time::sleep_until(down_at + lease - Duration::from_millis(100)).await;
-    let err = storage
-        .acquire_lock("b", "w2", lease)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("locks fail closed") && err.contains("10s"),
-        "{err}"
-    );
-    tokio::time::sleep_until(down_at + lease).await;
-    let grant = storage.acquire_lock("b", "w2", lease).await.unwrap();
-    assert_eq!(grant.grant().unwrap().backend, "postgres");
 }

@@ -21,7 +21,7 @@ pub mod http;
 pub mod prelude {
     pub use resilient_core::{
         Backend, BreakerConfig, Bytes, Error, FencingToken, HealthConfig, HealthReport,
-        HealthState, KeyPolicy, LockGrant, LockOutcome, OverallStatus, ResilientStorage,
-        StorageConfig, StorageEvent, Strategy,
+        HealthState, KeyPolicy, LockFailover, LockGrant, LockGuard, LockOptions, LockOutcome,
+        OverallStatus, ResilientStorage, StorageConfig, StorageEvent, Strategy, WritePolicy,
     };
 }

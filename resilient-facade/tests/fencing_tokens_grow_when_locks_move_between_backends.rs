@@ -19,7 +19,7 @@ async fn tokens_grow_across_redis_postgres_and_memory() {
         .unwrap()
         .local_locks(true)
         // This test is about tokens: let locks move to a lower backend at once.
-        .lock_failover_delay(Duration::ZERO)
+        .lock_failover(LockFailover::after_outage(Duration::ZERO))
         .build()
         .await
         .unwrap();

@@ -610,7 +610,7 @@ async fn lock_safety(seed: u64, timing: Timing) -> Result<Report, Failure> {
     let mut redis = RedisServer::start()?;
     let postgres = PostgresServer::start()?;
     let storage = builder(&redis.url(), Some(&postgres.url()))?
-        .lock_failover_delay(TTL)
+        .lock_failover(LockFailover::after_outage(TTL))
         .build()
         .await?;
     let events = EventLog::record(&storage);

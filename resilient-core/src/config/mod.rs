@@ -13,7 +13,8 @@ use crate::health::HealthConfig;
 use crate::key::KeyPolicy;
 use crate::router::{
     BackendOptions, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_FAILBACK_DELAY,
-    DEFAULT_MAX_HINTS, DEFAULT_MEMORY_TTL_CAP, ResilientStorage, StorageBuilder, WritePolicy,
+    DEFAULT_MAX_HINTS, DEFAULT_MEMORY_TTL_CAP, LockFailover, ResilientStorage, StorageBuilder,
+    WritePolicy,
 };
 use crate::strategy::Strategy;
 use crate::url::BackendUrl;
@@ -103,7 +104,7 @@ pub struct StorageConfig {
     pub deadline: Duration,
     /// Add the in-process memory backend as the last fallback.
     pub memory_fallback: bool,
-    /// Let locks fall back to process-local backends.
+    /// Let process-local backends hold locks (see [`StorageBuilder::local_locks`]).
     pub local_locks: bool,
     /// Key and value limits and namespace.
     pub keys: KeyPolicy,
@@ -114,10 +115,9 @@ pub struct StorageConfig {
     pub memory_ttl_cap: Duration,
     /// Missed writes kept per backend for replay.
     pub max_hints: usize,
-    /// Wait before a lower backend grants locks after a higher one went down; default: the
-    /// longest lease this process has granted.
-    #[serde(with = "humantime_serde::option")]
-    pub lock_failover_delay: Option<Duration>,
+    /// Whether lock authority may leave the highest-priority lock backend: `"never"` (the
+    /// default) or `{ after_outage = { delay = "30s" } }`; see [`LockFailover`].
+    pub lock_failover: LockFailover,
 }
 
 impl Default for StorageConfig {
@@ -136,7 +136,7 @@ impl Default for StorageConfig {
             write_policy: WritePolicy::default(),
             memory_ttl_cap: DEFAULT_MEMORY_TTL_CAP,
             max_hints: DEFAULT_MAX_HINTS,
-            lock_failover_delay: None,
+            lock_failover: LockFailover::Never,
         }
     }
 }
@@ -157,10 +157,8 @@ impl StorageConfig {
             .keys(self.keys)
             .write_policy(self.write_policy)
             .memory_ttl_cap(self.memory_ttl_cap)
-            .max_hints(self.max_hints);
-        if let Some(delay) = self.lock_failover_delay {
-            builder = builder.lock_failover_delay(delay);
-        }
+            .max_hints(self.max_hints)
+            .lock_failover(self.lock_failover);
         for (i, backend) in self.backends.into_iter().enumerate() {
             let mut options = BackendOptions::new(backend.priority).enabled(backend.enabled);
             options.name = backend.name;

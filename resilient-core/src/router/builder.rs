@@ -69,6 +69,62 @@ pub enum WritePolicy {
     WriteThrough,
 }
 
+/// Whether lock authority may leave the highest-priority lock backend when this process
+/// cannot reach it.
+///
+/// A process cannot tell "Redis is down" from "I am cut off from Redis": while it is cut off,
+/// other processes may still reach Redis and take locks there. Granting on PostgreSQL then
+/// makes two holders of one lock, and no delay prevents it (the delay covers leases granted
+/// before this process saw the outage, not those other processes keep taking). So by default
+/// every lock call goes to one backend that every process agrees on, the lock authority, and
+/// fails closed when it is out of reach. ARCHITECTURE.md, "Why locks fail closed", has the
+/// whole argument and what keeps working during which outage.
+///
+/// | mode | a lock is granted twice | locks during a Redis outage |
+/// |---|---|---|
+/// | `Never` (default) | never, under any partition, while every process has the same lock authority | fail closed (an error) until this process reaches Redis again |
+/// | `AfterOutage` | when one process is cut off from Redis while others still reach it, or when the delay is shorter than a lease | granted by PostgreSQL once Redis has been out of reach for `delay` |
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LockFailover {
+    /// Every acquire, extend and release goes to the lock authority: the highest-priority
+    /// backend that can hold locks (shared across processes, or any when
+    /// [local locks](StorageBuilder::local_locks) are enabled). When this process cannot reach
+    /// it, acquires and extends fail with [`Error::NoBackendAvailable`] and nothing is granted
+    /// elsewhere; key-value calls still fail over. Every process configured with the same
+    /// backends and priorities agrees on the authority, so no partition can make two of them
+    /// grant one lock. The authority's own failures remain: a Redis that restarts without
+    /// persistence forgets its leases (the holder learns it at its next extend, and the new
+    /// holder's fencing token is higher, so a guarded resource rejects the old one).
+    #[default]
+    Never,
+    /// Opt-in availability over safety: once this process has found every higher lock backend
+    /// out of reach for `delay`, the next one grants locks; authority moves back up only once
+    /// the lower backend has answered no acquire or extend for `delay`.
+    ///
+    /// **Risk: two holders at once.** When this process is cut off from Redis while other
+    /// processes still reach it (a partition, not an outage), it grants locks on PostgreSQL
+    /// while they keep granting the same locks on Redis; a `delay` shorter than the longest
+    /// lease any process takes adds overlaps after a real outage. Use it only for locks whose
+    /// guarded resource checks fencing tokens: tokens are the granting server's clock in
+    /// microseconds (or one more than the lock's last), so they grow in grant order across
+    /// backends given clocks in agreement, and the resource rejects the older holder's writes.
+    AfterOutage {
+        /// How long every higher lock backend must have been out of reach (as this process
+        /// sees it) before a lower one grants: at least the longest lease any process takes.
+        #[serde(with = "humantime_serde")]
+        delay: Duration,
+    },
+}
+
+impl LockFailover {
+    /// [`LockFailover::AfterOutage`] with the given delay.
+    pub fn after_outage(delay: Duration) -> Self {
+        Self::AfterOutage { delay }
+    }
+}
+
 /// Per-backend options: priority, an optional name, and whether it is enabled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -136,7 +192,7 @@ pub struct StorageBuilder {
     write_policy: WritePolicy,
     memory_ttl_cap: Duration,
     max_hints: usize,
-    lock_failover_delay: Option<Duration>,
+    lock_failover: LockFailover,
 }
 
 impl Default for StorageBuilder {
@@ -157,7 +213,7 @@ impl Default for StorageBuilder {
             write_policy: WritePolicy::default(),
             memory_ttl_cap: DEFAULT_MEMORY_TTL_CAP,
             max_hints: DEFAULT_MAX_HINTS,
-            lock_failover_delay: None,
+            lock_failover: LockFailover::Never,
         }
     }
 }
@@ -239,9 +295,11 @@ impl StorageBuilder {
         self
     }
 
-    /// Lets locks fall back to backends that are not shared across processes (the memory
-    /// store). Off by default: a lock then fails closed when no shared backend is available.
-    /// A grant from such a backend has [`LockGrant::local`](crate::LockGrant::local) set.
+    /// Lets backends that are not shared across processes (the memory store) hold locks: as the
+    /// lock authority when one is the highest-priority backend that can hold locks (a
+    /// memory-only storage), or as a fallback under [`LockFailover::AfterOutage`]. Off by
+    /// default. A grant from such a backend has [`LockGrant::local`](crate::LockGrant::local)
+    /// set: it excludes holders in this process only.
     pub fn local_locks(mut self, enabled: bool) -> Self {
         self.local_locks = enabled;
         self
@@ -273,12 +331,12 @@ impl StorageBuilder {
         self
     }
 
-    /// How long lock calls wait, after a lock backend goes down, before a lower one may grant
-    /// locks: it must cover every lease the down backend may still hold, including leases other
-    /// processes took. Default: the longest lease this process has granted or extended. Until
-    /// then lock calls fail closed; key-value calls fail over at once.
-    pub fn lock_failover_delay(mut self, delay: Duration) -> Self {
-        self.lock_failover_delay = Some(delay);
+    /// Whether lock authority may leave the highest-priority lock backend. Default
+    /// [`LockFailover::Never`]: lock calls fail closed when this process cannot reach it, so no
+    /// partition grants a lock twice. [`LockFailover::AfterOutage`] trades that for
+    /// availability; read its risk first.
+    pub fn lock_failover(mut self, failover: LockFailover) -> Self {
+        self.lock_failover = failover;
         self
     }
 
@@ -380,7 +438,7 @@ impl StorageBuilder {
                 self.local_locks,
                 self.write_policy,
                 self.memory_ttl_cap,
-                self.lock_failover_delay,
+                self.lock_failover,
                 events,
                 stop,
                 monitors,

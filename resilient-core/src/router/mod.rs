@@ -24,8 +24,8 @@ use tracing::Instrument;
 
 pub use builder::{
     BackendOptions, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_FAILBACK_DELAY,
-    DEFAULT_MAX_HINTS, DEFAULT_MEMORY_TTL_CAP, MEMORY_FALLBACK_PRIORITY, StorageBuilder,
-    WritePolicy,
+    DEFAULT_MAX_HINTS, DEFAULT_MEMORY_TTL_CAP, LockFailover, MEMORY_FALLBACK_PRIORITY,
+    StorageBuilder, WritePolicy,
 };
 pub use guard::{LockGuard, LockLost, LockOptions};
 use handoff::{Hint, VersionClock};
@@ -121,8 +121,10 @@ struct Inner {
     local_locks: bool,
     write_policy: WritePolicy,
     memory_ttl_cap: Duration,
-    lock_failover_delay: Option<Duration>,
-    longest_lease_ms: std::sync::atomic::AtomicU64,
+    lock_failover: LockFailover,
+    /// The highest-priority backend that can hold locks: where every lock call goes under
+    /// [`LockFailover::Never`].
+    lock_authority: Option<usize>,
     events: broadcast::Sender<StorageEvent>,
     active: AtomicUsize,
     /// When `active` last changed, in ms since `epoch`.
@@ -157,7 +159,7 @@ impl Inner {
         local_locks: bool,
         write_policy: WritePolicy,
         memory_ttl_cap: Duration,
-        lock_failover_delay: Option<Duration>,
+        lock_failover: LockFailover,
         events: broadcast::Sender<StorageEvent>,
         stop: watch::Sender<bool>,
         monitors: Vec<JoinHandle<()>>,
@@ -165,6 +167,9 @@ impl Inner {
     ) -> Self {
         let read_behind = write_policy != WritePolicy::Selected
             && slots.iter().skip(1).any(|slot| slot.capabilities.shared);
+        let lock_authority = slots
+            .iter()
+            .position(|slot| lock_eligible(slot, local_locks));
         Self {
             slots,
             strategy,
@@ -174,8 +179,8 @@ impl Inner {
             local_locks,
             write_policy,
             memory_ttl_cap,
-            lock_failover_delay,
-            longest_lease_ms: std::sync::atomic::AtomicU64::new(0),
+            lock_failover,
+            lock_authority,
             events,
             active: AtomicUsize::new(NONE),
             active_since_ms: std::sync::atomic::AtomicU64::new(0),
@@ -695,8 +700,6 @@ impl ResilientStorage {
     }
 
     fn remember_lock(&self, name: &str, holder: &str, index: usize, ttl: Duration) {
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        self.inner.longest_lease_ms.fetch_max(ms, Ordering::Relaxed);
         let now = Instant::now();
         let mut hints = self.hints();
         if hints.len() >= MAX_LOCK_HINTS {
@@ -717,9 +720,7 @@ impl ResilientStorage {
     fn eligible(&self, slot: &Slot, route: Route) -> bool {
         match route {
             Route::Data => true,
-            Route::Lock | Route::Release => {
-                slot.capabilities.locks && (slot.capabilities.shared || self.inner.local_locks)
-            }
+            Route::Lock | Route::Release => lock_eligible(slot, self.inner.local_locks),
         }
     }
 
@@ -727,9 +728,10 @@ impl ResilientStorage {
     /// when it is available.
     ///
     /// Lock calls get one backend, never a failover chain: failing over inside a call could
-    /// grant a lease on one backend while another still holds a live one. For the same reason
-    /// lock authority moves between backends only once the one that had it has answered no
-    /// lock call for the [wait](Self::lock_failover_wait); until then acquires and extends
+    /// grant a lease on one backend while another still holds a live one. Under
+    /// [`LockFailover::Never`] that backend is always the lock authority. Under
+    /// [`LockFailover::AfterOutage`] lock authority moves between backends only once the one
+    /// that had it has answered no lock call for the delay; until then acquires and extends
     /// fail, and only releases still reach it.
     fn candidates(
         &self,
@@ -742,27 +744,39 @@ impl ResilientStorage {
         let backends = &views[..inner.slots.len()];
         let prefer = prefer.filter(|&p| backends.get(p).is_some_and(|b| b.available));
         let mut candidates = Candidates::new();
-        if !route.locks()
-            && let Some(p) = prefer
-        {
-            candidates.push(p);
-        }
-        inner
-            .strategy
-            .select(&Routing { backends, now }, &mut candidates);
-        if route.locks() {
-            let natural = candidates.first();
-            let pick = match route {
-                Route::Release => prefer.or(natural),
-                _ if natural.is_some_and(|c| self.lock_authority_elsewhere(c, now).is_some()) => {
-                    None
+        let pick = match (route, inner.lock_failover) {
+            (Route::Data, _) => {
+                if let Some(p) = prefer {
+                    candidates.push(p);
                 }
-                _ => prefer.or(natural),
-            };
-            candidates = Candidates::new();
-            if let Some(index) = pick {
-                candidates.push(index);
+                inner
+                    .strategy
+                    .select(&Routing { backends, now }, &mut candidates);
+                return (views, candidates);
             }
+            (_, LockFailover::Never) => inner
+                .lock_authority
+                .filter(|&a| backends.get(a).is_some_and(|b| b.available)),
+            (_, LockFailover::AfterOutage { delay }) => {
+                inner
+                    .strategy
+                    .select(&Routing { backends, now }, &mut candidates);
+                let natural = candidates.first();
+                match route {
+                    Route::Lock
+                        if natural.is_some_and(|c| {
+                            self.lock_authority_elsewhere(c, now, delay).is_some()
+                        }) =>
+                    {
+                        None
+                    }
+                    _ => prefer.or(natural),
+                }
+            }
+        };
+        candidates = Candidates::new();
+        if let Some(index) = pick {
+            candidates.push(index);
         }
         (views, candidates)
     }
@@ -773,16 +787,22 @@ impl ResilientStorage {
         for (view, slot) in views.iter_mut().zip(&self.inner.slots) {
             *view = slot.view(now, self.eligible(slot, route), route == Route::Data);
         }
-        if route.locks() {
-            self.hold_back_lock_failover(&mut views, now);
+        if route.locks()
+            && let LockFailover::AfterOutage { delay } = self.inner.lock_failover
+        {
+            self.hold_back_lock_failover(&mut views, now, delay);
         }
         views
     }
 
-    /// Another lock backend than `to` that answered a lock call less than the wait ago, so it
+    /// Another lock backend than `to` that answered a lock call less than `delay` ago, so it
     /// may still hold live leases, with the time left until they have all expired.
-    fn lock_authority_elsewhere(&self, to: usize, now: Instant) -> Option<(usize, Duration)> {
-        let wait = self.lock_failover_wait();
+    fn lock_authority_elsewhere(
+        &self,
+        to: usize,
+        now: Instant,
+        delay: Duration,
+    ) -> Option<(usize, Duration)> {
         self.inner
             .slots
             .iter()
@@ -790,22 +810,18 @@ impl ResilientStorage {
             .filter(|&(i, slot)| i != to && self.eligible(slot, Route::Lock))
             .filter_map(|(i, slot)| {
                 let since = now.saturating_duration_since(slot.lock_answered_at()?);
-                (since < wait).then(|| (i, wait - since))
+                (since < delay).then(|| (i, delay - since))
             })
             .max_by_key(|&(_, left)| left)
     }
 
-    /// How long lock calls wait after a lock backend goes down before a lower one may grant:
-    /// long enough for every lease it may still hold to expire.
-    fn lock_failover_wait(&self) -> Duration {
-        self.inner.lock_failover_delay.unwrap_or_else(|| {
-            Duration::from_millis(self.inner.longest_lease_ms.load(Ordering::Relaxed))
-        })
-    }
-
-    /// Marks lock backends below one that went down less than the wait ago as unavailable.
-    fn hold_back_lock_failover(&self, views: &mut [BackendView; MAX_BACKENDS], now: Instant) {
-        let wait = self.lock_failover_wait();
+    /// Marks lock backends below one that went down less than `delay` ago as unavailable.
+    fn hold_back_lock_failover(
+        &self,
+        views: &mut [BackendView; MAX_BACKENDS],
+        now: Instant,
+        delay: Duration,
+    ) {
         let mut held_back = false;
         for (view, slot) in views.iter_mut().zip(&self.inner.slots) {
             if !self.eligible(slot, Route::Lock) {
@@ -815,7 +831,7 @@ impl ResilientStorage {
                 view.available = false;
                 continue;
             }
-            if !view.available && now.saturating_duration_since(slot.lock_down(now)) < wait {
+            if !view.available && now.saturating_duration_since(slot.lock_down(now)) < delay {
                 held_back = true;
             }
         }
@@ -823,10 +839,12 @@ impl ResilientStorage {
 
     fn unavailable(&self, operation: Operation, route: Route) -> Error {
         let inner = &self.inner;
-        if route.locks() && !inner.slots.iter().any(|s| self.eligible(s, route)) {
+        if route.locks() && inner.lock_authority.is_none() {
             return Error::NoLockBackend { operation };
         }
-        if route.locks() {
+        if route.locks()
+            && let LockFailover::AfterOutage { delay } = inner.lock_failover
+        {
             let now = Instant::now();
             let mut natural = Candidates::new();
             let views = self.views(route, now);
@@ -838,7 +856,7 @@ impl ResilientStorage {
                 &mut natural,
             );
             if let Some(to) = natural.first()
-                && let Some((from, left)) = self.lock_authority_elsewhere(to, now)
+                && let Some((from, left)) = self.lock_authority_elsewhere(to, now, delay)
             {
                 return Error::NoBackendAvailable {
                     operation,
@@ -850,37 +868,64 @@ impl ResilientStorage {
                 };
             }
         }
-        let reasons = inner
-            .slots
-            .iter()
-            .filter(|slot| self.eligible(slot, route))
-            .map(|slot| {
-                let breaker = slot.breaker.state();
-                let health = slot.health.state();
-                if breaker != CircuitState::Closed {
-                    format!("[{}] circuit {breaker}", slot.name)
-                } else {
-                    format!("[{}] {health}", slot.name)
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        if route.locks() {
-            let wait = self.lock_failover_wait();
-            let local = if inner.local_locks {
-                ""
+        let reason = |slot: &Slot| {
+            let breaker = slot.breaker.state();
+            let health = slot.health.state();
+            if breaker != CircuitState::Closed {
+                format!("[{}] circuit {breaker}", slot.name)
             } else {
-                "; local locks are not enabled"
-            };
-            return Error::NoBackendAvailable {
+                format!("[{}] {health}", slot.name)
+            }
+        };
+        match (route, inner.lock_failover, inner.lock_authority) {
+            (Route::Data, ..) => Error::NoBackendAvailable {
                 operation,
-                reasons: format!(
-                    "{reasons} (locks fail closed: a lower backend grants only after a higher one \
-                     has been down for {wait:?}, the longest lease it may still hold{local})"
-                ),
-            };
+                reasons: inner
+                    .slots
+                    .iter()
+                    .map(|slot| reason(slot))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            },
+            (_, LockFailover::Never, Some(authority)) => {
+                let slot = &inner.slots[authority];
+                Error::NoBackendAvailable {
+                    operation,
+                    reasons: format!(
+                        "{} (locks fail closed: every lock call goes to [{}], the lock \
+                         authority, and no other backend grants while it is out of reach, so \
+                         that no two processes can hold one lock; see LockFailover)",
+                        reason(slot),
+                        slot.name
+                    ),
+                }
+            }
+            (_, failover, _) => {
+                let reasons = inner
+                    .slots
+                    .iter()
+                    .filter(|slot| self.eligible(slot, route))
+                    .map(|slot| reason(slot))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let delay = match failover {
+                    LockFailover::AfterOutage { delay } => delay,
+                    LockFailover::Never => Duration::ZERO,
+                };
+                let local = if inner.local_locks {
+                    ""
+                } else {
+                    "; local locks are not enabled"
+                };
+                Error::NoBackendAvailable {
+                    operation,
+                    reasons: format!(
+                        "{reasons} (locks fail closed: a lower backend grants only after a \
+                         higher one has been out of reach for {delay:?}{local})"
+                    ),
+                }
+            }
         }
-        Error::NoBackendAvailable { operation, reasons }
     }
 
     /// Runs `call` on the candidates in order until one answers, in one tracing span per
@@ -1068,4 +1113,10 @@ impl ResilientStorage {
             }
         }
     }
+}
+
+/// Whether `slot` may hold locks: it can, and it is shared across processes or local locks
+/// are enabled.
+fn lock_eligible(slot: &Slot, local_locks: bool) -> bool {
+    slot.capabilities.locks && (slot.capabilities.shared || local_locks)
 }
