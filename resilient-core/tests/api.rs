@@ -614,7 +614,10 @@ async fn by_default_locks_fail_closed_for_as_long_as_the_lock_authority_is_out_o
     }
     // Attempts on Redis while its breaker lets them through, refusals without a call otherwise;
     // never an attempt elsewhere.
-    assert!(refusals.iter().all(|e| !e.contains("postgres")), "{refusals:?}");
+    assert!(
+        refusals.iter().all(|e| !e.contains("postgres")),
+        "{refusals:?}"
+    );
     assert!(
         refusals
             .iter()
