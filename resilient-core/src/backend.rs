@@ -116,9 +116,11 @@ pub enum KeyWrite {
 ///
 /// The shipped backends issue the granting server's clock in microseconds since the Unix epoch,
 /// or one more than the lock's last token when that is larger. Tokens therefore keep growing
-/// when lock authority moves between Redis, PostgreSQL and the memory store, provided the
-/// servers' clocks agree to within the time between two grants of the lock (a lease is seconds;
-/// NTP keeps clocks within milliseconds).
+/// when lock authority moves between Redis, PostgreSQL and the memory store (under the opt-in
+/// [`LockFailover::AfterOutage`](crate::LockFailover::AfterOutage); by default it never
+/// moves), provided the servers' clocks agree to within the time between two grants of the
+/// lock (a lease is seconds; NTP keeps clocks within milliseconds), and across a Redis restart
+/// that forgot the lock's last token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct FencingToken(pub u64);
 

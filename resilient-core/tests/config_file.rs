@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use resilient_core::{Error, StorageConfig};
+use resilient_core::{Error, LockFailover, StorageConfig};
 // Registers `memory://`, which the configurations below name.
 use resilient_backend_memory as _;
 
@@ -122,4 +122,28 @@ fn errors_never_echo_a_url_or_password() {
         let shown = format!("{error} {error:?}");
         assert!(!shown.contains(secret), "{toml:?} leaked: {shown}");
     }
+}
+
+#[test]
+fn lock_failover_is_never_by_default_and_the_opt_in_names_its_delay() {
+    let config = StorageConfig::from_toml_with_env("", env(&[])).unwrap();
+    assert_eq!(config.lock_failover, LockFailover::Never);
+    let config = StorageConfig::from_toml_with_env(
+        r#"lock_failover = { after_outage = { delay = "30s" } }"#,
+        env(&[]),
+    )
+    .unwrap();
+    assert_eq!(
+        config.lock_failover,
+        LockFailover::after_outage(Duration::from_secs(30))
+    );
+    let config = StorageConfig::from_toml_with_env(
+        r#"lock_failover = { after_outage = { delay = "30s" } }"#,
+        env(&[("RESILIENT_STORAGE_LOCK_FAILOVER", "never")]),
+    )
+    .unwrap();
+    assert_eq!(config.lock_failover, LockFailover::Never);
+    let err =
+        StorageConfig::from_toml_with_env(r#"lock_failover = "sometimes""#, env(&[])).unwrap_err();
+    assert_eq!(field_of(err), "lock_failover");
 }

@@ -143,11 +143,13 @@ async fn redis_takes_traffic_back_after_an_outage_of_reads_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_takes_traffic_back_after_an_outage_of_locks_only() {
     outage("locks only", |storage| async move {
-        // Fails closed until Redis's leases may have expired, then PostgreSQL grants.
-        if let Ok(LockOutcome::Acquired(_)) = storage
+        // Fails closed while Redis, the lock authority, is out of reach: never granted by
+        // PostgreSQL.
+        if let Ok(LockOutcome::Acquired(grant)) = storage
             .acquire_lock("job", "me", Duration::from_secs(1))
             .await
         {
+            assert_eq!(grant.backend, "redis");
             storage.release_lock("job", "me").await.unwrap();
         }
     })
