@@ -24,8 +24,10 @@ use crate::sql::Statements;
 /// - Connects lazily: building one never waits for the server; the pool reconnects by itself.
 /// - Every call is bounded three times: the pool's acquire timeout, the server's
 ///   `statement_timeout`, and a client-side timeout that holds even when the server is frozen.
-/// - Tables (logged, so a crash loses no acknowledged write) are created on the first call that
-///   reaches the server, under an advisory lock, so several processes may start at once.
+/// - Tables (logged, so a crash loses no acknowledged write) are created in the background as
+///   soon as the server answers (at start, else at the first passing health check), under an
+///   advisory lock, so several processes may start at once; a call that finds them missing
+///   creates them itself. A first failover here pays no DDL.
 /// - Expiry is decided on the server's clock; a background sweeper deletes expired rows in
 ///   bounded batches and stops on shutdown.
 /// - Locks are lease rows taken with one `INSERT ... ON CONFLICT ... WHERE expired OR same
@@ -40,12 +42,17 @@ pub struct PostgresBackend {
     sql: Statements,
     schema_ready: AtomicBool,
     schema_lock: tokio::sync::Mutex<()>,
+    /// Set while a background preparation runs (see [`PostgresBackend::prepared`]).
+    preparing: AtomicBool,
+    me: Weak<Self>,
     stop: watch::Sender<bool>,
 }
 
 impl PostgresBackend {
-    /// A backend with the given settings, and its sweeper task. Does not connect: the first call
-    /// does. Needs a tokio runtime.
+    /// A backend with the given settings, and its sweeper task. Never waits for the server: it
+    /// [prepares](Self::prepared) the tables and one connection in the background, and every
+    /// passing health check starts that again until it is done, so the first call that fails
+    /// over here, even long after start, finds both ready. Needs a tokio runtime.
     pub fn new(config: PostgresConfig) -> Result<Arc<Self>> {
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
@@ -60,17 +67,59 @@ impl PostgresBackend {
             .acquire_timeout(config.acquire_timeout)
             .test_before_acquire(false)
             .connect_lazy_with(config.connect.clone());
-        let backend = Arc::new(Self {
+        let backend = Arc::new_cyclic(|me| Self {
             sql: Statements::new(&config.schema, &config.table),
             config,
             pool,
             health,
             schema_ready: AtomicBool::new(false),
             schema_lock: tokio::sync::Mutex::new(()),
+            preparing: AtomicBool::new(false),
+            me: me.clone(),
             stop: watch::channel(false).0,
         });
         tokio::spawn(sweeper(Arc::downgrade(&backend), backend.stop.subscribe()));
+        backend.prepare_in_background();
         Ok(backend)
+    }
+
+    /// Whether the tables are known to exist and the data pool holds a connection: a call that
+    /// fails over to this backend then pays its own round trip, no DDL and no connection set-up.
+    /// Creating the tables is idempotent and serialised across processes, so any number of
+    /// instances may start at once.
+    pub fn prepared(&self) -> bool {
+        self.schema_ready.load(Ordering::Acquire) && self.pool.size() > 0
+    }
+
+    /// Prepares the tables and one pooled connection in a task of its own, unless that is done
+    /// or already under way. A failure is logged and left to the next health check.
+    fn prepare_in_background(&self) {
+        if self.prepared() || self.preparing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(backend) = self.me.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let prepared = tokio::time::timeout(backend.config.query_timeout, async {
+                backend.ensure_schema().await?;
+                // Returned to the pool at once: kept warm for the first call.
+                backend.pool.acquire().await.map(drop)
+            })
+            .await;
+            let name = &backend.config.name;
+            match prepared {
+                Ok(Ok(())) => tracing::debug!(backend = %name, "tables and a connection ready"),
+                Ok(Err(e)) => {
+                    let error = classify(&backend.config, Operation::HealthCheck, e);
+                    tracing::debug!(backend = %name, %error, "preparing the tables failed; the next health check retries");
+                }
+                Err(_) => {
+                    tracing::debug!(backend = %name, "preparing the tables timed out; the next health check retries")
+                }
+            }
+            backend.preparing.store(false, Ordering::Release);
+        });
     }
 
     /// The settings.
@@ -220,7 +269,11 @@ impl Backend for PostgresBackend {
     async fn health_check(&self) -> Result<HealthProbe> {
         let check =
             sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()").fetch_one(&self.health);
-        match tokio::time::timeout(self.config.query_timeout, check).await {
+        let checked = tokio::time::timeout(self.config.query_timeout, check).await;
+        if matches!(checked, Ok(Ok(_))) {
+            self.prepare_in_background();
+        }
+        match checked {
             Ok(Ok(false)) => Ok(HealthProbe::Healthy),
             Ok(Ok(true)) => Ok(HealthProbe::Degraded(
                 "server is in recovery (a read-only standby)".to_owned(),
