@@ -41,8 +41,9 @@ pub use registry::BackendFactory;
 pub use report::{BackendReport, HealthReport, OverallStatus};
 pub use router::{
     BackendOptions, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_FAILBACK_DELAY,
-    DEFAULT_MAX_HINTS, DEFAULT_MEMORY_TTL_CAP, LockFailover, LockGuard, LockLost, LockOptions,
-    MEMORY_FALLBACK_PRIORITY, ResilientStorage, StorageBuilder, WritePolicy,
+    DEFAULT_MAX_REPLAY_BYTES, DEFAULT_MAX_REPLAY_RECORDS, DEFAULT_MEMORY_TTL_CAP, LockFailover,
+    LockGuard, LockLost, LockOptions, MEMORY_FALLBACK_PRIORITY, ResilientStorage, StorageBuilder,
+    WritePolicy,
 };
 pub use strategy::{SelectionStrategy, Strategy};
 pub use url::BackendUrl;

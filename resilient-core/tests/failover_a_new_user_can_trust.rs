@@ -247,7 +247,7 @@ async fn readiness_holds_while_a_fallback_serves_and_fails_only_when_none_can() 
 async fn replay_lost_counts_only_since_the_last_complete_replay() {
     let (redis, postgres) = (fault("redis"), fault("postgres"));
     let storage = builder(&[&redis, &postgres])
-        .max_hints(2)
+        .max_replay_records(2)
         .build()
         .await
         .unwrap();

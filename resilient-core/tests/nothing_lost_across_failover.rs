@@ -143,7 +143,7 @@ async fn writes_beyond_the_bound_are_reported_lost_never_dropped_silently() {
     let (redis, postgres) = (fault("redis"), fault("postgres"));
     let storage = builder(&[&redis, &postgres])
         .strategy(Strategy::Priority)
-        .max_hints(3)
+        .max_replay_records(3)
         .build()
         .await
         .unwrap();

@@ -13,8 +13,8 @@ use crate::health::HealthConfig;
 use crate::key::KeyPolicy;
 use crate::router::{
     BackendOptions, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_FAILBACK_DELAY,
-    DEFAULT_MAX_HINTS, DEFAULT_MEMORY_TTL_CAP, LockFailover, ResilientStorage, StorageBuilder,
-    WritePolicy,
+    DEFAULT_MAX_REPLAY_BYTES, DEFAULT_MAX_REPLAY_RECORDS, DEFAULT_MEMORY_TTL_CAP, LockFailover,
+    ResilientStorage, StorageBuilder, WritePolicy,
 };
 use crate::strategy::Strategy;
 use crate::url::BackendUrl;
@@ -113,8 +113,11 @@ pub struct StorageConfig {
     /// The longest TTL of write-through copies to the memory store.
     #[serde(with = "humantime_serde")]
     pub memory_ttl_cap: Duration,
-    /// Missed writes kept per backend for replay.
-    pub max_hints: usize,
+    /// Writes kept per backend for replay (was `max_hints`).
+    #[serde(alias = "max_hints")]
+    pub max_replay_records: usize,
+    /// Bytes of writes kept per backend for replay.
+    pub max_replay_bytes: usize,
     /// Whether lock authority may leave the highest-priority lock backend: `"never"` (the
     /// default) or `{ after_outage = { delay = "30s" } }`; see [`LockFailover`].
     pub lock_failover: LockFailover,
@@ -135,7 +138,8 @@ impl Default for StorageConfig {
             keys: KeyPolicy::default(),
             write_policy: WritePolicy::default(),
             memory_ttl_cap: DEFAULT_MEMORY_TTL_CAP,
-            max_hints: DEFAULT_MAX_HINTS,
+            max_replay_records: DEFAULT_MAX_REPLAY_RECORDS,
+            max_replay_bytes: DEFAULT_MAX_REPLAY_BYTES,
             lock_failover: LockFailover::Never,
         }
     }
@@ -157,7 +161,8 @@ impl StorageConfig {
             .keys(self.keys)
             .write_policy(self.write_policy)
             .memory_ttl_cap(self.memory_ttl_cap)
-            .max_hints(self.max_hints)
+            .max_replay_records(self.max_replay_records)
+            .max_replay_bytes(self.max_replay_bytes)
             .lock_failover(self.lock_failover);
         for (i, backend) in self.backends.into_iter().enumerate() {
             let mut options = BackendOptions::new(backend.priority).enabled(backend.enabled);

@@ -2,13 +2,17 @@
 //! timeouts, memory fallback and lock policy.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
+use super::locks::Locks;
+use super::replay_log::{ReplayLog, VersionClock};
 use super::slot::{Slot, monitor, replayer};
-use super::{Inner, ResilientStorage};
+use super::status::Active;
+use super::{Inner, Lifecycle, LockFailover, Policy, ResilientStorage};
 use crate::backend::Backend;
 use crate::breaker::BreakerConfig;
 use crate::error::{Error, Result};
@@ -31,7 +35,10 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(2);
 pub const DEFAULT_FAILBACK_DELAY: Duration = Duration::from_secs(2);
 
 /// Default bound on the writes kept for replay, per backend.
-pub const DEFAULT_MAX_HINTS: usize = 100_000;
+pub const DEFAULT_MAX_REPLAY_RECORDS: usize = 100_000;
+
+/// Default bound on the bytes of the writes kept for replay, per backend: 128 MiB.
+pub const DEFAULT_MAX_REPLAY_BYTES: usize = 128 << 20;
 
 /// Default TTL cap of write-through copies to the memory store.
 pub const DEFAULT_MEMORY_TTL_CAP: Duration = Duration::from_secs(300);
@@ -67,62 +74,6 @@ pub enum WritePolicy {
     /// memory store get a TTL of at most `memory_ttl_cap`. A copy that fails or does not finish
     /// in time is kept for replay. A miss asks the next shared backend, as under `WriteBehind`.
     WriteThrough,
-}
-
-/// Whether lock authority may leave the highest-priority lock backend when this process
-/// cannot reach it.
-///
-/// A process cannot tell "Redis is down" from "I am cut off from Redis": while it is cut off,
-/// other processes may still reach Redis and take locks there. Granting on PostgreSQL then
-/// makes two holders of one lock, and no delay prevents it (the delay covers leases granted
-/// before this process saw the outage, not those other processes keep taking). So by default
-/// every lock call goes to one backend that every process agrees on, the lock authority, and
-/// fails closed when it is out of reach. ARCHITECTURE.md, "Why locks fail closed", has the
-/// whole argument and what keeps working during which outage.
-///
-/// | mode | a lock is granted twice | locks during a Redis outage |
-/// |---|---|---|
-/// | `Never` (default) | never, under any partition, while every process has the same lock authority | fail closed (an error) until this process reaches Redis again |
-/// | `AfterOutage` | when one process is cut off from Redis while others still reach it, or when the delay is shorter than a lease | granted by PostgreSQL once Redis has been out of reach for `delay` |
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum LockFailover {
-    /// Every acquire, extend and release goes to the lock authority: the highest-priority
-    /// backend that can hold locks (shared across processes, or any when
-    /// [local locks](StorageBuilder::local_locks) are enabled). When this process cannot reach
-    /// it, acquires and extends fail with [`Error::NoBackendAvailable`] and nothing is granted
-    /// elsewhere; key-value calls still fail over. Every process configured with the same
-    /// backends and priorities agrees on the authority, so no partition can make two of them
-    /// grant one lock. The authority's own failures remain: a Redis that restarts without
-    /// persistence forgets its leases (the holder learns it at its next extend, and the new
-    /// holder's fencing token is higher, so a guarded resource rejects the old one).
-    #[default]
-    Never,
-    /// Opt-in availability over safety: once this process has found every higher lock backend
-    /// out of reach for `delay`, the next one grants locks; authority moves back up only once
-    /// the lower backend has answered no acquire or extend for `delay`.
-    ///
-    /// **Risk: two holders at once.** When this process is cut off from Redis while other
-    /// processes still reach it (a partition, not an outage), it grants locks on PostgreSQL
-    /// while they keep granting the same locks on Redis; a `delay` shorter than the longest
-    /// lease any process takes adds overlaps after a real outage. Use it only for locks whose
-    /// guarded resource checks fencing tokens: tokens are the granting server's clock in
-    /// microseconds (or one more than the lock's last), so they grow in grant order across
-    /// backends given clocks in agreement, and the resource rejects the older holder's writes.
-    AfterOutage {
-        /// How long every higher lock backend must have been out of reach (as this process
-        /// sees it) before a lower one grants: at least the longest lease any process takes.
-        #[serde(with = "humantime_serde")]
-        delay: Duration,
-    },
-}
-
-impl LockFailover {
-    /// [`LockFailover::AfterOutage`] with the given delay.
-    pub fn after_outage(delay: Duration) -> Self {
-        Self::AfterOutage { delay }
-    }
 }
 
 /// Per-backend options: priority, an optional name, and whether it is enabled.
@@ -191,7 +142,8 @@ pub struct StorageBuilder {
     event_capacity: usize,
     write_policy: WritePolicy,
     memory_ttl_cap: Duration,
-    max_hints: usize,
+    max_replay_records: usize,
+    max_replay_bytes: usize,
     lock_failover: LockFailover,
 }
 
@@ -212,7 +164,8 @@ impl Default for StorageBuilder {
             event_capacity: 1024,
             write_policy: WritePolicy::default(),
             memory_ttl_cap: DEFAULT_MEMORY_TTL_CAP,
-            max_hints: DEFAULT_MAX_HINTS,
+            max_replay_records: DEFAULT_MAX_REPLAY_RECORDS,
+            max_replay_bytes: DEFAULT_MAX_REPLAY_BYTES,
             lock_failover: LockFailover::Never,
         }
     }
@@ -323,11 +276,21 @@ impl StorageBuilder {
         self
     }
 
-    /// How many missed writes (distinct keys) are kept per backend for replay. Beyond it a
-    /// missed write is counted as lost, reported in the health report and by a
+    /// How many writes (distinct keys) each backend's replay log keeps: the writes it missed
+    /// during an outage and the write-behind copies on their way to it. Beyond it a write of a
+    /// new key is counted as lost, reported in the health report and by a
     /// [`ReplayLost`](crate::StorageEvent::ReplayLost) event. Default 100,000.
-    pub fn max_hints(mut self, max: usize) -> Self {
-        self.max_hints = max;
+    pub fn max_replay_records(mut self, max: usize) -> Self {
+        self.max_replay_records = max;
+        self
+    }
+
+    /// How many bytes (keys, values and about 100 bytes per record) each backend's replay log
+    /// keeps; beyond it a write of a new key is lost as beyond
+    /// [`max_replay_records`](Self::max_replay_records). A newer write of a key already kept
+    /// always replaces it. Default 128 MiB; must not be zero.
+    pub fn max_replay_bytes(mut self, max: usize) -> Self {
+        self.max_replay_bytes = max;
         self
     }
 
@@ -403,7 +366,7 @@ impl StorageBuilder {
                 backend,
                 self.breaker.clone(),
                 self.health.clone(),
-                self.max_hints,
+                ReplayLog::new(self.max_replay_records, self.max_replay_bytes),
                 events.clone(),
             )));
         }
@@ -429,21 +392,29 @@ impl StorageBuilder {
             .strategy
             .unwrap_or_else(|| self.builtin.build(self.failback_delay));
         Ok(ResilientStorage {
-            inner: Arc::new(Inner::new(
+            inner: Arc::new(Inner {
+                policy: Policy {
+                    read_behind: self.write_policy != WritePolicy::Selected
+                        && slots.iter().skip(1).any(|slot| slot.capabilities.shared),
+                    keys: self.keys,
+                    attempt_timeout: self.attempt_timeout,
+                    deadline: self.deadline,
+                    write_policy: self.write_policy,
+                    memory_ttl_cap: self.memory_ttl_cap,
+                },
+                locks: Locks::new(self.lock_failover, self.local_locks, &slots),
+                active: Active::new(),
+                life: Lifecycle {
+                    events,
+                    shut_down: AtomicBool::new(false),
+                    stop,
+                    monitors: Mutex::new(monitors),
+                    replay_wake,
+                },
+                versions: VersionClock::default(),
                 slots,
                 strategy,
-                self.keys,
-                self.attempt_timeout,
-                self.deadline,
-                self.local_locks,
-                self.write_policy,
-                self.memory_ttl_cap,
-                self.lock_failover,
-                events,
-                stop,
-                monitors,
-                replay_wake,
-            )),
+            }),
         })
     }
 
@@ -460,6 +431,9 @@ impl StorageBuilder {
         }
         if self.event_capacity == 0 {
             return Err(Error::config("event_capacity", "must be at least 1"));
+        }
+        if self.max_replay_bytes == 0 {
+            return Err(Error::config("max_replay_bytes", "must not be zero"));
         }
         if self.memory_ttl_cap.is_zero() {
             return Err(Error::config("memory_ttl_cap", "must not be zero"));

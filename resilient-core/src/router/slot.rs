@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
-use super::handoff::Hints;
+use super::replay_log::ReplayLog;
 use super::telemetry::BackendMetrics;
 use crate::backend::{Backend, Capabilities};
 use crate::breaker::{BreakerConfig, CircuitBreaker};
@@ -24,7 +24,7 @@ pub(crate) struct Slot {
     pub(crate) capabilities: Capabilities,
     pub(crate) breaker: CircuitBreaker,
     pub(crate) health: HealthTracker,
-    pub(crate) hints: Arc<Hints>,
+    pub(crate) replay: Arc<ReplayLog>,
     pub(crate) metrics: BackendMetrics,
     /// Since when lock calls have found this backend unusable (`None` while it serves them).
     pub(crate) lock_down_since: std::sync::Mutex<Option<Instant>>,
@@ -40,15 +40,15 @@ impl Slot {
         backend: Arc<dyn Backend>,
         breaker: BreakerConfig,
         health: HealthConfig,
-        max_hints: usize,
+        replay: ReplayLog,
         events: broadcast::Sender<StorageEvent>,
     ) -> Self {
         let capabilities = backend.capabilities();
         let backend_name = name.clone();
         let metrics = BackendMetrics::new(&name);
         let gauge = metrics.circuit_gauge();
-        let hints = Arc::new(Hints::new(max_hints));
-        let outage = hints.clone();
+        let replay = Arc::new(replay);
+        let outage = replay.clone();
         let breaker = CircuitBreaker::new(breaker).with_observer(move |t| {
             gauge.set(t.to);
             if matches!(
@@ -81,7 +81,7 @@ impl Slot {
             capabilities,
             breaker,
             health: HealthTracker::new(health),
-            hints,
+            replay,
             metrics,
             lock_down_since: std::sync::Mutex::new(None),
             lock_answered: std::sync::Mutex::new(None),
@@ -128,7 +128,7 @@ impl Slot {
                     Some(closed) => Some(closed.min(healthy)),
                     None => self.breaker.would_admit_at(now).then_some(Duration::ZERO),
                 });
-        let replaying = data && self.hints.blocks_traffic();
+        let replaying = data && self.replay.blocks_traffic();
         BackendView {
             priority: self.priority,
             available: eligible && !replaying && available_for.is_some(),
@@ -149,8 +149,8 @@ impl Slot {
             latency_ms: self.health.latency().map(|l| l.as_secs_f64() * 1e3),
             last_error: self.health.last_error(),
             capabilities: self.capabilities,
-            pending_replay: self.hints.pending(),
-            replay_lost: self.hints.lost_recently(),
+            pending_replay: self.replay.pending(),
+            replay_lost: self.replay.lost_recently(),
         }
     }
 }
@@ -187,7 +187,7 @@ pub(crate) async fn monitor(
         }
         if let Some(change) = change {
             if change.to == HealthState::Unhealthy {
-                slot.hints.outage_began();
+                slot.replay.outage_began();
                 tracing::warn!(backend = %slot.name, from = %change.from, error = ?error, "backend unhealthy");
             } else {
                 tracing::info!(backend = %slot.name, from = %change.from, to = %change.to, "backend health changed");
@@ -256,7 +256,7 @@ pub(crate) async fn replayer(
             _ = tokio::time::sleep(REPLAY_TICK) => {}
         }
         for slot in &slots {
-            if slot.hints.pending() > 0 && slot.health.state().is_routable() {
+            if slot.replay.pending() > 0 && slot.health.state().is_routable() {
                 replay(slot, &events, attempt_timeout).await;
             }
         }
@@ -273,7 +273,7 @@ enum Replayed {
 async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_timeout: Duration) {
     use futures_util::StreamExt;
     let mut complete = true;
-    let mut records = slot.hints.pass().into_iter().peekable();
+    let mut records = slot.replay.pass().into_iter().peekable();
     let mut running = futures_util::stream::FuturesUnordered::new();
     let mut started = 0_usize;
     loop {
@@ -308,13 +308,13 @@ async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_t
             None => break,
         }
     }
-    slot.metrics.backlog(slot.hints.pending());
+    slot.metrics.backlog(slot.replay.pending());
     // The first complete pass of an outage lets traffic back; later passes replay the writes
     // made meanwhile, which reads consult until then.
-    if complete && !slot.hints.set_caught_up() {
+    if complete && !slot.replay.set_caught_up() {
         tracing::info!(backend = %slot.name, "replay pass complete: backend takes traffic again");
     }
-    let records = slot.hints.take_replayed_when_done();
+    let records = slot.replay.take_replayed_when_done();
     if records > 0 {
         tracing::info!(backend = %slot.name, records, "replay complete: backend up to date");
         let _ = events.send(StorageEvent::ReplayCompleted {
@@ -329,7 +329,7 @@ async fn replay_one(
     events: &broadcast::Sender<StorageEvent>,
     permit: crate::breaker::Permit<'_>,
     key: String,
-    hint: super::handoff::Hint,
+    hint: super::replay_log::LoggedWrite,
     version: crate::backend::WriteVersion,
     attempt_timeout: Duration,
 ) -> Replayed {
@@ -345,7 +345,7 @@ async fn replay_one(
             if !applied {
                 tracing::debug!(backend = %slot.name, "replay skipped: a newer write is there");
             }
-            if slot.hints.replayed(&key, version) {
+            if slot.replay.replayed(&key, version) {
                 slot.metrics.replayed(1);
             }
             Replayed::Done
@@ -359,13 +359,13 @@ async fn replay_one(
             // The backend refuses this write for good: report it rather than retry forever or
             // drop it silently.
             permit.ignore();
-            if slot.hints.forget(&key, version) {
-                slot.hints.count_lost();
-                slot.metrics.lost(slot.hints.lost());
+            if slot.replay.forget(&key, version) {
+                slot.replay.count_lost();
+                slot.metrics.lost(slot.replay.lost());
                 tracing::warn!(backend = %slot.name, %error, "a write could not be replayed");
                 let _ = events.send(StorageEvent::ReplayLost {
                     backend: slot.name.clone(),
-                    lost: slot.hints.lost(),
+                    lost: slot.replay.lost(),
                 });
             }
             Replayed::Done

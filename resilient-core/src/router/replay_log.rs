@@ -1,9 +1,10 @@
-//! Hinted handoff: the writes and deletes a higher-priority backend missed while another served
-//! them, kept until they are replayed to it.
+//! The replay log: per backend, the writes and deletes it missed while another served them, and
+//! the write-behind copies it has yet to receive, kept until they are replayed to it.
 //!
 //! Records are coalesced per key (the newest write wins), carry the write's version and the
-//! value's expiry, and are bounded in number. A record that does not fit is counted as lost and
-//! reported, never dropped silently.
+//! value's expiry, and are bounded in number and in bytes. A record of a new key that does not
+//! fit is counted as lost and reported, never dropped silently; a newer write of a key already
+//! recorded always replaces its record.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -15,9 +16,13 @@ use tokio::time::Instant;
 
 use crate::backend::{KeyWrite, WriteVersion};
 
-/// A write to carry over.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Hint {
+/// Bytes a record costs beyond its key and value: the map entry, the record, the allocations'
+/// headers.
+const RECORD_OVERHEAD: usize = 96;
+
+/// A write to carry over. Its `Debug` shows the value's size, never its bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum LoggedWrite {
     Set {
         value: Bytes,
         expires_at: Option<Instant>,
@@ -25,11 +30,33 @@ pub(crate) enum Hint {
     Delete,
 }
 
-impl Hint {
+impl std::fmt::Debug for LoggedWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoggedWrite::Set { value, expires_at } => f
+                .debug_struct("Set")
+                .field("bytes", &value.len())
+                .field("expires_at", expires_at)
+                .finish(),
+            LoggedWrite::Delete => f.write_str("Delete"),
+        }
+    }
+}
+
+impl LoggedWrite {
+    /// What the record of `key` costs against the log's byte bound.
+    fn cost(&self, key: &str) -> usize {
+        let value = match self {
+            LoggedWrite::Set { value, .. } => value.len(),
+            LoggedWrite::Delete => 0,
+        };
+        RECORD_OVERHEAD + key.len() + value
+    }
+
     /// What a read of the key should see now, by this record.
     pub(crate) fn read(&self, now: Instant) -> Option<Bytes> {
         match self {
-            Hint::Set { value, expires_at } if expires_at.is_none_or(|at| now < at) => {
+            LoggedWrite::Set { value, expires_at } if expires_at.is_none_or(|at| now < at) => {
                 Some(value.clone())
             }
             _ => None,
@@ -40,14 +67,14 @@ impl Hint {
     /// delete, a live one keeps its remaining TTL.
     pub(crate) fn replay_at(&self, now: Instant) -> KeyWrite {
         match self {
-            Hint::Set {
+            LoggedWrite::Set {
                 value,
                 expires_at: None,
             } => KeyWrite::Set {
                 value: value.clone(),
                 ttl: None,
             },
-            Hint::Set {
+            LoggedWrite::Set {
                 value,
                 expires_at: Some(at),
             } => match at.checked_duration_since(now) {
@@ -57,7 +84,7 @@ impl Hint {
                 },
                 _ => KeyWrite::Delete,
             },
-            Hint::Delete => KeyWrite::Delete,
+            LoggedWrite::Delete => KeyWrite::Delete,
         }
     }
 }
@@ -90,14 +117,35 @@ impl VersionClock {
 
 #[derive(Debug)]
 struct Record {
-    hint: Hint,
+    hint: LoggedWrite,
     version: WriteVersion,
+}
+
+/// The records, and what they cost in bytes.
+#[derive(Debug, Default)]
+struct Records {
+    map: HashMap<String, Record>,
+    bytes: usize,
+}
+
+impl Records {
+    /// Puts the record of `key` in place of the one there, keeping `bytes` true.
+    fn replace(&mut self, key: &str, record: Record) {
+        if let Some(old) = self.map.get_mut(key) {
+            self.bytes = self.bytes - old.hint.cost(key) + record.hint.cost(key);
+            *old = record;
+        } else {
+            self.bytes += record.hint.cost(key);
+            self.map.insert(key.to_owned(), record);
+        }
+    }
 }
 
 /// The records kept for one backend.
 #[derive(Debug)]
-pub(crate) struct Hints {
+pub(crate) struct ReplayLog {
     max: usize,
+    max_bytes: usize,
     pending: AtomicUsize,
     /// Records lost in the process's lifetime (metrics).
     lost: AtomicU64,
@@ -113,24 +161,26 @@ pub(crate) struct Hints {
     caught_up: AtomicBool,
     /// Records replayed since the last time none were left.
     replayed: AtomicU64,
-    records: Mutex<HashMap<String, Record>>,
+    records: Mutex<Records>,
 }
 
 /// A record could not be kept: the bound was reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Overflow;
 
-impl Hints {
-    pub(crate) fn new(max: usize) -> Self {
+impl ReplayLog {
+    /// A log of at most `max` records and `max_bytes` bytes.
+    pub(crate) fn new(max: usize, max_bytes: usize) -> Self {
         Self {
             max,
+            max_bytes,
             pending: AtomicUsize::new(0),
             lost: AtomicU64::new(0),
             lost_recently: AtomicU64::new(0),
             missed: AtomicBool::new(false),
             caught_up: AtomicBool::new(true),
             replayed: AtomicU64::new(0),
-            records: Mutex::new(HashMap::new()),
+            records: Mutex::new(Records::default()),
         }
     }
 
@@ -162,7 +212,7 @@ impl Hints {
     pub(crate) fn record(
         &self,
         key: &str,
-        hint: Hint,
+        hint: LoggedWrite,
         version: WriteVersion,
         missed: bool,
     ) -> Result<(), Overflow> {
@@ -170,49 +220,52 @@ impl Hints {
             self.missed.store(true, Ordering::Relaxed);
         }
         let mut records = self.lock();
-        if let Some(record) = records.get_mut(key) {
+        if let Some(record) = records.map.get(key) {
             if record.version <= version {
-                *record = Record { hint, version };
+                records.replace(key, Record { hint, version });
             }
             return Ok(());
         }
-        if records.len() >= self.max {
+        if records.map.len() >= self.max || records.bytes + hint.cost(key) > self.max_bytes {
             self.count_lost();
             return Err(Overflow);
         }
-        records.insert(key.to_owned(), Record { hint, version });
-        self.pending.store(records.len(), Ordering::Release);
+        records.replace(key, Record { hint, version });
+        self.pending.store(records.map.len(), Ordering::Release);
         Ok(())
     }
 
     /// Replaces the record of `key`, if there is one and it is older, with the write of
     /// `version` (a newer write the backend also got, or is about to). `hint` is only called
     /// when there is a record to replace.
-    pub(crate) fn refresh(&self, key: &str, version: WriteVersion, hint: impl FnOnce() -> Hint) {
+    pub(crate) fn refresh(
+        &self,
+        key: &str,
+        version: WriteVersion,
+        hint: impl FnOnce() -> LoggedWrite,
+    ) {
         if self.pending() == 0 {
             return;
         }
-        if let Some(record) = self.lock().get_mut(key)
-            && record.version <= version
-        {
-            *record = Record {
-                hint: hint(),
-                version,
-            };
+        let mut records = self.lock();
+        if records.map.get(key).is_some_and(|r| r.version <= version) {
+            let hint = hint();
+            records.replace(key, Record { hint, version });
         }
     }
 
     /// The record of `key`, if any. Lock-free when nothing is pending.
-    pub(crate) fn get(&self, key: &str) -> Option<Hint> {
+    pub(crate) fn get(&self, key: &str) -> Option<LoggedWrite> {
         if self.pending() == 0 {
             return None;
         }
-        self.lock().get(key).map(|r| r.hint.clone())
+        self.lock().map.get(key).map(|r| r.hint.clone())
     }
 
     /// Every record, with its version, for one replay pass.
-    pub(crate) fn pass(&self) -> Vec<(String, Hint, WriteVersion)> {
+    pub(crate) fn pass(&self) -> Vec<(String, LoggedWrite, WriteVersion)> {
         self.lock()
+            .map
             .iter()
             .map(|(k, r)| (k.clone(), r.hint.clone(), r.version))
             .collect()
@@ -250,10 +303,10 @@ impl Hints {
     /// Forgets `key`'s record unless a newer write replaced it; true when it did.
     pub(crate) fn forget(&self, key: &str, version: WriteVersion) -> bool {
         let mut records = self.lock();
-        let done = records.get(key).is_some_and(|r| r.version == version);
-        if done {
-            records.remove(key);
-            self.pending.store(records.len(), Ordering::Release);
+        let done = records.map.get(key).is_some_and(|r| r.version == version);
+        if let Some(record) = done.then(|| records.map.remove(key)).flatten() {
+            records.bytes -= record.hint.cost(key);
+            self.pending.store(records.map.len(), Ordering::Release);
         }
         done
     }
@@ -264,7 +317,7 @@ impl Hints {
     /// over.
     pub(crate) fn take_replayed_when_done(&self) -> u64 {
         let records = self.lock();
-        if !records.is_empty() {
+        if !records.map.is_empty() {
             return 0;
         }
         let replayed = self.replayed.swap(0, Ordering::Relaxed);
@@ -279,7 +332,7 @@ impl Hints {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Record>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
         self.records.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -288,8 +341,8 @@ impl Hints {
 mod tests {
     use super::*;
 
-    fn set(v: &'static [u8]) -> Hint {
-        Hint::Set {
+    fn set(v: &'static [u8]) -> LoggedWrite {
+        LoggedWrite::Set {
             value: Bytes::from_static(v),
             expires_at: None,
         }
@@ -300,27 +353,27 @@ mod tests {
 
     #[test]
     fn records_coalesce_per_key_and_a_newer_write_survives_an_older_replay() {
-        let hints = Hints::new(10);
-        hints.record("k", set(b"1"), V1, true).unwrap();
-        let (_, _, v1) = hints.pass().remove(0);
-        hints.record("k", set(b"2"), V2, true).unwrap();
-        assert_eq!(hints.pending(), 1);
-        assert!(!hints.replayed("k", v1), "the newer record stays");
-        let (_, hint, v2) = hints.pass().remove(0);
+        let log = ReplayLog::new(10, usize::MAX);
+        log.record("k", set(b"1"), V1, true).unwrap();
+        let (_, _, v1) = log.pass().remove(0);
+        log.record("k", set(b"2"), V2, true).unwrap();
+        assert_eq!(log.pending(), 1);
+        assert!(!log.replayed("k", v1), "the newer record stays");
+        let (_, hint, v2) = log.pass().remove(0);
         assert_eq!((hint, v2), (set(b"2"), V2));
-        assert!(hints.replayed("k", v2));
-        assert_eq!(hints.pending(), 0);
+        assert!(log.replayed("k", v2));
+        assert_eq!(log.pending(), 0);
     }
 
     #[test]
     fn an_older_write_recorded_late_never_replaces_a_newer_record() {
-        let hints = Hints::new(10);
-        hints.record("k", set(b"2"), V2, true).unwrap();
-        hints.record("k", set(b"1"), V1, true).unwrap();
-        hints.refresh("k", V1, || set(b"1"));
-        assert_eq!(hints.pass(), vec![("k".to_owned(), set(b"2"), V2)]);
-        hints.refresh("k", WriteVersion(3), || Hint::Delete);
-        assert_eq!(hints.get("k"), Some(Hint::Delete));
+        let log = ReplayLog::new(10, usize::MAX);
+        log.record("k", set(b"2"), V2, true).unwrap();
+        log.record("k", set(b"1"), V1, true).unwrap();
+        log.refresh("k", V1, || set(b"1"));
+        assert_eq!(log.pass(), vec![("k".to_owned(), set(b"2"), V2)]);
+        log.refresh("k", WriteVersion(3), || LoggedWrite::Delete);
+        assert_eq!(log.get("k"), Some(LoggedWrite::Delete));
     }
 
     #[test]
@@ -337,38 +390,44 @@ mod tests {
 
     #[test]
     fn the_bound_is_kept_and_what_does_not_fit_is_counted() {
-        let hints = Hints::new(2);
-        hints.record("a", Hint::Delete, V1, true).unwrap();
-        hints.record("b", Hint::Delete, V1, true).unwrap();
-        assert_eq!(hints.record("c", Hint::Delete, V1, true), Err(Overflow));
-        hints.record("a", set(b"x"), V2, true).unwrap();
-        assert_eq!((hints.pending(), hints.lost()), (2, 1));
+        let log = ReplayLog::new(2, usize::MAX);
+        log.record("a", LoggedWrite::Delete, V1, true).unwrap();
+        log.record("b", LoggedWrite::Delete, V1, true).unwrap();
+        assert_eq!(
+            log.record("c", LoggedWrite::Delete, V1, true),
+            Err(Overflow)
+        );
+        log.record("a", set(b"x"), V2, true).unwrap();
+        assert_eq!((log.pending(), log.lost()), (2, 1));
     }
 
     #[test]
     fn losses_are_reported_until_a_replay_leaves_nothing_pending() {
-        let hints = Hints::new(1);
-        hints.record("a", Hint::Delete, V1, true).unwrap();
-        assert_eq!(hints.record("b", Hint::Delete, V1, true), Err(Overflow));
-        assert_eq!(hints.take_replayed_when_done(), 0, "a is still pending");
-        assert_eq!(hints.lost_recently(), 1);
-        assert!(hints.replayed("a", V1));
+        let log = ReplayLog::new(1, usize::MAX);
+        log.record("a", LoggedWrite::Delete, V1, true).unwrap();
         assert_eq!(
-            hints.take_replayed_when_done(),
+            log.record("b", LoggedWrite::Delete, V1, true),
+            Err(Overflow)
+        );
+        assert_eq!(log.take_replayed_when_done(), 0, "a is still pending");
+        assert_eq!(log.lost_recently(), 1);
+        assert!(log.replayed("a", V1));
+        assert_eq!(
+            log.take_replayed_when_done(),
             1,
             "the outage's replay ended"
         );
-        assert_eq!((hints.lost_recently(), hints.lost()), (0, 1));
+        assert_eq!((log.lost_recently(), log.lost()), (0, 1));
         // A write-behind copy replayed is no event.
-        hints.record("c", Hint::Delete, V2, false).unwrap();
-        assert!(hints.replayed("c", V2));
-        assert_eq!(hints.take_replayed_when_done(), 0);
+        log.record("c", LoggedWrite::Delete, V2, false).unwrap();
+        assert!(log.replayed("c", V2));
+        assert_eq!(log.take_replayed_when_done(), 0);
     }
 
     #[test]
     fn replay_keeps_the_remaining_ttl_and_turns_expired_values_into_deletes() {
         let now = Instant::now();
-        let hint = Hint::Set {
+        let hint = LoggedWrite::Set {
             value: Bytes::from_static(b"v"),
             expires_at: Some(now + Duration::from_secs(10)),
         };
@@ -385,5 +444,38 @@ mod tests {
         );
         assert_eq!(hint.read(now + Duration::from_secs(11)), None);
         assert_eq!(hint.read(now), Some(Bytes::from_static(b"v")));
+    }
+
+    #[test]
+    fn a_new_key_over_the_byte_bound_is_lost_and_a_recorded_key_is_always_replaced() {
+        let value = |n: usize| LoggedWrite::Set {
+            value: Bytes::from(vec![b'x'; n]),
+            expires_at: None,
+        };
+        // Room for two 100-byte values and their overhead, not three.
+        let log = ReplayLog::new(100, 2 * (RECORD_OVERHEAD + 1 + 100) + 50);
+        log.record("a", value(100), V1, true).unwrap();
+        log.record("b", value(100), V1, true).unwrap();
+        assert_eq!(log.record("c", value(100), V1, true), Err(Overflow));
+        assert_eq!(log.lost(), 1);
+        // A newer write of a recorded key replaces its record, whatever its size.
+        log.record("a", value(1000), V2, true).unwrap();
+        assert_eq!(log.get("a"), Some(value(1000)));
+        // Replayed records give their bytes back.
+        assert!(log.replayed("a", V2));
+        assert!(log.replayed("b", V1));
+        log.record("c", value(100), V2, true).unwrap();
+        assert_eq!(log.pending(), 1);
+    }
+
+    #[test]
+    fn a_record_prints_its_size_not_its_value() {
+        let write = LoggedWrite::Set {
+            value: Bytes::from_static(b"secret value"),
+            expires_at: None,
+        };
+        let printed = format!("{write:?}");
+        assert!(!printed.contains("secret"), "{printed}");
+        assert!(printed.contains("12"), "{printed}");
     }
 }

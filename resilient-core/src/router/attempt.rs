@@ -1,0 +1,419 @@
+//! The attempt loop every call goes through: the candidates (strategy order, or the lock
+//! backend), each attempt under its breaker, the attempt timeout and the call's deadline, the
+//! first answer wins; then the strategy and the active backend learn who served.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::locks::lock_eligible;
+use super::slot::Slot;
+use super::telemetry::{self, Outcome};
+use super::{CallFuture, LockFailover, NONE, ResilientStorage, Route};
+use crate::backend::Backend;
+use crate::breaker::CircuitState;
+use crate::error::{Attempt, Attempts, Error, Operation, Result};
+use crate::events::StorageEvent;
+use crate::strategy::{BackendView, Candidates, MAX_BACKENDS, Routing};
+
+/// Runs `call` under `budget`. A call that completes on its first poll (an in-process backend)
+/// never arms a timer; any other gets `tokio::time::timeout`.
+pub(super) async fn bounded<T>(
+    budget: Duration,
+    mut call: CallFuture<'_, T>,
+) -> std::result::Result<Result<T>, tokio::time::error::Elapsed> {
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(result) => Ok(result),
+        std::task::Poll::Pending => tokio::time::timeout(budget, call).await,
+    }
+}
+
+/// Reports the result of a [`bounded`] call made outside [`ResilientStorage::attempts`] on its
+/// permit: a success, a counted failure (a transient error or the timeout), or nothing (a
+/// caller error, which says nothing about the backend). Returns the outcome for metrics.
+pub(super) fn settle<T>(
+    permit: crate::breaker::Permit<'_>,
+    result: &std::result::Result<Result<T>, tokio::time::error::Elapsed>,
+    elapsed: Duration,
+) -> Outcome {
+    match result {
+        Ok(Ok(_)) => {
+            permit.success(elapsed);
+            Outcome::Answered
+        }
+        Ok(Err(error)) if error.is_transient() => {
+            permit.failure();
+            Outcome::Failed
+        }
+        Ok(Err(_)) => {
+            permit.ignore();
+            Outcome::Answered
+        }
+        Err(_) => {
+            permit.failure();
+            Outcome::TimedOut
+        }
+    }
+}
+
+impl ResilientStorage {
+    pub(super) fn eligible(&self, slot: &Slot, route: Route) -> bool {
+        match route {
+            Route::Data => true,
+            Route::Lock | Route::Release => lock_eligible(slot, self.inner.locks.local),
+        }
+    }
+
+    /// Views of every backend and the strategy's order. With `prefer`, that backend goes first
+    /// when it is available.
+    ///
+    /// Lock calls get one backend, never a failover chain: failing over inside a call could
+    /// grant a lease on one backend while another still holds a live one. Under
+    /// [`LockFailover::Never`] that backend is always the lock authority. Under
+    /// [`LockFailover::AfterOutage`] lock authority moves between backends only once the one
+    /// that had it has answered no lock call for the delay; until then acquires and extends
+    /// fail, and only releases still reach it.
+    pub(super) fn candidates(
+        &self,
+        route: Route,
+        now: Instant,
+        prefer: Option<usize>,
+    ) -> ([BackendView; MAX_BACKENDS], Candidates) {
+        let inner = &self.inner;
+        let views = self.views(route, now);
+        let backends = &views[..inner.slots.len()];
+        let prefer = prefer.filter(|&p| backends.get(p).is_some_and(|b| b.available));
+        let mut candidates = Candidates::new();
+        let pick = match (route, inner.locks.failover) {
+            (Route::Data, _) => {
+                if let Some(p) = prefer {
+                    candidates.push(p);
+                }
+                inner
+                    .strategy
+                    .select(&Routing { backends, now }, &mut candidates);
+                return (views, candidates);
+            }
+            (_, LockFailover::Never) => inner
+                .locks
+                .authority
+                .filter(|&a| backends.get(a).is_some_and(|b| b.available)),
+            (_, LockFailover::AfterOutage { delay }) => {
+                inner
+                    .strategy
+                    .select(&Routing { backends, now }, &mut candidates);
+                let natural = candidates.first();
+                match route {
+                    Route::Lock
+                        if natural.is_some_and(|c| {
+                            self.lock_authority_elsewhere(c, now, delay).is_some()
+                        }) =>
+                    {
+                        None
+                    }
+                    _ => prefer.or(natural),
+                }
+            }
+        };
+        candidates = Candidates::new();
+        if let Some(index) = pick {
+            candidates.push(index);
+        }
+        (views, candidates)
+    }
+
+    /// Every backend's view for `route`.
+    pub(super) fn views(&self, route: Route, now: Instant) -> [BackendView; MAX_BACKENDS] {
+        let mut views = [BackendView::default(); MAX_BACKENDS];
+        for (view, slot) in views.iter_mut().zip(&self.inner.slots) {
+            *view = slot.view(now, self.eligible(slot, route), route == Route::Data);
+        }
+        if route.locks()
+            && let LockFailover::AfterOutage { delay } = self.inner.locks.failover
+        {
+            self.hold_back_lock_failover(&mut views, now, delay);
+        }
+        views
+    }
+
+    pub(super) fn unavailable(&self, operation: Operation, route: Route) -> Error {
+        let inner = &self.inner;
+        if route.locks() && inner.locks.authority.is_none() {
+            return Error::NoLockBackend { operation };
+        }
+        if route.locks()
+            && let LockFailover::AfterOutage { delay } = inner.locks.failover
+        {
+            let now = Instant::now();
+            let mut natural = Candidates::new();
+            let views = self.views(route, now);
+            inner.strategy.select(
+                &Routing {
+                    backends: &views[..inner.slots.len()],
+                    now,
+                },
+                &mut natural,
+            );
+            if let Some(to) = natural.first()
+                && let Some((from, left)) = self.lock_authority_elsewhere(to, now, delay)
+            {
+                return Error::NoBackendAvailable {
+                    operation,
+                    reasons: format!(
+                        "lock authority is moving from [{}] to [{}]: locks resume in {left:?}, \
+                         once every lease [{}] may still hold has expired",
+                        inner.slots[from].name, inner.slots[to].name, inner.slots[from].name
+                    ),
+                };
+            }
+        }
+        let reason = |slot: &Slot| {
+            let breaker = slot.breaker.state();
+            let health = slot.health.state();
+            if breaker != CircuitState::Closed {
+                format!("[{}] circuit {breaker}", slot.name)
+            } else {
+                format!("[{}] {health}", slot.name)
+            }
+        };
+        match (route, inner.locks.failover, inner.locks.authority) {
+            (Route::Data, ..) => Error::NoBackendAvailable {
+                operation,
+                reasons: inner
+                    .slots
+                    .iter()
+                    .map(|slot| reason(slot))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            },
+            (_, LockFailover::Never, Some(authority)) => {
+                let slot = &inner.slots[authority];
+                Error::NoBackendAvailable {
+                    operation,
+                    reasons: format!(
+                        "{} (locks fail closed: every lock call goes to [{}], the lock \
+                         authority, and no other backend grants while it is out of reach, so \
+                         that no two processes can hold one lock; see LockFailover)",
+                        reason(slot),
+                        slot.name
+                    ),
+                }
+            }
+            (_, failover, _) => {
+                let reasons = inner
+                    .slots
+                    .iter()
+                    .filter(|slot| self.eligible(slot, route))
+                    .map(|slot| reason(slot))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let delay = match failover {
+                    LockFailover::AfterOutage { delay } => delay,
+                    LockFailover::Never => Duration::ZERO,
+                };
+                let local = if inner.locks.local {
+                    ""
+                } else {
+                    "; local locks are not enabled"
+                };
+                Error::NoBackendAvailable {
+                    operation,
+                    reasons: format!(
+                        "{reasons} (locks fail closed: a lower backend grants only after a \
+                         higher one has been out of reach for {delay:?}{local})"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Runs `call` on the candidates in order until one answers, in one tracing span per
+    /// operation with an event per attempt. Returns the answer and the index of the backend
+    /// that gave it. `key` (a key or lock name) is logged at debug level only.
+    pub(super) async fn route<'a, T>(
+        &'a self,
+        operation: Operation,
+        route: Route,
+        key: &str,
+        prefer: Option<usize>,
+        call: impl Fn(usize, &'a dyn Backend) -> CallFuture<'a, T>,
+    ) -> Result<(T, usize)> {
+        let span = tracing::info_span!("storage", operation = operation.as_str());
+        if span.is_disabled() {
+            // No subscriber wants it: skip the span's enter and exit on every poll.
+            return self.attempts(operation, route, prefer, call).await;
+        }
+        async {
+            tracing::debug!(key, "operation");
+            let result = self.attempts(operation, route, prefer, call).await;
+            if let Err(error) = &result {
+                tracing::debug!(%error, "operation failed");
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    pub(super) async fn attempts<'a, T>(
+        &'a self,
+        operation: Operation,
+        route: Route,
+        prefer: Option<usize>,
+        call: impl Fn(usize, &'a dyn Backend) -> CallFuture<'a, T>,
+    ) -> Result<(T, usize)> {
+        let inner = &self.inner;
+        if inner.life.shut_down.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        let start = Instant::now();
+        let deadline = start + inner.policy.deadline;
+        let (views, candidates) = self.candidates(route, start, prefer);
+        if candidates.is_empty() {
+            return Err(self.unavailable(operation, route));
+        }
+        let mut attempts = Vec::new();
+        for (position, index) in candidates.iter().enumerate() {
+            let slot = &inner.slots[index];
+            let now = if position == 0 { start } else { Instant::now() };
+            let remaining = deadline.saturating_duration_since(now);
+            if remaining.is_zero() {
+                break;
+            }
+            let permit = match slot.breaker.try_acquire_at(now) {
+                Ok(permit) => permit,
+                Err(rejected) => {
+                    slot.metrics.rejected(operation);
+                    tracing::debug!(backend = %slot.name, state = %rejected.state, "breaker refused the attempt");
+                    attempts.push(Attempt {
+                        backend: slot.name.clone(),
+                        error: Error::CircuitOpen {
+                            backend: slot.name.clone(),
+                        },
+                    });
+                    continue;
+                }
+            };
+            let budget = inner.policy.attempt_timeout.min(remaining);
+            let result = bounded(budget, call(index, &*slot.backend)).await;
+            let end = Instant::now();
+            let elapsed = end.saturating_duration_since(now);
+            let outcome = match &result {
+                Ok(Err(error)) if error.is_transient() => Outcome::Failed,
+                Ok(_) => Outcome::Answered,
+                Err(_) => Outcome::TimedOut,
+            };
+            slot.metrics.attempt(operation, outcome, elapsed);
+            tracing::debug!(backend = %slot.name, ?outcome, ?elapsed, "attempt");
+            let error = match result {
+                Ok(Ok(value)) => {
+                    permit.success_at(elapsed, end);
+                    if route == Route::Lock {
+                        slot.lock_served(end);
+                    }
+                    slot.health.observe_latency(elapsed);
+                    let routing = Routing {
+                        backends: &views[..inner.slots.len()],
+                        now: start,
+                    };
+                    self.served(operation, index, position, &candidates, &attempts, &routing);
+                    return Ok((value, index));
+                }
+                Ok(Err(error)) if error.is_transient() => {
+                    permit.failure_at(end);
+                    error
+                }
+                Ok(Err(error)) => {
+                    permit.ignore();
+                    return Err(error);
+                }
+                Err(_) => {
+                    permit.failure_at(end);
+                    slot.health.observe_latency(elapsed);
+                    Error::Timeout {
+                        backend: slot.name.clone(),
+                        operation,
+                        after: budget,
+                    }
+                }
+            };
+            if route.locks() {
+                slot.lock_down(end);
+            }
+            tracing::warn!(backend = %slot.name, error = %error, "backend attempt failed");
+            attempts.push(Attempt {
+                backend: slot.name.clone(),
+                error,
+            });
+        }
+        let attempts = Attempts(attempts);
+        if Instant::now() >= deadline {
+            Err(Error::DeadlineExceeded {
+                operation,
+                deadline: inner.policy.deadline,
+                attempts,
+            })
+        } else {
+            Err(Error::AllFailed {
+                operation,
+                attempts,
+            })
+        }
+    }
+
+    pub(super) fn served(
+        &self,
+        operation: Operation,
+        index: usize,
+        position: usize,
+        candidates: &Candidates,
+        attempts: &[Attempt],
+        routing: &Routing<'_>,
+    ) {
+        let inner = &self.inner;
+        let first = candidates.first().unwrap_or(index);
+        inner.strategy.served(routing, first, index);
+        let name = &inner.slots[index].name;
+        if position > 0
+            && let (Some(first), Some(last)) = (candidates.first(), attempts.last())
+        {
+            let from = &inner.slots[first].name;
+            tracing::warn!(%from, to = %name, reason = %last.error, "failed over");
+            telemetry::failover(operation, from, name);
+            let _ = inner.life.events.send(StorageEvent::Failover {
+                operation,
+                from: from.clone(),
+                to: name.clone(),
+                reason: last.error.to_string(),
+            });
+        }
+        let previous = inner.active.index.load(Ordering::Relaxed);
+        if previous != index {
+            // A call that began before the last change, and followed its first choice, only
+            // followed an older choice: not a change.
+            let began = inner.active.since_epoch(routing.now);
+            if position == 0
+                && previous != NONE
+                && began < inner.active.since_ms.load(Ordering::Relaxed)
+            {
+                return;
+            }
+            inner.active.index.store(index, Ordering::Relaxed);
+            inner
+                .active
+                .since_ms
+                .store(inner.active.since_epoch(Instant::now()), Ordering::Relaxed);
+            if !inner.strategy.spreads_load() {
+                let from = inner.slots.get(previous).map(|s| s.name.clone());
+                tracing::info!(from = ?from, to = %name, "active backend changed");
+                let _ = inner.life.events.send(StorageEvent::ActiveBackendChanged {
+                    from,
+                    to: name.clone(),
+                });
+            }
+        }
+    }
+}

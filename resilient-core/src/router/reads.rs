@@ -1,0 +1,87 @@
+//! Reads: a key from the first backend that answers (its pending replay record first), and on
+//! a miss, under a policy that copies writes down, once more from the next shared backend.
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use super::attempt::{bounded, settle};
+use super::{ResilientStorage, Route};
+use crate::error::{Error, Operation, Result};
+
+impl ResilientStorage {
+    /// Reads a key: `None` when absent or expired. A miss is an answer and never fails over;
+    /// under a policy that copies writes down ([`WritePolicy::WriteBehind`], the default, or
+    /// [`WritePolicy::WriteThrough`]) a miss is asked again of the next backend shared across
+    /// processes, which holds a copy of every write.
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let key = self.inner.policy.keys.full_key(key)?;
+        let key = &*key;
+        let start = self.inner.policy.read_behind.then(Instant::now);
+        let (value, served) = self
+            .route(Operation::Get, Route::Data, key, None, |index, b| {
+                // A backend with writes still to replay is not routed to; this covers a read
+                // that raced with the end of its replay. A write-behind copy not yet sent is
+                // read from its record too.
+                match self.inner.slots[index].replay.get(key) {
+                    Some(hint) => Box::pin(std::future::ready(Ok(hint.read(Instant::now())))),
+                    None => b.get(key),
+                }
+            })
+            .await?;
+        match (value, start) {
+            (None, Some(start)) => Ok(self.read_behind(served, key, start).await),
+            (value, _) => Ok(value),
+        }
+    }
+
+    /// Reads a key and decodes it from JSON.
+    pub async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        match self.get(key).await? {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| Error::Serde {
+                        action: "decoded",
+                        source,
+                    })
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// After a miss on backend `served` under a policy that copies writes down: the next shared
+    /// backend below it holds a copy of every write, so a primary that lost its data (restarted
+    /// empty) still reads what was written. Within the call's deadline; a failure of this read
+    /// counts against that backend's breaker and reads as the miss it followed.
+    pub(super) async fn read_behind(
+        &self,
+        served: usize,
+        key: &str,
+        start: Instant,
+    ) -> Option<Bytes> {
+        let inner = &self.inner;
+        let now = Instant::now();
+        let slot = inner
+            .slots
+            .get(served + 1..)?
+            .iter()
+            .find(|slot| slot.capabilities.shared && slot.view(now, true, true).available)?;
+        if let Some(hint) = slot.replay.get(key) {
+            return hint.read(now);
+        }
+        let remaining = (start + inner.policy.deadline).saturating_duration_since(now);
+        if remaining.is_zero() {
+            return None;
+        }
+        let permit = slot.breaker.try_acquire_at(now).ok()?;
+        let budget = inner.policy.attempt_timeout.min(remaining);
+        let result = bounded(budget, slot.backend.get(key)).await;
+        let elapsed = now.elapsed();
+        let outcome = settle(permit, &result, elapsed);
+        let value = result.ok().and_then(Result::ok).flatten();
+        slot.metrics.attempt(Operation::Get, outcome, elapsed);
+        tracing::debug!(backend = %slot.name, ?outcome, ?elapsed, "read behind a miss");
+        value
+    }
+}

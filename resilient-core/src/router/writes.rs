@@ -1,0 +1,277 @@
+//! Writes and deletes: each stamped with a version, sent to the first backend that answers,
+//! then recorded for the backends that missed it (replayed when they recover) and copied down
+//! by the write policy (write-behind records, or write-through copies within the deadline).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::attempt::{bounded, settle};
+use super::replay_log::LoggedWrite;
+use super::slot::Slot;
+use super::{CallFuture, ResilientStorage, Route, WritePolicy};
+use crate::backend::WriteVersion;
+use crate::error::{Error, Operation, Result};
+use crate::events::StorageEvent;
+use crate::key::check_ttl;
+
+impl ResilientStorage {
+    /// Writes a key, with an optional TTL that replaces any earlier one.
+    pub async fn set(
+        &self,
+        key: &str,
+        value: impl Into<Bytes>,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        let value = value.into();
+        let key = self.inner.policy.keys.full_key(key)?;
+        self.inner.policy.keys.check_value(&value)?;
+        if let Some(ttl) = ttl {
+            check_ttl(ttl)?;
+        }
+        let key = &*key;
+        let written = Instant::now();
+        let version = self.inner.versions.next();
+        let hint = |ttl: Option<Duration>| LoggedWrite::Set {
+            value: value.clone(),
+            expires_at: ttl.and_then(|ttl| written.checked_add(ttl)),
+        };
+        self.supersede(key, version, || hint(ttl));
+        let (_, served) = self
+            .route(Operation::Set, Route::Data, key, None, |_, b| {
+                b.set_versioned(key, value.clone(), ttl, version)
+            })
+            .await?;
+        self.hand_off(served, key, version, || hint(ttl));
+        if self.inner.policy.write_policy == WritePolicy::WriteBehind {
+            self.copy_behind(served, key, version, || hint(ttl));
+        } else if self.inner.policy.write_policy == WritePolicy::WriteThrough {
+            // Copies to the memory store are capped, so it cannot hold values indefinitely.
+            let ttl_for = |slot: &Slot| {
+                if slot.is_local_memory() {
+                    Some(ttl.map_or(self.inner.policy.memory_ttl_cap, |t| {
+                        t.min(self.inner.policy.memory_ttl_cap)
+                    }))
+                } else {
+                    ttl
+                }
+            };
+            self.write_through(
+                served,
+                key,
+                version,
+                written,
+                |slot| hint(ttl_for(slot)),
+                |slot| {
+                    slot.backend
+                        .set_versioned(key, value.clone(), ttl_for(slot), version)
+                },
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Encodes a value as JSON and writes it.
+    pub async fn set_json<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        let bytes = serde_json::to_vec(value).map_err(|source| Error::Serde {
+            action: "encoded",
+            source,
+        })?;
+        self.set(key, bytes, ttl).await
+    }
+
+    /// Removes a key; true when it existed on the backend that served the call.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        let key = self.inner.policy.keys.full_key(key)?;
+        let key = &*key;
+        // Write-through copies share the call's deadline; only they need its start.
+        let start =
+            (self.inner.policy.write_policy == WritePolicy::WriteThrough).then(Instant::now);
+        let version = self.inner.versions.next();
+        self.supersede(key, version, || LoggedWrite::Delete);
+        let (existed, served) = self
+            .route(Operation::Delete, Route::Data, key, None, |_, b| {
+                b.delete_versioned(key, version)
+            })
+            .await?;
+        self.hand_off(served, key, version, || LoggedWrite::Delete);
+        if self.inner.policy.write_policy == WritePolicy::WriteBehind {
+            self.copy_behind(served, key, version, || LoggedWrite::Delete);
+        } else if let Some(start) = start {
+            self.write_through(
+                served,
+                key,
+                version,
+                start,
+                |_| LoggedWrite::Delete,
+                |slot| {
+                    Box::pin(async move {
+                        slot.backend
+                            .delete_versioned(key, version)
+                            .await
+                            .map(|_| ())
+                    })
+                },
+            )
+            .await;
+        }
+        Ok(existed)
+    }
+
+    /// After a write served by backend `served`: every backend above it missed the write and
+    /// keeps a record of it for replay; a record the serving backend already had is replaced,
+    /// so its replay ends with this newest value. Strategies that spread load treat backends as
+    /// peers and record nothing here ([`WritePolicy::WriteBehind`] copies to every peer).
+    pub(super) fn hand_off(
+        &self,
+        served: usize,
+        key: &str,
+        version: WriteVersion,
+        hint: impl Fn() -> LoggedWrite,
+    ) {
+        let inner = &self.inner;
+        if inner.strategy.spreads_load() {
+            return;
+        }
+        for slot in &inner.slots[..served] {
+            self.record_missed(slot, key, hint(), version);
+        }
+        if let Some(slot) = inner.slots.get(served) {
+            slot.replay.refresh(key, version, hint);
+        }
+    }
+
+    /// Before a write is sent: a replay record of the key on any backend now holds this write,
+    /// with a new version. A replay of the older record that is in flight may land after this
+    /// write on the server; its record then stays, so a later pass writes the newest value
+    /// again, and reads answer from it meanwhile. Nothing to do (one atomic load per backend)
+    /// while no backend has records.
+    pub(super) fn supersede(
+        &self,
+        key: &str,
+        version: WriteVersion,
+        hint: impl Fn() -> LoggedWrite,
+    ) {
+        for slot in &self.inner.slots {
+            slot.replay.refresh(key, version, &hint);
+        }
+    }
+
+    /// Keeps a write `slot` missed for replay, or reports it lost when the bound is reached.
+    pub(super) fn record_missed(
+        &self,
+        slot: &Slot,
+        key: &str,
+        hint: LoggedWrite,
+        version: WriteVersion,
+    ) {
+        self.record(slot, key, hint, version, true);
+    }
+
+    /// Keeps a write for `slot` to receive: one it `missed`, or a write-behind copy.
+    pub(super) fn record(
+        &self,
+        slot: &Slot,
+        key: &str,
+        hint: LoggedWrite,
+        version: WriteVersion,
+        missed: bool,
+    ) {
+        let recorded = slot.replay.record(key, hint, version, missed);
+        slot.metrics.backlog(slot.replay.pending());
+        if recorded.is_err() {
+            let lost = slot.replay.lost();
+            slot.metrics.lost(lost);
+            tracing::warn!(backend = %slot.name, lost, "replay records full: a missed write is lost");
+            // One event per thousand, so an overflow cannot flood subscribers.
+            if lost % 1000 == 1 {
+                let _ = self.inner.life.events.send(StorageEvent::ReplayLost {
+                    backend: slot.name.clone(),
+                    lost,
+                });
+            }
+        }
+    }
+
+    /// [`WritePolicy::WriteBehind`]: a record of the write for every shared backend below the
+    /// one that served it (every other shared backend under a strategy that spreads load),
+    /// which the replayer sends in the background and reads consult until it has landed.
+    pub(super) fn copy_behind(
+        &self,
+        served: usize,
+        key: &str,
+        version: WriteVersion,
+        hint: impl Fn() -> LoggedWrite,
+    ) {
+        let inner = &self.inner;
+        let peers = inner.strategy.spreads_load();
+        let mut recorded = false;
+        for (index, slot) in inner.slots.iter().enumerate() {
+            if index == served || !slot.capabilities.shared || (index < served && !peers) {
+                continue;
+            }
+            self.record(slot, key, hint(), version, false);
+            recorded = true;
+        }
+        if recorded {
+            inner.life.replay_wake.notify_one();
+        }
+    }
+
+    /// [`WritePolicy::WriteThrough`]: copies of a write to every backend below the one that
+    /// served it, all at once, each within the attempt timeout and all within the deadline of
+    /// the call that began at `start`. A copy that fails or does not finish in time, or a
+    /// backend that is unavailable, leaves a record for replay as any missed write does:
+    /// otherwise a later failover to it would read the older value.
+    pub(super) async fn write_through<'a>(
+        &'a self,
+        served: usize,
+        key: &str,
+        version: WriteVersion,
+        start: Instant,
+        hint: impl Fn(&Slot) -> LoggedWrite,
+        call: impl Fn(&'a Slot) -> CallFuture<'a, ()>,
+    ) {
+        let inner = &self.inner;
+        let now = Instant::now();
+        let remaining = (start + inner.policy.deadline).saturating_duration_since(now);
+        let budget = inner.policy.attempt_timeout.min(remaining);
+        let copies = inner.slots[served + 1..].iter().map(|slot| {
+            let permit = match slot.view(now, true, true).available && !budget.is_zero() {
+                true => slot.breaker.try_acquire_at(now).ok(),
+                false => None,
+            };
+            let copy = permit.map(|permit| (permit, call(slot)));
+            async move {
+                let Some((permit, copy)) = copy else {
+                    return false;
+                };
+                let result = bounded(budget, copy).await;
+                if let Ok(Err(error)) = &result
+                    && error.is_transient()
+                {
+                    tracing::debug!(backend = %slot.name, %error, "write-through copy failed");
+                }
+                settle(permit, &result, now.elapsed());
+                matches!(result, Ok(Ok(())))
+            }
+        });
+        let copied = futures_util::future::join_all(copies).await;
+        for (slot, copied) in inner.slots[served + 1..].iter().zip(copied) {
+            if copied {
+                // A record from an earlier miss now replays this newest value.
+                slot.replay.refresh(key, version, || hint(slot));
+            } else {
+                self.record_missed(slot, key, hint(slot), version);
+            }
+        }
+    }
+}
