@@ -168,3 +168,26 @@ async fn a_renewal_period_not_below_the_ttl_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("lock.renew_every"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hold_limit_past_the_clocks_range_is_no_limit_and_no_panic() {
+    let redis = fault("redis");
+    let storage = builder(&[&redis]).build().await.unwrap();
+    let guard = storage
+        .lock("job", "w1", LockOptions::new(TTL).max_hold(Duration::MAX))
+        .await
+        .unwrap()
+        .expect("free");
+    sleep(TTL * 5).await;
+    assert_eq!(guard.lost_reason(), None);
+    drop(guard);
+    // Released on drop: the next holder gets it.
+    sleep(Duration::from_millis(10)).await;
+    assert!(
+        storage
+            .lock("job", "w2", LockOptions::new(TTL))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}

@@ -168,16 +168,22 @@ impl ResilientStorage {
         };
         let (tx, lost) = watch::channel(None);
         let valid_until = Arc::new(Mutex::new(acquired_at + options.ttl));
-        let renewer = tokio::spawn(renew(
-            self.clone(),
-            grant.name.clone(),
-            grant.holder.clone(),
-            options.ttl,
-            renew_every,
-            options.max_hold.map(|max| acquired_at + max),
-            valid_until.clone(),
-            tx,
-        ));
+        let renewer = tokio::spawn(
+            Renewal {
+                storage: self.clone(),
+                name: grant.name.clone(),
+                holder: grant.holder.clone(),
+                ttl: options.ttl,
+                every: renew_every,
+                // A hold limit past the clock's range is no limit.
+                release_at: options
+                    .max_hold
+                    .and_then(|max| acquired_at.checked_add(max)),
+                valid_until: valid_until.clone(),
+                lost: tx,
+            }
+            .run(),
+        );
         Ok(Some(LockGuard {
             grant,
             storage: self.clone(),
@@ -189,8 +195,9 @@ impl ResilientStorage {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn renew(
+/// The background task of a [`LockGuard`]: extends the lease every `every`, releases it at
+/// `release_at`, and reports a loss.
+struct Renewal {
     storage: ResilientStorage,
     name: String,
     holder: String,
@@ -199,43 +206,57 @@ async fn renew(
     release_at: Option<Instant>,
     valid_until: Arc<Mutex<Instant>>,
     lost: watch::Sender<Option<LockLost>>,
-) {
-    // When the latest successful acquire or extend was sent.
-    let mut renewed_at = *valid_until.lock().unwrap_or_else(|p| p.into_inner()) - ttl;
-    let mut next = renewed_at + every;
-    loop {
-        let hold_over = tokio::select! {
-            _ = tokio::time::sleep_until(next) => false,
-            _ = async {
-                match release_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            } => true,
-        };
-        if hold_over {
-            let _ = storage.release_lock(&name, &holder).await;
-            lost.send_replace(Some(LockLost::MaxHoldReached));
-            return;
-        }
-        next += every;
-        let sent = Instant::now();
-        match storage.extend_lock(&name, &holder, ttl).await {
-            Ok(Some(_)) => {
-                renewed_at = sent;
-                *valid_until.lock().unwrap_or_else(|p| p.into_inner()) = sent + ttl;
-            }
-            Ok(None) => {
-                lost.send_replace(Some(LockLost::Expired));
+}
+
+impl Renewal {
+    async fn run(self) {
+        let Renewal {
+            storage,
+            name,
+            holder,
+            ttl,
+            every,
+            release_at,
+            valid_until,
+            lost,
+        } = self;
+        // When the latest successful acquire or extend was sent.
+        let mut renewed_at = *valid_until.lock().unwrap_or_else(|p| p.into_inner()) - ttl;
+        let mut next = renewed_at + every;
+        loop {
+            let hold_over = tokio::select! {
+                _ = tokio::time::sleep_until(next) => false,
+                _ = async {
+                    match release_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
+            };
+            if hold_over {
+                let _ = storage.release_lock(&name, &holder).await;
+                lost.send_replace(Some(LockLost::MaxHoldReached));
                 return;
             }
-            Err(error) => {
-                // Lock names are keys: only at debug level.
-                tracing::debug!(lock = %name, "lock renewal failed");
-                tracing::warn!(%error, "lock renewal failed");
-                if Instant::now() >= renewed_at + ttl {
-                    lost.send_replace(Some(LockLost::Unreachable));
+            next += every;
+            let sent = Instant::now();
+            match storage.extend_lock(&name, &holder, ttl).await {
+                Ok(Some(_)) => {
+                    renewed_at = sent;
+                    *valid_until.lock().unwrap_or_else(|p| p.into_inner()) = sent + ttl;
+                }
+                Ok(None) => {
+                    lost.send_replace(Some(LockLost::Expired));
                     return;
+                }
+                Err(error) => {
+                    // Lock names are keys: only at debug level.
+                    tracing::debug!(lock = %name, "lock renewal failed");
+                    tracing::warn!(%error, "lock renewal failed");
+                    if Instant::now() >= renewed_at + ttl {
+                        lost.send_replace(Some(LockLost::Unreachable));
+                        return;
+                    }
                 }
             }
         }
