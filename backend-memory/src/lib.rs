@@ -23,8 +23,8 @@ use moka::notification::RemovalCause;
 use moka::policy::{EvictionPolicy, Expiry};
 use resilient_core::key::MAX_TTL;
 use resilient_core::{
-    Backend, BackendFactory, BackendUrl, Bytes, Capabilities, Error, FencingToken, HealthProbe,
-    LockGrant, LockOutcome, Operation, Result, WriteVersion, async_trait, inventory,
+    Backend, BackendUrl, Bytes, Capabilities, Error, FencingToken, HealthProbe, KeyWrite,
+    LockGrant, LockOutcome, Operation, Result, WriteOptions, WriteOutcome, async_trait, rules,
 };
 use tokio::time::Instant;
 
@@ -157,15 +157,12 @@ static LAST_TOKEN: AtomicU64 = AtomicU64::new(0);
 /// same rule as the Redis and PostgreSQL backends, so tokens stay comparable when a lock moves
 /// between them.
 fn next_token() -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let now = rules::now_micros();
+    let next = |last: u64| rules::next_fencing_token(now, Some(FencingToken(last))).0;
     let previous = LAST_TOKEN
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
-            Some(now.max(last.saturating_add(1)))
-        })
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| Some(next(last)))
         .unwrap_or_else(|last| last);
-    now.max(previous.saturating_add(1))
+    next(previous)
 }
 
 impl Default for MemoryBackend {
@@ -253,7 +250,10 @@ impl MemoryBackend {
     }
 
     fn grant(&self, name: &str, holder: &str, token: u64, ttl: Duration) -> LockGrant {
-        LockGrant::new(name, holder, FencingToken(token), ttl).by(&self.config.name, true)
+        let mut grant = LockGrant::new(name, holder, FencingToken(token), ttl);
+        // The router says so too; a direct caller learns it here.
+        grant.local = true;
+        grant
     }
 }
 
@@ -294,28 +294,21 @@ impl Backend for MemoryBackend {
             .map(|entry| entry.value))
     }
 
-    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
-        self.store(key, value, ttl).await
-    }
-
-    async fn delete(&self, key: &str) -> Result<bool> {
-        self.remove(key).await
-    }
-
-    // Process-local, so versions do not matter here; overridden only to save the default
-    // methods' second boxed future.
-    async fn set_versioned(
+    // Process-local, so versions do not matter here: every write applies.
+    async fn write(
         &self,
         key: &str,
-        value: Bytes,
-        ttl: Option<Duration>,
-        _version: WriteVersion,
-    ) -> Result<()> {
-        self.store(key, value, ttl).await
-    }
-
-    async fn delete_versioned(&self, key: &str, _version: WriteVersion) -> Result<bool> {
-        self.remove(key).await
+        write: KeyWrite,
+        _options: WriteOptions,
+    ) -> Result<WriteOutcome> {
+        match write {
+            KeyWrite::Set { value, ttl } => {
+                self.store(key, value, ttl).await?;
+                Ok(WriteOutcome::applied(false))
+            }
+            KeyWrite::Delete => self.remove(key).await.map(WriteOutcome::applied),
+            _ => Err(Error::unsupported(&self.config.name, Operation::Set)),
+        }
     }
 
     async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {
@@ -386,31 +379,16 @@ impl Backend for MemoryBackend {
     }
 }
 
-/// The factory registered for `memory://`.
-pub static FACTORY: BackendFactory = BackendFactory {
-    schemes: &["memory"],
-    crate_name: env!("CARGO_PKG_NAME"),
-    build: |url| {
-        Box::pin(async move {
-            let config = MemoryConfig::from_url(&url)?;
-            Ok(Arc::new(MemoryBackend::new(config)) as Arc<dyn Backend>)
-        })
-    },
-};
-
-inventory::submit! {
-    BackendFactory { schemes: FACTORY.schemes, crate_name: FACTORY.crate_name, build: FACTORY.build }
+async fn build(url: BackendUrl) -> Result<Arc<MemoryBackend>> {
+    Ok(Arc::new(MemoryBackend::new(MemoryConfig::from_url(&url)?)))
 }
 
-/// Registers the `memory://` factory by hand, for builds where static constructors do not run.
-/// A no-op when it is already registered.
-pub fn register() -> Result<()> {
-    resilient_core::registry::register(&FACTORY)
-}
+resilient_core::register_backend!(schemes: ["memory"], build: build);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use resilient_core::BackendExt;
 
     #[tokio::test(start_paused = true)]
     async fn ttl_follows_tokios_clock() {

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use resilient_core::{
     Backend, Capabilities, Error, FencingToken, HealthProbe, KeyWrite, LockGrant, LockOutcome,
-    Operation, Result, WriteVersion,
+    Operation, Result, WriteMode, WriteOptions, WriteOutcome, WriteVersion,
 };
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -205,8 +205,47 @@ impl PostgresBackend {
         Ok(())
     }
 
+    /// Applies a replayed write only over an older version or none, in one statement.
+    async fn replay(
+        &self,
+        key: &str,
+        write: KeyWrite,
+        version: WriteVersion,
+    ) -> Result<WriteOutcome> {
+        let applied: Option<bool> = match write {
+            KeyWrite::Set { value, ttl } => {
+                self.call(Operation::Set, async {
+                    sqlx::query_scalar(self.sql.replay_set.clone())
+                        .bind(key)
+                        .bind(value.as_ref())
+                        .bind(ttl.map(millis))
+                        .bind(stored(version))
+                        .fetch_optional(&self.pool)
+                        .await
+                })
+                .await?
+            }
+            KeyWrite::Delete => {
+                self.call(Operation::Delete, async {
+                    sqlx::query_scalar(self.sql.replay_delete.clone())
+                        .bind(key)
+                        .bind(stored(version))
+                        .fetch_optional(&self.pool)
+                        .await
+                })
+                .await?
+            }
+            _ => return Err(Error::unsupported(&self.config.name, Operation::Set)),
+        };
+        Ok(if applied.unwrap_or(false) {
+            WriteOutcome::applied(false)
+        } else {
+            WriteOutcome::superseded()
+        })
+    }
+
     fn grant(&self, name: &str, holder: &str, token: i64, ttl: Duration) -> LockGrant {
-        LockGrant::new(name, holder, FencingToken(token as u64), ttl).by(&self.config.name, false)
+        LockGrant::new(name, holder, FencingToken(token as u64), ttl)
     }
 }
 
@@ -299,93 +338,39 @@ impl Backend for PostgresBackend {
         Ok(value.map(Bytes::from))
     }
 
-    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
-        self.call(Operation::Set, async {
-            sqlx::query(self.sql.set.clone())
-                .bind(key)
-                .bind(value.as_ref())
-                .bind(ttl.map(millis))
-                .execute(&self.pool)
-                .await
-        })
-        .await
-        .map(|_| ())
-    }
-
-    async fn delete(&self, key: &str) -> Result<bool> {
-        let live: Option<bool> = self
-            .call(Operation::Delete, async {
-                sqlx::query_scalar(self.sql.delete.clone())
-                    .bind(key)
-                    .fetch_optional(&self.pool)
-                    .await
-            })
-            .await?;
-        Ok(live.unwrap_or(false))
-    }
-
-    async fn set_versioned(
-        &self,
-        key: &str,
-        value: Bytes,
-        ttl: Option<Duration>,
-        version: WriteVersion,
-    ) -> Result<()> {
-        self.call(Operation::Set, async {
-            sqlx::query(self.sql.set_versioned.clone())
-                .bind(key)
-                .bind(value.as_ref())
-                .bind(ttl.map(millis))
-                .bind(stored(version))
-                .execute(&self.pool)
-                .await
-        })
-        .await
-        .map(|_| ())
-    }
-
-    async fn delete_versioned(&self, key: &str, version: WriteVersion) -> Result<bool> {
-        self.call(Operation::Delete, async {
-            sqlx::query_scalar(self.sql.delete_versioned.clone())
-                .bind(key)
-                .bind(stored(version))
-                .fetch_one(&self.pool)
-                .await
-        })
-        .await
-    }
-
-    async fn replay_write(
+    async fn write(
         &self,
         key: &str,
         write: KeyWrite,
-        version: WriteVersion,
-    ) -> Result<bool> {
-        let applied: Option<bool> = match write {
-            KeyWrite::Set { value, ttl } => {
-                self.call(Operation::Set, async {
-                    sqlx::query_scalar(self.sql.replay_set.clone())
+        options: WriteOptions,
+    ) -> Result<WriteOutcome> {
+        let version = options.version;
+        match (write, options.mode) {
+            (write, WriteMode::IfNewer) => self.replay(key, write, version).await,
+            (KeyWrite::Set { value, ttl }, _) => self
+                .call(Operation::Set, async {
+                    sqlx::query(self.sql.set_versioned.clone())
                         .bind(key)
                         .bind(value.as_ref())
                         .bind(ttl.map(millis))
                         .bind(stored(version))
-                        .fetch_optional(&self.pool)
+                        .execute(&self.pool)
                         .await
                 })
-                .await?
-            }
-            _ => {
-                self.call(Operation::Delete, async {
-                    sqlx::query_scalar(self.sql.replay_delete.clone())
+                .await
+                .map(|_| WriteOutcome::applied(false)),
+            (KeyWrite::Delete, _) => self
+                .call(Operation::Delete, async {
+                    sqlx::query_scalar(self.sql.delete_versioned.clone())
                         .bind(key)
                         .bind(stored(version))
-                        .fetch_optional(&self.pool)
+                        .fetch_one(&self.pool)
                         .await
                 })
-                .await?
-            }
-        };
-        Ok(applied.unwrap_or(false))
+                .await
+                .map(WriteOutcome::applied),
+            _ => Err(Error::unsupported(&self.config.name, Operation::Set)),
+        }
     }
 
     async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {

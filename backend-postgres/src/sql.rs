@@ -10,8 +10,6 @@ use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 pub(crate) struct Statements {
     pub(crate) ddl: Vec<SqlStr>,
     pub(crate) get: SqlStr,
-    pub(crate) set: SqlStr,
-    pub(crate) delete: SqlStr,
     pub(crate) set_versioned: SqlStr,
     pub(crate) delete_versioned: SqlStr,
     pub(crate) replay_set: SqlStr,
@@ -77,14 +75,6 @@ impl Statements {
             get: sql(format!(
                 "SELECT value FROM {values} WHERE key = $1 AND value IS NOT NULL \
                  AND (expires_at IS NULL OR expires_at > now())"
-            )),
-            set: sql(format!(
-                "INSERT INTO {values} (key, value, expires_at) VALUES ($1, $2, {expiry}) \
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at"
-            )),
-            delete: sql(format!(
-                "DELETE FROM {values} WHERE key = $1 \
-                 RETURNING (value IS NOT NULL AND (expires_at IS NULL OR expires_at > now()))"
             )),
             // $4: the version.
             set_versioned: sql(format!(

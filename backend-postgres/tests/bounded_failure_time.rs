@@ -3,6 +3,7 @@
 
 mod common;
 
+use resilient_core::BackendExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -3,6 +3,7 @@
 
 mod common;
 
+use resilient_core::BackendExt;
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -4,6 +4,7 @@
 
 mod common;
 
+use resilient_core::BackendExt;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;

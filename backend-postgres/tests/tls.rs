@@ -4,6 +4,7 @@
 mod common;
 
 use resilient_core::Backend;
+use resilient_core::BackendExt;
 use resilient_test_support::{PostgresServer, TestCertificates};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, RedisFuture, RedisResult, TlsCertificates, Value};
 use resilient_core::{
     Backend, Capabilities, Error, FencingToken, HealthProbe, KeyWrite, LockGrant, LockOutcome,
-    Operation, Result, WriteVersion,
+    Operation, Result, WriteMode, WriteOptions, WriteOutcome, WriteVersion,
 };
 use tokio::sync::OnceCell;
 
@@ -321,8 +321,83 @@ impl RedisBackend {
         (lock, fence)
     }
 
+    /// Writes the value and its version, by one script (both keys share a Cluster slot).
+    async fn store(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        version: WriteVersion,
+    ) -> Result<()> {
+        let (data, version_key) = self.versioned_keys(key);
+        let (ttl, version_ttl) = self.ttls(ttl);
+        self.script::<()>(
+            Operation::Set,
+            &scripts::SET_VERSIONED,
+            &[&data, &version_key],
+            &[&value, version.to_string().as_bytes(), &ttl, &version_ttl],
+        )
+        .await
+    }
+
+    /// Deletes the value and leaves its version as a tombstone; true when a value was there.
+    async fn remove(&self, key: &str, version: WriteVersion) -> Result<bool> {
+        let (data, version_key) = self.versioned_keys(key);
+        let existed: u64 = self
+            .script(
+                Operation::Delete,
+                &scripts::DELETE_VERSIONED,
+                &[&data, &version_key],
+                &[
+                    version.to_string().as_bytes(),
+                    &millis(self.config.tombstone_ttl),
+                ],
+            )
+            .await?;
+        Ok(existed > 0)
+    }
+
+    /// Applies a replayed write only over an older version or none, atomically.
+    async fn replay(
+        &self,
+        key: &str,
+        write: KeyWrite,
+        version: WriteVersion,
+    ) -> Result<WriteOutcome> {
+        let (data, version_key) = self.versioned_keys(key);
+        let version = version.to_string();
+        let tombstone = millis(self.config.tombstone_ttl);
+        let keys: [&[u8]; 2] = [&data, &version_key];
+        let applied: u64 = match write {
+            KeyWrite::Set { value, ttl } => {
+                let (ttl, version_ttl) = self.ttls(ttl);
+                let args: [&[u8]; 6] = [
+                    version.as_bytes(),
+                    &tombstone,
+                    b"set",
+                    &value,
+                    &ttl,
+                    &version_ttl,
+                ];
+                self.script(Operation::Set, &scripts::REPLAY, &keys, &args)
+                    .await?
+            }
+            KeyWrite::Delete => {
+                let args: [&[u8]; 3] = [version.as_bytes(), &tombstone, b"del"];
+                self.script(Operation::Delete, &scripts::REPLAY, &keys, &args)
+                    .await?
+            }
+            _ => return Err(Error::unsupported(&self.config.name, Operation::Set)),
+        };
+        Ok(if applied > 0 {
+            WriteOutcome::applied(false)
+        } else {
+            WriteOutcome::superseded()
+        })
+    }
+
     fn grant(&self, name: &str, holder: &str, token: u64, ttl: Duration) -> LockGrant {
-        LockGrant::new(name, holder, FencingToken(token), ttl).by(&self.config.name, false)
+        LockGrant::new(name, holder, FencingToken(token), ttl)
     }
 
     fn token(&self, operation: Operation, value: &Value) -> Result<u64> {
@@ -391,87 +466,24 @@ impl Backend for RedisBackend {
         Ok(value.map(Bytes::from))
     }
 
-    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.data_key(key)).arg(value.as_ref());
-        if let Some(ttl) = ttl {
-            cmd.arg("PX").arg(millis(ttl));
-        }
-        self.query::<()>(Operation::Set, &cmd).await
-    }
-
-    async fn delete(&self, key: &str) -> Result<bool> {
-        let removed: u64 = self
-            .query(Operation::Delete, redis::cmd("DEL").arg(self.data_key(key)))
-            .await?;
-        Ok(removed > 0)
-    }
-
-    async fn set_versioned(
-        &self,
-        key: &str,
-        value: Bytes,
-        ttl: Option<Duration>,
-        version: WriteVersion,
-    ) -> Result<()> {
-        let (data, version_key) = self.versioned_keys(key);
-        let (ttl, version_ttl) = self.ttls(ttl);
-        self.script::<()>(
-            Operation::Set,
-            &scripts::SET_VERSIONED,
-            &[&data, &version_key],
-            &[&value, version.to_string().as_bytes(), &ttl, &version_ttl],
-        )
-        .await
-    }
-
-    async fn delete_versioned(&self, key: &str, version: WriteVersion) -> Result<bool> {
-        let (data, version_key) = self.versioned_keys(key);
-        let existed: u64 = self
-            .script(
-                Operation::Delete,
-                &scripts::DELETE_VERSIONED,
-                &[&data, &version_key],
-                &[
-                    version.to_string().as_bytes(),
-                    &millis(self.config.tombstone_ttl),
-                ],
-            )
-            .await?;
-        Ok(existed > 0)
-    }
-
-    async fn replay_write(
+    async fn write(
         &self,
         key: &str,
         write: KeyWrite,
-        version: WriteVersion,
-    ) -> Result<bool> {
-        let (data, version_key) = self.versioned_keys(key);
-        let version = version.to_string();
-        let tombstone = millis(self.config.tombstone_ttl);
-        let keys: [&[u8]; 2] = [&data, &version_key];
-        let applied: u64 = match write {
-            KeyWrite::Set { value, ttl } => {
-                let (ttl, version_ttl) = self.ttls(ttl);
-                let args: [&[u8]; 6] = [
-                    version.as_bytes(),
-                    &tombstone,
-                    b"set",
-                    &value,
-                    &ttl,
-                    &version_ttl,
-                ];
-                self.script(Operation::Set, &scripts::REPLAY, &keys, &args)
-                    .await?
+        options: WriteOptions,
+    ) -> Result<WriteOutcome> {
+        match (write, options.mode) {
+            (write, WriteMode::IfNewer) => self.replay(key, write, options.version).await,
+            (KeyWrite::Set { value, ttl }, _) => {
+                self.store(key, value, ttl, options.version).await?;
+                Ok(WriteOutcome::applied(false))
             }
-            _ => {
-                let args: [&[u8]; 3] = [version.as_bytes(), &tombstone, b"del"];
-                self.script(Operation::Delete, &scripts::REPLAY, &keys, &args)
-                    .await?
-            }
-        };
-        Ok(applied > 0)
+            (KeyWrite::Delete, _) => self
+                .remove(key, options.version)
+                .await
+                .map(WriteOutcome::applied),
+            _ => Err(Error::unsupported(&self.config.name, Operation::Set)),
+        }
     }
 
     async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {

@@ -2,6 +2,7 @@
 
 mod common;
 
+use resilient_core::BackendExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -2,6 +2,7 @@
 
 mod common;
 
+use resilient_core::BackendExt;
 use resilient_core::testing::conformance;
 use resilient_test_support::{RedisCluster, RedisServer};
 

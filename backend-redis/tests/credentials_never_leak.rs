@@ -3,6 +3,7 @@
 
 mod common;
 
+use resilient_core::BackendExt;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -143,14 +143,15 @@ pub struct LockGrant {
     pub token: FencingToken,
     /// The lease length granted.
     pub ttl: Duration,
-    /// The backend that granted it.
+    /// The backend that granted it (set by the router).
     pub backend: String,
-    /// True when the lock lives in a process-local store: other processes do not see it.
+    /// True when the lock lives in a process-local store: other processes do not see it (set by
+    /// the router from the backend's [`Capabilities::shared`]).
     pub local: bool,
 }
 
 impl LockGrant {
-    /// A grant, for backend implementations.
+    /// A grant, for backend implementations; the router fills in `backend` and `local`.
     pub fn new(
         name: impl Into<String>,
         holder: impl Into<String>,
@@ -165,13 +166,6 @@ impl LockGrant {
             backend: String::new(),
             local: false,
         }
-    }
-
-    /// Sets the granting backend's name, and whether the lock is process-local.
-    pub fn by(mut self, backend: &str, local: bool) -> Self {
-        backend.clone_into(&mut self.backend);
-        self.local = local;
-        self
     }
 }
 
@@ -207,17 +201,164 @@ impl LockOutcome {
     }
 }
 
+/// How a [`Backend::write`] is applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WriteMode {
+    /// Unconditionally: a caller's own write. A [versioned](Capabilities::versioned) backend
+    /// stores the version with the value (or, for a delete, as a tombstone).
+    #[default]
+    Overwrite,
+    /// Only over an older version or none: the replay of a write this backend missed while
+    /// another served it, which must never overwrite a newer write another process made
+    /// meanwhile. Atomic on a versioned backend (see [`rules::replay_applies`]); a backend that
+    /// is not versioned applies it unconditionally.
+    IfNewer,
+}
+
+/// The options of a [`Backend::write`]: the write's version and how to apply it. Built with
+/// [`WriteOptions::new`]; more fields may come, each with a default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct WriteOptions {
+    /// The write's version, stamped by the router.
+    pub version: WriteVersion,
+    /// Unconditional, or a replay.
+    pub mode: WriteMode,
+}
+
+impl WriteOptions {
+    /// An unconditional write of `version`.
+    pub const fn new(version: WriteVersion) -> Self {
+        Self {
+            version,
+            mode: WriteMode::Overwrite,
+        }
+    }
+
+    /// Sets [`mode`](Self::mode).
+    pub const fn mode(mut self, mode: WriteMode) -> Self {
+        self.mode = mode;
+        self
+    }
+}
+
+/// What a [`Backend::write`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct WriteOutcome {
+    /// The write was applied; false only under [`WriteMode::IfNewer`] when a newer version is
+    /// there (and must stay).
+    pub applied: bool,
+    /// For a delete: a live value was there before it.
+    pub existed: bool,
+}
+
+impl WriteOutcome {
+    /// The write was applied; for a delete, `existed` says whether there was a live value.
+    pub const fn applied(existed: bool) -> Self {
+        Self {
+            applied: true,
+            existed,
+        }
+    }
+
+    /// A replay refused: a newer version is there.
+    pub const fn superseded() -> Self {
+        Self {
+            applied: false,
+            existed: true,
+        }
+    }
+}
+
+/// The rules every shipped backend follows for versions and fencing tokens, for backends to
+/// call instead of re-deriving them (the conformance suite checks the results).
+pub mod rules {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use super::{FencingToken, WriteVersion};
+
+    /// Whether a replayed write of `incoming` may be applied over what the key holds: only
+    /// over no version (a key never written, or whose tombstone has expired) or an older one.
+    /// An equal version is the same write already applied: refused, so a replay is idempotent.
+    pub fn replay_applies(stored: Option<WriteVersion>, incoming: WriteVersion) -> bool {
+        stored.is_none_or(|stored| stored < incoming)
+    }
+
+    /// The fencing token of a new grant of a lock whose last token was `last`: the granting
+    /// clock in microseconds since the Unix epoch (`now_micros`), or one more than `last` when
+    /// that is larger. So tokens grow for a lock name even when it moves between backends or a
+    /// server forgets its last token, given clocks in agreement to within the time between
+    /// grants. The same holder re-acquiring or extending keeps its token.
+    pub fn next_fencing_token(now_micros: u64, last: Option<FencingToken>) -> FencingToken {
+        FencingToken(last.map_or(now_micros, |last| now_micros.max(last.0.saturating_add(1))))
+    }
+
+    /// This machine's clock in microseconds since the Unix epoch, for
+    /// [`next_fencing_token`] in a backend that grants on the client side.
+    pub fn now_micros() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_replay_applies_only_over_an_older_version_or_none() {
+            assert!(replay_applies(None, WriteVersion(5)));
+            assert!(replay_applies(Some(WriteVersion(4)), WriteVersion(5)));
+            assert!(!replay_applies(Some(WriteVersion(5)), WriteVersion(5)));
+            assert!(!replay_applies(Some(WriteVersion(6)), WriteVersion(5)));
+        }
+
+        #[test]
+        fn tokens_follow_the_clock_and_never_go_back() {
+            assert_eq!(next_fencing_token(100, None), FencingToken(100));
+            assert_eq!(
+                next_fencing_token(100, Some(FencingToken(50))),
+                FencingToken(100)
+            );
+            assert_eq!(
+                next_fencing_token(100, Some(FencingToken(100))),
+                FencingToken(101)
+            );
+            assert_eq!(
+                next_fencing_token(100, Some(FencingToken(500))),
+                FencingToken(501)
+            );
+            assert_eq!(
+                next_fencing_token(0, Some(FencingToken(u64::MAX))),
+                FencingToken(u64::MAX)
+            );
+        }
+    }
+}
+
 /// A storage backend.
+///
+/// Required: [`name`](Self::name), [`scheme`](Self::scheme),
+/// [`capabilities`](Self::capabilities), [`health_check`](Self::health_check),
+/// [`get`](Self::get) and [`write`](Self::write). Every other operation is optional: its
+/// default returns [`Error::Unsupported`](crate::Error::Unsupported), and the capability that
+/// announces it (e.g. [`Capabilities::locks`]) keeps the router from calling it. New operations
+/// arrive the same way, so adding one never breaks a backend. Call-site conveniences (`set`,
+/// `delete`, `replay_write`) live in [`BackendExt`].
 ///
 /// Keys, lock names, holders, values and TTLs reach a backend already validated by the router
 /// (see [`KeyPolicy`](crate::KeyPolicy)); a backend must store every valid key and value
 /// byte-exactly. Failures of the server or the connection are returned as
-/// [`Error::Backend`](crate::Error::Backend) so the router counts them and fails over. A backend
-/// need not bound its own calls in time: the router runs every call under a timeout and may drop
-/// the future at any await point, so implementations must be cancel-safe.
+/// [`Error::Backend`](crate::Error::Backend) so the router counts them and fails over; a request
+/// the server refuses as malformed is [`Error::Rejected`](crate::Error::Rejected), which never
+/// fails over. A backend need not bound its own calls in time: the router runs every call under
+/// a timeout and may drop the future at any await point, so implementations must be
+/// cancel-safe.
 ///
-/// Run [`testing::conformance`](crate::testing::conformance) (feature `testing`) against a new
-/// backend to check it behaves like the shipped ones.
+/// The crate docs' "Writing a backend" walks through one; run
+/// [`testing::conformance`](crate::testing::conformance) (feature `testing`) against it.
 #[async_trait]
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// The backend's name in reports, events and errors, unique within one storage.
@@ -232,19 +373,78 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// A cheap liveness check (PING, `SELECT 1`). Its latency feeds the health monitor.
     async fn health_check(&self) -> Result<HealthProbe>;
 
-    /// Reads a key: `None` when it is absent or expired.
+    /// Reads a key: `None` when it is absent, expired or deleted.
     async fn get(&self, key: &str) -> Result<Option<Bytes>>;
 
-    /// Writes a key. `ttl`, when given, replaces any previous TTL; `None` keeps the key until
-    /// it is deleted.
-    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()>;
+    /// Writes or deletes a key. A [`KeyWrite::Set`]'s `ttl`, when given, replaces any previous
+    /// TTL; `None` keeps the key until it is deleted. `options` carry the write's version and
+    /// [mode](WriteMode): a [versioned](Capabilities::versioned) backend keeps the version with
+    /// the key (a delete leaves it as a tombstone, and an expired value keeps it, for a bounded
+    /// time) and applies a [`WriteMode::IfNewer`] write only by [`rules::replay_applies`],
+    /// atomically. A backend that is not versioned ignores both and applies every write.
+    async fn write(
+        &self,
+        key: &str,
+        write: KeyWrite,
+        options: WriteOptions,
+    ) -> Result<WriteOutcome>;
 
-    /// Removes a key; true when it existed.
-    async fn delete(&self, key: &str) -> Result<bool>;
+    /// Takes a lock for `ttl` unless another holder has it. The same holder re-acquiring
+    /// extends its lease and keeps its token; a new grant's token follows
+    /// [`rules::next_fencing_token`]. Optional ([`Capabilities::locks`]).
+    async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {
+        let _ = (name, holder, ttl);
+        Err(crate::Error::unsupported(
+            self.name(),
+            crate::Operation::AcquireLock,
+        ))
+    }
 
-    /// Writes a key stamped with `version`. A [versioned](Capabilities::versioned) backend
-    /// keeps the version with the value, and for a bounded time after the value expires; the
-    /// default ignores it and calls [`set`](Self::set). Unconditional, as `set` is.
+    /// Sets the lease of a lock held by `holder` to `ttl` from now; `None` when `holder` does
+    /// not hold it (never extends another holder's lock). Optional ([`Capabilities::locks`]).
+    async fn extend_lock(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<LockGrant>> {
+        let _ = (name, holder, ttl);
+        Err(crate::Error::unsupported(
+            self.name(),
+            crate::Operation::ExtendLock,
+        ))
+    }
+
+    /// Releases a lock held by `holder`; false when `holder` does not hold it (never releases
+    /// another holder's lock). Optional ([`Capabilities::locks`]).
+    async fn release_lock(&self, name: &str, holder: &str) -> Result<bool> {
+        let _ = (name, holder);
+        Err(crate::Error::unsupported(
+            self.name(),
+            crate::Operation::ReleaseLock,
+        ))
+    }
+
+    /// Closes connections and stops background work. Called once by
+    /// [`ResilientStorage::shutdown`](crate::ResilientStorage::shutdown).
+    async fn shutdown(&self) {}
+}
+
+/// Call-site conveniences over [`Backend::write`], for every backend (tests, tools, the router):
+/// nothing here is for a backend to implement.
+#[async_trait]
+pub trait BackendExt: Backend {
+    /// Writes a key unconditionally with version 0 (no version of its own).
+    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
+        self.set_versioned(key, value, ttl, WriteVersion(0)).await
+    }
+
+    /// Removes a key unconditionally with version 0; true when a live value was there.
+    async fn delete(&self, key: &str) -> Result<bool> {
+        self.delete_versioned(key, WriteVersion(0)).await
+    }
+
+    /// Writes a key unconditionally, stamped with `version`.
     async fn set_versioned(
         &self,
         key: &str,
@@ -252,56 +452,36 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         ttl: Option<Duration>,
         version: WriteVersion,
     ) -> Result<()> {
-        let _ = version;
-        self.set(key, value, ttl).await
+        self.write(
+            key,
+            KeyWrite::Set { value, ttl },
+            WriteOptions::new(version),
+        )
+        .await
+        .map(|_| ())
     }
 
-    /// Removes a key; true when it existed. A [versioned](Capabilities::versioned) backend
-    /// leaves a tombstone with `version` for a bounded time, so a replay of an older write
-    /// cannot bring the key back; the default calls [`delete`](Self::delete).
+    /// Removes a key unconditionally, leaving `version` as a tombstone on a versioned backend;
+    /// true when a live value was there.
     async fn delete_versioned(&self, key: &str, version: WriteVersion) -> Result<bool> {
-        let _ = version;
-        self.delete(key).await
+        self.write(key, KeyWrite::Delete, WriteOptions::new(version))
+            .await
+            .map(|outcome| outcome.existed)
     }
 
-    /// Replays a write this backend missed while another served it. A
-    /// [versioned](Capabilities::versioned) backend applies it only if the key has no version
-    /// or an older one, atomically, and returns whether it did: `Ok(false)` means a newer write
-    /// (from any process) is there and must stay. The default applies it unconditionally and
-    /// returns true.
+    /// Replays a write this backend missed: applied only over an older version or none (on a
+    /// versioned backend); true when it was.
     async fn replay_write(
         &self,
         key: &str,
         write: KeyWrite,
         version: WriteVersion,
     ) -> Result<bool> {
-        match write {
-            KeyWrite::Set { value, ttl } => self.set_versioned(key, value, ttl, version).await?,
-            KeyWrite::Delete => {
-                self.delete_versioned(key, version).await?;
-            }
-        }
-        Ok(true)
+        let options = WriteOptions::new(version).mode(WriteMode::IfNewer);
+        self.write(key, write, options)
+            .await
+            .map(|outcome| outcome.applied)
     }
-
-    /// Takes a lock for `ttl` unless another holder has it. The same holder re-acquiring
-    /// extends its lease and keeps its token.
-    async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome>;
-
-    /// Sets the lease of a lock held by `holder` to `ttl` from now; `None` when `holder` does
-    /// not hold it (never extends another holder's lock).
-    async fn extend_lock(
-        &self,
-        name: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<Option<LockGrant>>;
-
-    /// Releases a lock held by `holder`; false when `holder` does not hold it (never releases
-    /// another holder's lock).
-    async fn release_lock(&self, name: &str, holder: &str) -> Result<bool>;
-
-    /// Closes connections and stops background work. Called once by
-    /// [`ResilientStorage::shutdown`](crate::ResilientStorage::shutdown).
-    async fn shutdown(&self) {}
 }
+
+impl<B: Backend + ?Sized> BackendExt for B {}

@@ -261,6 +261,16 @@ pub enum Error {
         /// The operation.
         operation: Operation,
     },
+    /// The backend does not implement this operation (its [`Capabilities`](crate::Capabilities)
+    /// say so, and the router does not send it there): the default of every optional
+    /// [`Backend`](crate::Backend) method.
+    #[error("[{backend}] does not support {operation}")]
+    Unsupported {
+        /// The backend.
+        backend: String,
+        /// The operation.
+        operation: Operation,
+    },
     /// The storage was shut down.
     #[error("storage is shut down")]
     Shutdown,
@@ -296,6 +306,14 @@ impl Error {
         }
     }
 
+    /// The backend does not implement `operation`.
+    pub fn unsupported(backend: impl Into<String>, operation: Operation) -> Self {
+        Error::Unsupported {
+            backend: backend.into(),
+            operation,
+        }
+    }
+
     /// A configuration error naming its field.
     pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Config {
@@ -323,6 +341,7 @@ impl Error {
             | Error::Rejected { .. }
             | Error::UnknownScheme { .. }
             | Error::DuplicateScheme { .. }
+            | Error::Unsupported { .. }
             | Error::Serde { .. } => ErrorClass::Caller,
         }
     }

@@ -26,8 +26,8 @@ pub mod url;
 
 pub use async_trait::async_trait;
 pub use backend::{
-    Backend, Capabilities, FencingToken, HealthProbe, KeyWrite, LockGrant, LockOutcome,
-    WriteVersion,
+    Backend, BackendExt, Capabilities, FencingToken, HealthProbe, KeyWrite, LockGrant, LockOutcome,
+    WriteMode, WriteOptions, WriteOutcome, WriteVersion, rules,
 };
 pub use breaker::{BreakerConfig, CircuitBreaker, CircuitState};
 pub use bytes::Bytes;
@@ -46,4 +46,4 @@ pub use router::{
     WritePolicy,
 };
 pub use strategy::{SelectionStrategy, Strategy};
-pub use url::BackendUrl;
+pub use url::{BackendUrl, UrlOptions};

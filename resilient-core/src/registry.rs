@@ -113,3 +113,66 @@ fn table() -> Result<BTreeMap<&'static str, &'static BackendFactory>> {
     }
     Ok(table)
 }
+
+/// Registers a backend crate's factory in one line: declares `pub static FACTORY` (a
+/// [`BackendFactory`] for the given schemes, named after the calling crate), submits it to
+/// `inventory` so `backend_url` finds it as soon as the crate is linked, and declares
+/// `pub fn register()` for builds where static constructors do not run. `build` is an async
+/// function (or closure without captures) from a [`BackendUrl`] to
+/// `Result<Arc<YourBackend>>`; it must not wait for the server.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use resilient_core::{BackendUrl, Result};
+/// # #[derive(Debug)] struct Mine;
+/// # #[resilient_core::async_trait]
+/// # impl resilient_core::Backend for Mine {
+/// #     fn name(&self) -> &str { "mine" }
+/// #     fn scheme(&self) -> &str { "mine" }
+/// #     fn capabilities(&self) -> resilient_core::Capabilities { resilient_core::Capabilities::new() }
+/// #     async fn health_check(&self) -> Result<resilient_core::HealthProbe> { Ok(resilient_core::HealthProbe::Healthy) }
+/// #     async fn get(&self, _: &str) -> Result<Option<resilient_core::Bytes>> { Ok(None) }
+/// #     async fn write(&self, _: &str, _: resilient_core::KeyWrite, _: resilient_core::WriteOptions)
+/// #         -> Result<resilient_core::WriteOutcome> { Ok(resilient_core::WriteOutcome::applied(false)) }
+/// # }
+/// async fn build(url: BackendUrl) -> Result<Arc<Mine>> {
+///     let _ = url;
+///     Ok(Arc::new(Mine))
+/// }
+///
+/// resilient_core::register_backend!(schemes: ["mine"], build: build);
+///
+/// assert_eq!(FACTORY.schemes, ["mine"]);
+/// register().unwrap();
+/// assert!(resilient_core::registry::schemes().contains(&"mine"));
+/// ```
+#[macro_export]
+macro_rules! register_backend {
+    (schemes: [$($scheme:literal),+ $(,)?], build: $build:path $(,)?) => {
+        /// The factory this crate registers for its URL schemes.
+        pub static FACTORY: $crate::BackendFactory = $crate::BackendFactory {
+            schemes: &[$($scheme),+],
+            crate_name: ::core::env!("CARGO_PKG_NAME"),
+            build: |url| {
+                ::std::boxed::Box::pin(async move {
+                    let backend = $build(url).await?;
+                    ::core::result::Result::Ok(backend as ::std::sync::Arc<dyn $crate::Backend>)
+                })
+            },
+        };
+
+        $crate::inventory::submit! {
+            $crate::BackendFactory {
+                schemes: FACTORY.schemes,
+                crate_name: FACTORY.crate_name,
+                build: FACTORY.build,
+            }
+        }
+
+        /// Registers [`FACTORY`] by hand, for builds where static constructors do not run. A
+        /// no-op when it is already registered.
+        pub fn register() -> $crate::Result<()> {
+            $crate::registry::register(&FACTORY)
+        }
+    };
+}

@@ -55,6 +55,20 @@ impl BackendUrl {
         redact(&self.raw)
     }
 
+    /// The query options, decoded, to be taken one by one with typed getters; then
+    /// [`UrlOptions::finish`] refuses any option nobody took, naming it, so a misspelt option
+    /// is an error rather than a silently ignored setting. `field` prefixes error fields
+    /// (`"redis"` gives `redis.timeout`).
+    pub fn options(&self, field: &str) -> UrlOptions {
+        UrlOptions {
+            field: field.to_owned(),
+            pairs: self
+                .query_pairs()
+                .map(|(name, value)| (percent_decode(name), percent_decode(value), false))
+                .collect(),
+        }
+    }
+
     /// The query options as `(name, value)` pairs, undecoded.
     pub fn query_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
         self.raw
@@ -171,6 +185,117 @@ impl Secrets {
     }
 }
 
+/// A URL's query options, decoded, taken one by one (see [`BackendUrl::options`]). Values are
+/// never echoed in errors: an option may hold a secret.
+#[derive(Clone)]
+pub struct UrlOptions {
+    field: String,
+    pairs: Vec<(String, String, bool)>,
+}
+
+impl fmt::Debug for UrlOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.pairs.iter().map(|(n, _, _)| n.as_str()).collect();
+        f.debug_struct("UrlOptions")
+            .field("field", &self.field)
+            .field("names", &names)
+            .finish()
+    }
+}
+
+impl UrlOptions {
+    fn name(&self, option: &str) -> String {
+        format!("{}.{option}", self.field)
+    }
+
+    /// Takes option `name` as text; the last one wins when it is given twice.
+    pub fn string(&mut self, name: &str) -> Option<String> {
+        let mut found = None;
+        for (option, value, taken) in &mut self.pairs {
+            if option == name {
+                *taken = true;
+                found = Some(value.clone());
+            }
+        }
+        found
+    }
+
+    /// Takes option `name` as a duration (`250ms`, `2s`, `1m 30s`) within `range`; the error
+    /// names the field and the range.
+    pub fn duration(
+        &mut self,
+        name: &str,
+        range: std::ops::RangeInclusive<Duration>,
+    ) -> Result<Option<Duration>> {
+        let Some(value) = self.string(name) else {
+            return Ok(None);
+        };
+        let field = self.name(name);
+        let d = humantime::parse_duration(&value)
+            .map_err(|_| Error::config(&field, "not a duration such as 250ms, 2s or 1h"))?;
+        if !range.contains(&d) {
+            return Err(Error::config(
+                &field,
+                format!(
+                    "must be from {} to {}",
+                    humantime::format_duration(*range.start()),
+                    humantime::format_duration(*range.end())
+                ),
+            ));
+        }
+        Ok(Some(d))
+    }
+
+    /// Takes option `name` as a whole number within `range`.
+    pub fn number(
+        &mut self,
+        name: &str,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Option<u64>> {
+        let Some(value) = self.string(name) else {
+            return Ok(None);
+        };
+        let field = self.name(name);
+        let n: u64 = value
+            .parse()
+            .map_err(|_| Error::config(&field, "not a whole number"))?;
+        if !range.contains(&n) {
+            return Err(Error::config(
+                &field,
+                format!("must be from {} to {}", range.start(), range.end()),
+            ));
+        }
+        Ok(Some(n))
+    }
+
+    /// Takes option `name` as `true` or `false`.
+    pub fn flag(&mut self, name: &str) -> Result<Option<bool>> {
+        match self.string(name).as_deref() {
+            None => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(_) => Err(Error::config(self.name(name), "must be true or false")),
+        }
+    }
+
+    /// Fails, naming them, when options were given that nobody took.
+    pub fn finish(self) -> Result<()> {
+        let unknown: Vec<&str> = self
+            .pairs
+            .iter()
+            .filter(|(_, _, taken)| !taken)
+            .map(|(name, _, _)| name.as_str())
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        Err(Error::config(
+            &self.field,
+            format!("unknown URL option(s): {}", unknown.join(", ")),
+        ))
+    }
+}
+
 /// Reads a URL option holding a duration (`250ms`, `2s`, `1m 30s`); the error names `field`.
 pub fn parse_duration(field: &str, value: &str) -> Result<Duration> {
     let d = humantime::parse_duration(value)
@@ -220,6 +345,42 @@ fn is_secret_option(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn options_are_decoded_typed_bounded_and_unknown_ones_refused() {
+        let url = BackendUrl::parse(
+            "x://h/?timeout=250ms&size=10&on=true&name=a%20b&password=s3cret&colour=red",
+        )
+        .unwrap();
+        let mut options = url.options("x");
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            options
+                .duration("timeout", Duration::ZERO..=second)
+                .unwrap(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(options.number("size", 1..=100).unwrap(), Some(10));
+        assert_eq!(options.flag("on").unwrap(), Some(true));
+        assert_eq!(options.string("name").as_deref(), Some("a b"));
+        assert_eq!(options.string("missing"), None);
+        let _ = options.string("password");
+        let err = options.clone().finish().unwrap_err().to_string();
+        assert!(err.contains("colour") && !err.contains("red"), "{err}");
+        let _ = options.string("colour");
+        options.finish().unwrap();
+
+        let url = BackendUrl::parse("x://h/?timeout=1h&size=1000&on=yes&password=s3cret").unwrap();
+        let mut options = url.options("x");
+        let err = options
+            .duration("timeout", Duration::ZERO..=second)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("x.timeout") && err.contains("1s"), "{err}");
+        assert!(options.number("size", 1..=100).is_err());
+        assert!(options.flag("on").is_err());
+        assert!(!format!("{options:?}").contains("s3cret"));
+    }
+
     use super::*;
 
     #[test]

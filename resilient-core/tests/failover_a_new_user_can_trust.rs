@@ -5,6 +5,7 @@
 
 mod common;
 
+use resilient_core::BackendExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +13,7 @@ use common::{DEADLINE, builder, direct, fault};
 use resilient_backend_memory::{MemoryBackend, MemoryConfig};
 use resilient_core::testing::{Fault, FaultBackend};
 use resilient_core::{
-    Backend, CircuitState, HealthConfig, OverallStatus, ResilientStorage, StorageBuilder,
-    WritePolicy,
+    CircuitState, HealthConfig, OverallStatus, ResilientStorage, StorageBuilder, WritePolicy,
 };
 use tokio::time::{Instant, sleep};
 

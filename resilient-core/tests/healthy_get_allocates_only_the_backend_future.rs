@@ -10,7 +10,7 @@ use std::time::Duration;
 use resilient_core::strategy::{BackendView, Candidates, Routing};
 use resilient_core::{
     Backend, BackendOptions, BreakerConfig, Bytes, Capabilities, CircuitBreaker, HealthProbe,
-    LockGrant, LockOutcome, ResilientStorage, Result, Strategy, async_trait,
+    KeyWrite, ResilientStorage, Result, Strategy, WriteOptions, WriteOutcome, async_trait,
 };
 
 /// Answers every get at once, from a value it already holds.
@@ -34,20 +34,8 @@ impl Backend for Ready {
     async fn get(&self, _: &str) -> Result<Option<Bytes>> {
         Ok(Some(self.0.clone()))
     }
-    async fn set(&self, _: &str, _: Bytes, _: Option<Duration>) -> Result<()> {
-        Ok(())
-    }
-    async fn delete(&self, _: &str) -> Result<bool> {
-        Ok(false)
-    }
-    async fn acquire_lock(&self, _: &str, _: &str, _: Duration) -> Result<LockOutcome> {
-        unreachable!("not used")
-    }
-    async fn extend_lock(&self, _: &str, _: &str, _: Duration) -> Result<Option<LockGrant>> {
-        unreachable!("not used")
-    }
-    async fn release_lock(&self, _: &str, _: &str) -> Result<bool> {
-        unreachable!("not used")
+    async fn write(&self, _: &str, _: KeyWrite, _: WriteOptions) -> Result<WriteOutcome> {
+        Ok(WriteOutcome::applied(false))
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{ATTEMPT, DEADLINE, builder, drain, fault};
+use resilient_core::BackendExt;
 use resilient_core::testing::Fault;
 use resilient_core::{
     Backend, CircuitState, Error, HealthConfig, HealthState, LockOutcome, Operation, StorageEvent,
@@ -105,7 +106,7 @@ async fn a_miss_is_an_answer_and_never_fails_over() {
         .build()
         .await
         .unwrap();
-    Backend::set(&*postgres, "k", Bytes::from_static(b"stale"), None)
+    BackendExt::set(&*postgres, "k", Bytes::from_static(b"stale"), None)
         .await
         .unwrap();
     let before = postgres.calls();

@@ -2,8 +2,9 @@
 //!
 //! - `test`: installs `redis-server` and `postgresql` with apt when they are missing (as root),
 //!   then every test of the workspace, the quickstart example with no server, the facade's
-//!   per-feature registry check, and a crate outside the workspace that must see exactly the
-//!   enabled backends.
+//!   per-feature registry check, a crate outside the workspace that must see exactly the
+//!   enabled backends, and the tests of the third-party example backend in
+//!   `docs/example-backend`.
 //! - `lint`: `cargo fmt --check`, clippy with `-D warnings`, and docs with `-D warnings`.
 //! - `ci`: `lint`, the benchmarks built (`cargo bench --no-run`), `test`, the short chaos
 //!   suite and the quick demo.
@@ -144,6 +145,13 @@ fn test() -> Result<(), String> {
         )?;
         outside_crate(features, schemes)?;
     }
+    run(
+        "the third-party example backend (docs/example-backend)",
+        cargo()
+            .args(["test", "--quiet", "--manifest-path"])
+            .arg(root().join("docs/example-backend/Cargo.toml"))
+            .env("CARGO_TARGET_DIR", target_dir()?),
+    )?;
     Ok(())
 }
 

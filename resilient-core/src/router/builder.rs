@@ -241,8 +241,9 @@ impl StorageBuilder {
     }
 
     /// Adds the in-process memory backend at priority 999 as the last line of defence
-    /// (default true). Needs a backend registered for `memory://` (the facade's `memory`
-    /// feature) unless a memory backend was added by hand.
+    /// (default true), unless a process-local backend (one not
+    /// [`shared`](crate::Capabilities::shared)) was added by hand. Needs a backend registered
+    /// for `memory://` (the facade's `memory` feature).
     pub fn memory_fallback(mut self, enabled: bool) -> Self {
         self.memory_fallback = enabled;
         self
@@ -321,10 +322,20 @@ impl StorageBuilder {
             };
             backends.push((backend, options));
         }
-        let has_local_memory = backends
-            .iter()
-            .any(|(b, _)| b.scheme() == "memory" && !b.capabilities().shared);
-        if self.memory_fallback && !has_local_memory {
+        if !self.local_locks {
+            for (backend, _) in &backends {
+                let capabilities = backend.capabilities();
+                if capabilities.locks && !capabilities.shared {
+                    tracing::info!(
+                        backend = backend.name(),
+                        "a process-local backend holds no locks unless local locks are enabled"
+                    );
+                }
+            }
+        }
+        // A process-local store added by hand is the last line of defence already.
+        let has_local = backends.iter().any(|(b, _)| !b.capabilities().shared);
+        if self.memory_fallback && !has_local {
             let factory = registry::lookup("memory").map_err(|_| {
                 Error::config(
                     "memory_fallback",

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use super::replay_log::ReplayLog;
 use super::telemetry::BackendMetrics;
 use crate::backend::{Backend, Capabilities};
+use crate::backend::{WriteMode, WriteOptions};
 use crate::breaker::{BreakerConfig, CircuitBreaker};
 use crate::events::StorageEvent;
 use crate::health::{HealthConfig, HealthState, HealthTracker};
@@ -111,11 +112,6 @@ impl Slot {
     /// When it last answered an acquire or extend.
     pub(crate) fn lock_answered_at(&self) -> Option<Instant> {
         *self.lock_answered.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// True for the process-local memory store.
-    pub(crate) fn is_local_memory(&self) -> bool {
-        self.backend.scheme() == "memory" && !self.capabilities.shared
     }
 
     /// `data`: the view is for a key-value operation, which a backend with writes still to
@@ -336,13 +332,12 @@ async fn replay_one(
     let start = Instant::now();
     // Conditional on a versioned backend: a newer write another process made there meanwhile
     // stays, and the record is done all the same.
-    let call = slot
-        .backend
-        .replay_write(&key, hint.replay_at(start), version);
+    let options = WriteOptions::new(version).mode(WriteMode::IfNewer);
+    let call = slot.backend.write(&key, hint.replay_at(start), options);
     match tokio::time::timeout(attempt_timeout, call).await {
-        Ok(Ok(applied)) => {
+        Ok(Ok(outcome)) => {
             permit.success(start.elapsed());
-            if !applied {
+            if !outcome.applied {
                 tracing::debug!(backend = %slot.name, "replay skipped: a newer write is there");
             }
             if slot.replay.replayed(&key, version) {

@@ -12,7 +12,7 @@ use super::attempt::{bounded, settle};
 use super::replay_log::LoggedWrite;
 use super::slot::Slot;
 use super::{CallFuture, ResilientStorage, Route, WritePolicy};
-use crate::backend::WriteVersion;
+use crate::backend::{KeyWrite, WriteOptions, WriteOutcome, WriteVersion};
 use crate::error::{Error, Operation, Result};
 use crate::events::StorageEvent;
 use crate::key::check_ttl;
@@ -41,16 +41,20 @@ impl ResilientStorage {
         self.supersede(key, version, || hint(ttl));
         let (_, served) = self
             .route(Operation::Set, Route::Data, key, None, |_, b| {
-                b.set_versioned(key, value.clone(), ttl, version)
+                let write = KeyWrite::Set {
+                    value: value.clone(),
+                    ttl,
+                };
+                b.write(key, write, WriteOptions::new(version))
             })
             .await?;
         self.hand_off(served, key, version, || hint(ttl));
         if self.inner.policy.write_policy == WritePolicy::WriteBehind {
             self.copy_behind(served, key, version, || hint(ttl));
         } else if self.inner.policy.write_policy == WritePolicy::WriteThrough {
-            // Copies to the memory store are capped, so it cannot hold values indefinitely.
+            // Copies to a process-local store are capped, so it cannot hold values indefinitely.
             let ttl_for = |slot: &Slot| {
-                if slot.is_local_memory() {
+                if !slot.capabilities.shared {
                     Some(ttl.map_or(self.inner.policy.memory_ttl_cap, |t| {
                         t.min(self.inner.policy.memory_ttl_cap)
                     }))
@@ -65,8 +69,11 @@ impl ResilientStorage {
                 written,
                 |slot| hint(ttl_for(slot)),
                 |slot| {
-                    slot.backend
-                        .set_versioned(key, value.clone(), ttl_for(slot), version)
+                    let write = KeyWrite::Set {
+                        value: value.clone(),
+                        ttl: ttl_for(slot),
+                    };
+                    slot.backend.write(key, write, WriteOptions::new(version))
                 },
             )
             .await;
@@ -97,9 +104,9 @@ impl ResilientStorage {
             (self.inner.policy.write_policy == WritePolicy::WriteThrough).then(Instant::now);
         let version = self.inner.versions.next();
         self.supersede(key, version, || LoggedWrite::Delete);
-        let (existed, served) = self
+        let (outcome, served) = self
             .route(Operation::Delete, Route::Data, key, None, |_, b| {
-                b.delete_versioned(key, version)
+                b.write(key, KeyWrite::Delete, WriteOptions::new(version))
             })
             .await?;
         self.hand_off(served, key, version, || LoggedWrite::Delete);
@@ -113,17 +120,13 @@ impl ResilientStorage {
                 start,
                 |_| LoggedWrite::Delete,
                 |slot| {
-                    Box::pin(async move {
-                        slot.backend
-                            .delete_versioned(key, version)
-                            .await
-                            .map(|_| ())
-                    })
+                    slot.backend
+                        .write(key, KeyWrite::Delete, WriteOptions::new(version))
                 },
             )
             .await;
         }
-        Ok(existed)
+        Ok(outcome.existed)
     }
 
     /// After a write served by backend `served`: every backend above it missed the write and
@@ -238,7 +241,7 @@ impl ResilientStorage {
         version: WriteVersion,
         start: Instant,
         hint: impl Fn(&Slot) -> LoggedWrite,
-        call: impl Fn(&'a Slot) -> CallFuture<'a, ()>,
+        call: impl Fn(&'a Slot) -> CallFuture<'a, WriteOutcome>,
     ) {
         let inner = &self.inner;
         let now = Instant::now();
@@ -261,7 +264,7 @@ impl ResilientStorage {
                     tracing::debug!(backend = %slot.name, %error, "write-through copy failed");
                 }
                 settle(permit, &result, now.elapsed());
-                matches!(result, Ok(Ok(())))
+                matches!(result, Ok(Ok(_)))
             }
         });
         let copied = futures_util::future::join_all(copies).await;

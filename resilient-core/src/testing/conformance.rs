@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::backend::{Backend, KeyWrite, LockOutcome, WriteVersion};
+use crate::backend::{Backend, BackendExt, KeyWrite, LockOutcome, WriteVersion};
 use crate::key::MAX_KEY_LEN_BOUND;
 
 const SHORT_TTL: Duration = Duration::from_millis(300);
@@ -25,12 +25,16 @@ pub async fn run(backend: &dyn Backend) {
     set_overwrites_and_delete_reports_existence(backend, &p).await;
     ttl_expires_keys(backend, &p).await;
     a_new_set_replaces_the_ttl(backend, &p).await;
-    locks_are_exclusive_and_owner_checked(backend, &p).await;
-    contended_locks_have_one_holder_at_a_time(backend, &p).await;
-    lock_tokens_grow_across_grants(backend, &p).await;
-    locks_expire(backend, &p).await;
-    locks_and_keys_do_not_collide(backend, &p).await;
-    brace_shaped_lock_names_work(backend, &p).await;
+    if backend.capabilities().locks {
+        locks_are_exclusive_and_owner_checked(backend, &p).await;
+        contended_locks_have_one_holder_at_a_time(backend, &p).await;
+        lock_tokens_grow_across_grants(backend, &p).await;
+        locks_expire(backend, &p).await;
+        locks_and_keys_do_not_collide(backend, &p).await;
+        brace_shaped_lock_names_work(backend, &p).await;
+    } else {
+        lock_calls_are_unsupported(backend, &p).await;
+    }
     if backend.capabilities().versioned {
         replays_never_overwrite_a_newer_write(backend, &p).await;
         deletes_and_expiries_keep_older_replays_out(backend, &p).await;
@@ -43,6 +47,28 @@ fn put(value: &'static [u8], ttl: Option<Duration>) -> KeyWrite {
         value: Bytes::from_static(value),
         ttl,
     }
+}
+
+/// Backends without [`locks`](crate::Capabilities::locks): every lock call is a typed
+/// [`Error::Unsupported`](crate::Error::Unsupported), never a panic or a silent success.
+pub async fn lock_calls_are_unsupported(b: &dyn Backend, p: &str) {
+    let name = format!("{p}no-locks");
+    let ttl = Duration::from_secs(1);
+    let unsupported = |e: crate::Error| matches!(e, crate::Error::Unsupported { .. });
+    assert!(
+        b.acquire_lock(&name, "h", ttl)
+            .await
+            .is_err_and(unsupported),
+        "acquire_lock without the locks capability"
+    );
+    assert!(
+        b.extend_lock(&name, "h", ttl).await.is_err_and(unsupported),
+        "extend_lock without the locks capability"
+    );
+    assert!(
+        b.release_lock(&name, "h").await.is_err_and(unsupported),
+        "release_lock without the locks capability"
+    );
 }
 
 /// Versioned backends: a replayed write lands only over an older version or none, for every

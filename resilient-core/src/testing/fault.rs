@@ -11,7 +11,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::backend::{
-    Backend, Capabilities, HealthProbe, KeyWrite, LockGrant, LockOutcome, WriteVersion,
+    Backend, Capabilities, HealthProbe, KeyWrite, LockGrant, LockOutcome, WriteOptions,
+    WriteOutcome,
 };
 use crate::error::{Error, Operation, Result};
 
@@ -224,45 +225,18 @@ impl Backend for FaultBackend {
         answer(hold, self.inner.get(key).await).await
     }
 
-    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
-        let hold = self.apply(Operation::Set).await?;
-        answer(hold, self.inner.set(key, value, ttl).await).await
-    }
-
-    async fn delete(&self, key: &str) -> Result<bool> {
-        let hold = self.apply(Operation::Delete).await?;
-        answer(hold, self.inner.delete(key).await).await
-    }
-
-    async fn set_versioned(
-        &self,
-        key: &str,
-        value: Bytes,
-        ttl: Option<Duration>,
-        version: WriteVersion,
-    ) -> Result<()> {
-        let hold = self.apply(Operation::Set).await?;
-        let result = self.inner.set_versioned(key, value, ttl, version).await;
-        answer(hold, result).await
-    }
-
-    async fn delete_versioned(&self, key: &str, version: WriteVersion) -> Result<bool> {
-        let hold = self.apply(Operation::Delete).await?;
-        answer(hold, self.inner.delete_versioned(key, version).await).await
-    }
-
-    async fn replay_write(
+    async fn write(
         &self,
         key: &str,
         write: KeyWrite,
-        version: WriteVersion,
-    ) -> Result<bool> {
+        options: WriteOptions,
+    ) -> Result<WriteOutcome> {
         let operation = match write {
             KeyWrite::Delete => Operation::Delete,
             _ => Operation::Set,
         };
         let hold = self.apply(operation).await?;
-        answer(hold, self.inner.replay_write(key, write, version).await).await
+        answer(hold, self.inner.write(key, write, options).await).await
     }
 
     async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {
