@@ -69,25 +69,20 @@ impl MemoryConfig {
     /// Reads `max_bytes` and `name` from a `memory://` URL.
     pub fn from_url(url: &BackendUrl) -> Result<Self> {
         let mut config = Self::default();
-        for (option, value) in url.query_pairs() {
-            match option {
-                "max_bytes" => {
-                    config.max_bytes = value.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
-                        Error::config(
-                            "memory.max_bytes",
-                            format!("{value:?} is not a positive number of bytes"),
-                        )
-                    })?;
-                }
-                "name" if !value.is_empty() => config.name = value.to_owned(),
-                other => {
-                    return Err(Error::config(
-                        format!("memory.{other}"),
-                        "unknown option; known: max_bytes, name",
-                    ));
-                }
-            }
+        if !url.hosts().is_empty() || !matches!(url.path(), "" | "/") {
+            return Err(Error::config(
+                "memory.url",
+                "memory:// takes no host or path, only options",
+            ));
         }
+        let mut options = url.options("memory");
+        if let Some(max) = options.number("max_bytes", 1..=u64::MAX)? {
+            config.max_bytes = max;
+        }
+        if let Some(name) = options.string("name").filter(|n| !n.is_empty()) {
+            config.name = name;
+        }
+        options.finish()?;
         Ok(config)
     }
 }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use resilient_core::url::{Secrets, parse_duration};
+use resilient_core::url::{Secrets, percent_encode};
 use resilient_core::{BackendUrl, Error, Result};
 use sqlx::postgres::PgConnectOptions;
 
@@ -15,22 +15,23 @@ use sqlx::postgres::PgConnectOptions;
 /// postgresql://...
 /// ```
 ///
-/// Options of this crate (the rest, such as `sslmode`, `sslrootcert` or `application_name`, go to
-/// sqlx as libpq would read them):
+/// Options of this crate, bounded as shown; `sslmode`, `sslrootcert`, `sslcert`, `sslkey`,
+/// `application_name`, `user` and `password` go to sqlx as libpq would read them. Any other
+/// option is an error naming it (`sslpassword` too: sqlx would write it to its logs).
 ///
 /// | option | default | meaning |
 /// |---|---|---|
 /// | `name` | `postgres` | name in reports |
 /// | `schema` | `public` | schema of the tables, created if missing |
 /// | `table` | `resilient_kv` | values table; locks live in `<table>_locks`, tokens in `<table>_fence` |
-/// | `max_connections` | `16` | pool size (health checks have a connection of their own) |
-/// | `acquire_timeout` | `500ms` | waiting for a pooled connection fails after this |
-/// | `statement_timeout` | `1s` | the server cancels a statement after this (SQLSTATE 57014) |
-/// | `query_timeout` | `1s` | the client gives up on a call after this, whatever the server does |
+/// | `max_connections` | `16` | pool size (health checks have a connection of their own), 1 to 1000 |
+/// | `acquire_timeout` | `500ms` | waiting for a pooled connection fails after this, 1 ms to 1 h |
+/// | `statement_timeout` | `1s` | the server cancels a statement after this (SQLSTATE 57014), 1 ms to 24 days (the server's limit) |
+/// | `query_timeout` | `1s` | the client gives up on a call after this, whatever the server does, 1 ms to 1 h |
 /// | `synchronous_commit` | server default (`on`) | `off` acknowledges a write before its WAL reaches disk: faster, but a server crash can lose the last few hundred milliseconds of acknowledged writes (never corrupts) |
-/// | `sweep_interval` | `30s` | how often expired rows are deleted |
-/// | `sweep_batch` | `1000` | rows deleted per statement by the sweeper |
-/// | `tombstone_ttl` | `1h` | how long a key's write version outlives the key (deleted or expired) before the sweeper removes the row |
+/// | `sweep_interval` | `30s` | how often expired rows are deleted, 1 s to 24 h |
+/// | `sweep_batch` | `1000` | rows deleted per statement by the sweeper, 1 to 1,000,000 |
+/// | `tombstone_ttl` | `1h` | how long a key's write version outlives the key (deleted or expired) before the sweeper removes the row, 1 s to 365 days |
 ///
 /// Schema and table names are identifiers: lowercase ASCII letters, digits and `_`, starting with
 /// a letter or `_`, at most 50 bytes.
@@ -98,84 +99,29 @@ impl PostgresConfig {
                 format!("scheme {:?} is not a PostgreSQL scheme", url.scheme()),
             ));
         }
-        let raw = url.expose();
-        let (main, query) = raw.split_once('?').unwrap_or((raw, ""));
-        let mut config = Self {
-            name: "postgres".to_owned(),
-            schema: "public".to_owned(),
-            table: "resilient_kv".to_owned(),
-            max_connections: 16,
-            acquire_timeout: Duration::from_millis(500),
-            statement_timeout: Duration::from_secs(1),
-            query_timeout: Duration::from_secs(1),
-            synchronous_commit: None,
-            sweep_interval: Duration::from_secs(30),
-            sweep_batch: 1000,
-            tombstone_ttl: Duration::from_secs(3600),
-            connect: PgConnectOptions::new(),
-            secrets: Secrets::default(),
-        };
-        let authority = main.split_once("://").map(|(_, rest)| rest).unwrap_or("");
-        let authority = &authority[..authority.find('/').unwrap_or(authority.len())];
-        if let Some((userinfo, _)) = authority.rsplit_once('@')
-            && let Some((_, password)) = userinfo.split_once(':')
-        {
-            config.secrets.add(password);
+        let mut secrets = Secrets::default();
+        let passthrough = Self::client_options(url, &mut secrets)?;
+        let mut config = Self::read_options(url)?;
+        if let Some(password) = url.password() {
+            secrets.add(password);
+            secrets.add(&percent_encode(password));
         }
-        let mut passthrough = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (option, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let field = format!("postgres.{option}");
-            match option {
-                "name" if !value.is_empty() => config.name = value.to_owned(),
-                "schema" => config.schema = identifier(&field, value)?,
-                "table" => config.table = identifier(&field, value)?,
-                "max_connections" => {
-                    config.max_connections = value
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=1000).contains(n))
-                        .ok_or_else(|| Error::config(field, "must be a number from 1 to 1000"))?;
-                }
-                "sweep_batch" => {
-                    config.sweep_batch = value
-                        .parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| Error::config(field, "must be a positive number"))?;
-                }
-                "acquire_timeout" => config.acquire_timeout = parse_duration(&field, value)?,
-                "statement_timeout" => config.statement_timeout = parse_duration(&field, value)?,
-                "query_timeout" => config.query_timeout = parse_duration(&field, value)?,
-                "sweep_interval" => config.sweep_interval = parse_duration(&field, value)?,
-                "tombstone_ttl" => {
-                    config.tombstone_ttl = parse_duration(&field, value)?;
-                    if config.tombstone_ttl.is_zero() {
-                        return Err(Error::config(field, "must be above zero"));
-                    }
-                }
-                "synchronous_commit" => {
-                    if !["on", "off", "local", "remote_write", "remote_apply"].contains(&value) {
-                        return Err(Error::config(
-                            field,
-                            "must be on, off, local, remote_write or remote_apply",
-                        ));
-                    }
-                    config.synchronous_commit = Some(value.to_owned());
-                }
-                "password" => {
-                    config.secrets.add(value);
-                    passthrough.push(pair);
-                }
-                _ => passthrough.push(pair),
-            }
+        config.secrets = secrets;
+        if url.hosts().len() > 1 {
+            return Err(Error::config("postgres.url", "one host only"));
         }
-        let url = if passthrough.is_empty() {
-            main.to_owned()
-        } else {
-            format!("{main}?{}", passthrough.join("&"))
-        };
-        let mut connect = PgConnectOptions::from_str(&url)
+        let host = url
+            .hosts()
+            .first()
+            .map(|h| h.to_url_form())
+            .unwrap_or_default();
+        let client_url = format!(
+            "postgres://{}{host}{}{}",
+            url.userinfo_for_client(),
+            url.path(),
+            passthrough
+        );
+        let mut connect = PgConnectOptions::from_str(&client_url)
             .map_err(|e| Error::config("postgres.url", config.secrets.scrub(&e.to_string())))?;
         let mut settings = vec![(
             "statement_timeout".to_owned(),
@@ -191,7 +137,113 @@ impl PostgresConfig {
         config.connect = connect;
         Ok(config)
     }
+
+    /// The options of the table, bounded; the client's options are read by
+    /// [`client_options`](Self::client_options), and anything else is an error.
+    fn read_options(url: &BackendUrl) -> Result<Self> {
+        let hour = Duration::from_secs(3600);
+        let ms = Duration::from_millis(1);
+        let mut options = url.options("postgres");
+        let synchronous_commit = options.string("synchronous_commit");
+        if let Some(mode) = &synchronous_commit
+            && !["on", "off", "local", "remote_write", "remote_apply"].contains(&mode.as_str())
+        {
+            return Err(Error::config(
+                "postgres.synchronous_commit",
+                "must be on, off, local, remote_write or remote_apply",
+            ));
+        }
+        let config = Self {
+            name: options
+                .string("name")
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| "postgres".to_owned()),
+            schema: options
+                .string("schema")
+                .map(|v| identifier("postgres.schema", &v))
+                .transpose()?
+                .unwrap_or_else(|| "public".to_owned()),
+            table: options
+                .string("table")
+                .map(|v| identifier("postgres.table", &v))
+                .transpose()?
+                .unwrap_or_else(|| "resilient_kv".to_owned()),
+            max_connections: options
+                .number("max_connections", 1..=1000)?
+                .map_or(16, |n| n as u32),
+            acquire_timeout: options
+                .duration("acquire_timeout", ms..=hour)?
+                .unwrap_or(Duration::from_millis(500)),
+            // The server's own limit is 2^31 - 1 ms, about 24.8 days.
+            statement_timeout: options
+                .duration("statement_timeout", ms..=Duration::from_secs(24 * 86_400))?
+                .unwrap_or(Duration::from_secs(1)),
+            query_timeout: options
+                .duration("query_timeout", ms..=hour)?
+                .unwrap_or(Duration::from_secs(1)),
+            synchronous_commit,
+            sweep_interval: options
+                .duration("sweep_interval", Duration::from_secs(1)..=24 * hour)?
+                .unwrap_or(Duration::from_secs(30)),
+            sweep_batch: options
+                .number("sweep_batch", 1..=1_000_000)?
+                .map_or(1000, |n| n as u32),
+            tombstone_ttl: options
+                .duration("tombstone_ttl", Duration::from_secs(1)..=365 * 24 * hour)?
+                .unwrap_or(hour),
+            connect: PgConnectOptions::new(),
+            secrets: Secrets::default(),
+        };
+        // The options sqlx reads are taken by `client_options`; this pass refuses the rest.
+        for name in CLIENT_OPTIONS {
+            let _ = options.string(name);
+        }
+        options.finish()?;
+        Ok(config)
+    }
+
+    /// The query string of the options handed to sqlx: only those of [`CLIENT_OPTIONS`],
+    /// re-encoded. `sslpassword` and `options` are refused by name: sqlx would log the first and
+    /// this crate sets the second.
+    fn client_options(url: &BackendUrl, secrets: &mut Secrets) -> Result<String> {
+        let mut options = url.options("postgres");
+        for refused in ["sslpassword", "options"] {
+            if options.string(refused).is_some() {
+                return Err(Error::config(
+                    format!("postgres.{refused}"),
+                    "is not supported: sslpassword would reach sqlx's logs, and this crate sets \
+                     the server options itself (see statement_timeout and synchronous_commit)",
+                ));
+            }
+        }
+        let mut pairs = Vec::new();
+        for name in CLIENT_OPTIONS {
+            if let Some(value) = options.string(name) {
+                if name == "password" {
+                    secrets.add(&value);
+                    secrets.add(&percent_encode(&value));
+                }
+                pairs.push(format!("{name}={}", percent_encode(&value)));
+            }
+        }
+        Ok(if pairs.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", pairs.join("&"))
+        })
+    }
 }
+
+/// The options passed on to sqlx, as libpq spells them.
+const CLIENT_OPTIONS: [&str; 7] = [
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "application_name",
+    "user",
+    "password",
+];
 
 fn identifier(field: &str, value: &str) -> Result<String> {
     let valid = !value.is_empty()
@@ -232,6 +284,43 @@ mod tests {
         assert_eq!(c.connect.get_port(), 5433);
         assert_eq!(c.connect.get_application_name(), Some("x"));
         assert_eq!(c.synchronous_commit.as_deref(), Some("off"));
+    }
+
+    #[test]
+    fn unknown_refused_and_out_of_range_options_are_errors_naming_the_option() {
+        for (url, field) in [
+            ("postgres://h/db?statment_timeout=50ms", "statment_timeout"),
+            ("postgres://h/db?colour=red", "colour"),
+            (
+                "postgres://h/db?statement_timeout=30d",
+                "postgres.statement_timeout",
+            ),
+            (
+                "postgres://h/db?acquire_timeout=18446744073709551615s",
+                "postgres.acquire_timeout",
+            ),
+            (
+                "postgres://h/db?sslpassword=hunter2",
+                "postgres.sslpassword",
+            ),
+            ("postgres://h/db?options=-c%20x%3Dy", "postgres.options"),
+            ("postgres://h/db?sweep_batch=0", "postgres.sweep_batch"),
+        ] {
+            let err = parse(url).unwrap_err().to_string();
+            assert!(err.contains(field), "{url}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_password_with_url_delimiters_reaches_sqlx_whole() {
+        let c = parse("postgres://app:S3cr3t/pa?ss#w@rd@db:5433/app?sslmode=disable").unwrap();
+        assert_eq!(c.connect.get_username(), "app");
+        assert_eq!(c.connect.get_port(), 5433);
+        assert_eq!(c.connect.get_database(), Some("app"));
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("S3cr3t"), "{debug}");
+        assert_eq!(c.secrets.scrub("refused S3cr3t/pa?ss#w@rd"), "refused ***");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use resilient_core::url::{Secrets, parse_duration, percent_decode, redact};
+use resilient_core::url::{Secrets, percent_encode, redact};
 use resilient_core::{BackendUrl, Error, Result};
 
 /// Settings of a [`RedisBackend`](crate::RedisBackend).
@@ -28,8 +28,12 @@ use resilient_core::{BackendUrl, Error, Result};
 /// | `ca_cert` | system roots | PEM file of the CA that signed the server's certificate (`rediss` only) |
 /// | `tombstone_ttl` | `1h` | how long a key's write version outlives the key (deleted or expired) |
 ///
-/// Any other option (`protocol=resp3`, ...) is passed to the redis crate. Durations are written
-/// like `250ms` or `2s`.
+/// | `protocol` | `resp2` | `resp2` or `resp3`, passed to the redis crate |
+///
+/// Any other option is an error naming it. Durations are written like `250ms` or `2s` and are
+/// bounded: timeouts and delays from 1 ms to 1 h, `reconnect_retries` up to 100,
+/// `tombstone_ttl` from 1 s to 365 days. The path is the database number (`/2`; none on a
+/// cluster); the fragment `#insecure` (TLS without certificate checks) is the only one allowed.
 ///
 /// The defaults make a dead server fail each call within about 150 ms and a frozen one at the
 /// response timeout, and bring the connection back within about half a second of the server.
@@ -86,7 +90,8 @@ impl fmt::Debug for RedisConfig {
 }
 
 impl RedisConfig {
-    /// Reads a `redis://`, `rediss://`, `redis+cluster://` or `rediss+cluster://` URL.
+    /// Reads a `redis://`, `rediss://`, `redis+cluster://` or `rediss+cluster://` URL. Unknown
+    /// options and values out of range are errors naming the option.
     pub fn from_url(url: &BackendUrl) -> Result<Self> {
         let (cluster, tls) = match url.scheme() {
             "redis" => (false, false),
@@ -100,108 +105,124 @@ impl RedisConfig {
                 ));
             }
         };
-        let raw = url.expose();
-        let rest = &raw[url.scheme().len() + 3..];
-        let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (authority, path) = match main.find('/') {
-            Some(i) => (&main[..i], &main[i..]),
-            None => (main, ""),
-        };
-        let (userinfo, hosts) = match authority.rfind('@') {
-            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
-            None => (None, authority),
-        };
-        let mut config = Self {
-            name: "redis".to_owned(),
+        let mut config = Self::read_options(url, cluster, tls)?;
+        if let Some(password) = url.password() {
+            config.secrets.add(password);
+            config.secrets.add(&percent_encode(password));
+        }
+        config.nodes = Self::nodes(url, cluster, tls)?;
+        Ok(config)
+    }
+
+    /// The options of the table; what the redis crate reads (`protocol`) is checked here and
+    /// forwarded by [`nodes`](Self::nodes).
+    fn read_options(url: &BackendUrl, cluster: bool, tls: bool) -> Result<Self> {
+        let hour = Duration::from_secs(3600);
+        let ms = Duration::from_millis(1);
+        let mut options = url.options("redis");
+        let prefix = options.string("prefix").unwrap_or_default();
+        if prefix.contains(['{', '}', '\0']) {
+            return Err(Error::config(
+                "redis.prefix",
+                "must not contain '{', '}' or NUL",
+            ));
+        }
+        let ca_cert = options.string("ca_cert").filter(|v| !v.is_empty());
+        if ca_cert.is_some() && !tls {
+            return Err(Error::config("redis.ca_cert", "needs a rediss:// URL"));
+        }
+        if let Some(protocol) = options.string("protocol")
+            && !["resp2", "resp3"].contains(&protocol.as_str())
+        {
+            return Err(Error::config("redis.protocol", "must be resp2 or resp3"));
+        }
+        let config = Self {
+            name: options
+                .string("name")
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| "redis".to_owned()),
             nodes: Vec::new(),
             cluster,
             tls,
-            prefix: String::new(),
-            response_timeout: Duration::from_secs(1),
-            connect_timeout: Duration::from_millis(500),
-            reconnect_retries: 1,
-            reconnect_max_delay: Duration::from_millis(500),
-            ca_cert: None,
-            tombstone_ttl: Duration::from_secs(3600),
+            prefix,
+            response_timeout: options
+                .duration("response_timeout", ms..=hour)?
+                .unwrap_or(Duration::from_secs(1)),
+            connect_timeout: options
+                .duration("connect_timeout", ms..=hour)?
+                .unwrap_or(Duration::from_millis(500)),
+            reconnect_retries: options
+                .number("reconnect_retries", 0..=100)?
+                .map_or(1, |n| n as usize),
+            reconnect_max_delay: options
+                .duration("reconnect_max_delay", ms..=hour)?
+                .unwrap_or(Duration::from_millis(500)),
+            ca_cert: ca_cert.map(Into::into),
+            // PX takes milliseconds up to 2^63; a year is far inside, and far beyond any outage.
+            tombstone_ttl: options
+                .duration("tombstone_ttl", Duration::from_secs(1)..=365 * 24 * hour)?
+                .unwrap_or(hour),
             secrets: Secrets::default(),
         };
-        if let Some((_, password)) = userinfo.and_then(|u| u.split_once(':')) {
-            config.secrets.add(password);
-        }
-        let mut passthrough = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (option, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let field = format!("redis.{option}");
-            match option {
-                "name" if !value.is_empty() => config.name = value.to_owned(),
-                "prefix" => {
-                    if value.contains(['{', '}', '\0']) {
-                        return Err(Error::config(field, "must not contain '{', '}' or NUL"));
-                    }
-                    config.prefix = value.to_owned();
-                }
-                "response_timeout" => config.response_timeout = parse_duration(&field, value)?,
-                "connect_timeout" => config.connect_timeout = parse_duration(&field, value)?,
-                "tombstone_ttl" => {
-                    config.tombstone_ttl = parse_duration(&field, value)?;
-                    if config.tombstone_ttl.is_zero() {
-                        return Err(Error::config(field, "must be above zero"));
-                    }
-                }
-                "reconnect_max_delay" => {
-                    config.reconnect_max_delay = parse_duration(&field, value)?
-                }
-                "ca_cert" if !value.is_empty() => {
-                    if !tls {
-                        return Err(Error::config(field, "needs a rediss:// URL"));
-                    }
-                    config.ca_cert = Some(percent_decode(value).into());
-                }
-                "reconnect_retries" => {
-                    config.reconnect_retries = value
-                        .parse()
-                        .map_err(|_| Error::config(field, "must be a whole number"))?;
-                }
-                _ => passthrough.push(pair),
-            }
-        }
-        if hosts.is_empty() {
+        options.finish()?;
+        Ok(config)
+    }
+
+    /// One URL per node in the redis crate's form: credentials re-encoded, the database path,
+    /// and the options it reads (`protocol`, the `#insecure` fragment of TLS).
+    fn nodes(url: &BackendUrl, cluster: bool, tls: bool) -> Result<Vec<String>> {
+        if url.hosts().is_empty() {
             return Err(Error::config("redis.url", "no host given"));
         }
-        let node_scheme = if tls { "rediss" } else { "redis" };
-        let credentials = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
-        let query = if passthrough.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", passthrough.join("&"))
-        };
-        if cluster {
-            if !path.is_empty() && path != "/" {
+        let path = url.path();
+        if !path.is_empty() && path != "/" {
+            if cluster {
                 return Err(Error::config(
                     "redis.url",
                     "a cluster URL takes no database path: Redis Cluster has only database 0",
                 ));
             }
-            for host in hosts.split(',') {
-                if host.is_empty() {
-                    return Err(Error::config("redis.url", "an empty host in the node list"));
-                }
-                config
-                    .nodes
-                    .push(format!("{node_scheme}://{credentials}{host}{query}"));
-            }
-        } else {
-            if hosts.contains(',') {
+            if path[1..].parse::<u16>().is_err() {
                 return Err(Error::config(
                     "redis.url",
-                    "several hosts need the redis+cluster:// scheme",
+                    "the path is the database number, such as /0",
                 ));
             }
-            config
-                .nodes
-                .push(format!("{node_scheme}://{credentials}{hosts}{path}{query}"));
         }
-        Ok(config)
+        if !cluster && url.hosts().len() > 1 {
+            return Err(Error::config(
+                "redis.url",
+                "several hosts need the redis+cluster:// scheme",
+            ));
+        }
+        let fragment = match url.fragment() {
+            None => "",
+            Some("insecure") if tls => "#insecure",
+            Some(_) => {
+                return Err(Error::config(
+                    "redis.url",
+                    "the only fragment is #insecure, on a rediss:// URL",
+                ));
+            }
+        };
+        let query = url
+            .options("redis")
+            .string("protocol")
+            .map(|p| format!("?protocol={p}"))
+            .unwrap_or_default();
+        let scheme = if tls { "rediss" } else { "redis" };
+        let credentials = url.userinfo_for_client();
+        let path = if cluster { "" } else { path };
+        Ok(url
+            .hosts()
+            .iter()
+            .map(|host| {
+                format!(
+                    "{scheme}://{credentials}{}{path}{query}{fragment}",
+                    host.to_url_form()
+                )
+            })
+            .collect())
     }
 }
 
@@ -245,6 +266,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("must not be zero"), "{err}");
+    }
+
+    #[test]
+    fn unknown_and_out_of_range_options_are_errors_naming_the_option() {
+        for (url, field) in [
+            ("redis://h?respone_timeout=50ms", "respone_timeout"),
+            ("redis://h?colour=red", "colour"),
+            (
+                "redis://h?tombstone_ttl=18446744073709551615s",
+                "redis.tombstone_ttl",
+            ),
+            ("redis://h?response_timeout=2h", "redis.response_timeout"),
+            (
+                "redis://h?reconnect_retries=1000",
+                "redis.reconnect_retries",
+            ),
+            ("redis://h?protocol=resp9", "redis.protocol"),
+            ("redis://h/db", "redis.url"),
+            ("redis://h#frag", "redis.url"),
+        ] {
+            let err = parse(url).unwrap_err().to_string();
+            assert!(err.contains(field), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_password_with_url_delimiters_reaches_the_client_encoded() {
+        let c = parse("rediss://:S3cr3t/pa?ss#w@rd@h:6380/1?protocol=resp3").unwrap();
+        assert_eq!(
+            c.nodes,
+            ["rediss://:S3cr3t%2Fpa%3Fss%23w%40rd@h:6380/1?protocol=resp3"]
+        );
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("S3cr3t"), "{debug}");
+        assert_eq!(c.secrets.scrub("refused S3cr3t/pa?ss#w@rd"), "refused ***");
     }
 
     #[test]

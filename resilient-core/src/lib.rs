@@ -46,4 +46,4 @@ pub use router::{
     WritePolicy,
 };
 pub use strategy::{SelectionStrategy, Strategy};
-pub use url::{BackendUrl, UrlOptions};
+pub use url::{BackendUrl, Host, UrlOptions};

@@ -5,18 +5,62 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// A backend URL such as `redis://:secret@127.0.0.1:6379/0`.
+/// A backend URL such as `redis://:secret@127.0.0.1:6379/0`, parsed once into its parts.
 ///
-/// `Debug` and `Display` show it with the password, and any `password=` query option, replaced
-/// by `***`; only [`expose`](Self::expose) returns the original, for handing to a client library.
+/// Form: `scheme://[user[:password]@]host[:port][,host[:port]...][/path][?options][#fragment]`.
+/// The userinfo ends at the *last* `@` (a password may hold raw `/ ? # @ :`; an `@` in the path or
+/// query must then be written `%40`); user and password are percent-decoded; hosts may be a
+/// comma-separated list and IPv6 hosts go in brackets. `Debug` and `Display` show the URL with the
+/// password, and any `password=` query option, replaced by `***`; only [`expose`](Self::expose)
+/// and [`password`](Self::password) return the secret, for handing to a client library.
 #[derive(Clone, PartialEq, Eq)]
 pub struct BackendUrl {
     raw: String,
     scheme_end: usize,
+    username: Option<String>,
+    password: Option<String>,
+    hosts: Vec<Host>,
+    /// Byte ranges in `raw`.
+    path: (usize, usize),
+    query: Option<(usize, usize)>,
+    fragment: Option<usize>,
+}
+
+/// One host of a [`BackendUrl`], with its port when one was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Host {
+    /// The host name or address (an IPv6 address without its brackets).
+    pub host: String,
+    /// The port, when given.
+    pub port: Option<u16>,
+}
+
+impl Host {
+    /// `host:port` (brackets around an IPv6 address), or the host alone.
+    pub fn to_url_form(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        match self.port {
+            Some(port) => format!("{host}:{port}"),
+            None => host,
+        }
+    }
+}
+
+/// An error about `url` that never echoes it: a malformed URL cannot be redacted reliably.
+fn malformed(reason: &str) -> Error {
+    Error::config(
+        "url",
+        format!("{reason} (the value is not shown: it may hold a password)"),
+    )
 }
 
 impl BackendUrl {
-    /// Parses the scheme; the rest is the backend's business.
+    /// Parses a URL into its parts. Errors never show the URL.
     pub fn parse(url: &str) -> Result<Self> {
         let scheme_end = url
             .find("://")
@@ -27,22 +71,88 @@ impl BackendUrl {
                             || (i > 0 && (c.is_ascii_digit() || b"+-.".contains(&c)))
                     })
             })
-            // A malformed URL cannot be redacted reliably, so it is not echoed.
-            .ok_or_else(|| {
-                Error::config(
-                    "url",
-                    "not a URL of the form scheme://... (the value is not shown: it may hold a password)",
-                )
-            })?;
+            .ok_or_else(|| malformed("not a URL of the form scheme://..."))?;
+        if url.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            return Err(malformed("a URL holds no spaces or control characters"));
+        }
+        let start = scheme_end + 3;
+        let rest = &url[start..];
+        let (username, password, hosts_start) = match rest.rfind('@') {
+            Some(at) => {
+                let userinfo = &rest[..at];
+                let (user, password) = match userinfo.split_once(':') {
+                    Some((user, password)) => (user, Some(percent_decode(password))),
+                    None => (userinfo, None),
+                };
+                let user = Some(percent_decode(user)).filter(|u| !u.is_empty());
+                (user, password.filter(|p| !p.is_empty()), start + at + 1)
+            }
+            None => (None, None, start),
+        };
+        let after = &url[hosts_start..];
+        let hosts_end = hosts_start + after.find(['/', '?', '#']).unwrap_or(after.len());
+        let hosts = parse_hosts(&url[hosts_start..hosts_end])?;
+        let fragment = url[hosts_end..].find('#').map(|i| hosts_end + i);
+        let before_fragment = fragment.unwrap_or(url.len());
+        let query_start = url[hosts_end..before_fragment]
+            .find('?')
+            .map(|i| hosts_end + i);
+        let path = (hosts_end, query_start.unwrap_or(before_fragment));
+        let query = query_start.map(|q| (q + 1, before_fragment));
         Ok(Self {
             raw: url.to_owned(),
             scheme_end,
+            username,
+            password,
+            hosts,
+            path,
+            query,
+            fragment,
         })
     }
 
     /// The scheme, lowercase as written (`redis`, `postgres`, `memory`, ...).
     pub fn scheme(&self) -> &str {
         &self.raw[..self.scheme_end]
+    }
+
+    /// The user name, decoded; `None` when there is none.
+    pub fn username(&self) -> Option<&str> {
+        self.username.as_deref()
+    }
+
+    /// The password, decoded: a secret. Hand it to a client library; never log it.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// The hosts, in the order written (none for `memory://`).
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// The path as written, with its leading `/` (`/0`, `/app`), or empty.
+    pub fn path(&self) -> &str {
+        &self.raw[self.path.0..self.path.1]
+    }
+
+    /// The fragment after `#`, if any.
+    pub fn fragment(&self) -> Option<&str> {
+        self.fragment.map(|i| &self.raw[i + 1..])
+    }
+
+    /// `user:password@` for a URL handed to a client library, each part percent-encoded, or
+    /// empty without credentials. Holds the password: never log it.
+    pub fn userinfo_for_client(&self) -> String {
+        match (&self.username, &self.password) {
+            (None, None) => String::new(),
+            (user, None) => format!("{}@", percent_encode(user.as_deref().unwrap_or(""))),
+            (user, Some(password)) => format!(
+                "{}:{}@",
+                percent_encode(user.as_deref().unwrap_or("")),
+                percent_encode(password)
+            ),
+        }
     }
 
     /// The full URL with credentials. Hand it to a client library; never log it.
@@ -71,14 +181,63 @@ impl BackendUrl {
 
     /// The query options as `(name, value)` pairs, undecoded.
     pub fn query_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.raw
-            .split_once('?')
-            .map(|(_, q)| q)
-            .unwrap_or("")
+        self.query
+            .map_or("", |(start, end)| &self.raw[start..end])
             .split('&')
             .filter(|p| !p.is_empty())
             .map(|p| p.split_once('=').unwrap_or((p, "")))
     }
+}
+
+/// Parses `host[:port][,host[:port]...]`; IPv6 addresses in brackets.
+fn parse_hosts(text: &str) -> Result<Vec<Host>> {
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|entry| {
+            let (host, port) = if let Some(inner) = entry.strip_prefix('[') {
+                let (host, rest) = inner
+                    .split_once(']')
+                    .ok_or_else(|| malformed("an IPv6 host lacks its closing ]"))?;
+                (host, rest.strip_prefix(':'))
+            } else {
+                match entry.rsplit_once(':') {
+                    Some((host, port)) => (host, Some(port)),
+                    None => (entry, None),
+                }
+            };
+            if host.is_empty() {
+                return Err(malformed("an empty host"));
+            }
+            let port = port
+                .map(|p| {
+                    p.parse::<u16>()
+                        .ok()
+                        .filter(|&p| p > 0)
+                        .ok_or_else(|| malformed("a port must be a number from 1 to 65535"))
+                })
+                .transpose()?;
+            Ok(Host {
+                host: percent_decode(host),
+                port,
+            })
+        })
+        .collect()
+}
+
+/// Percent-encodes everything but the unreserved characters (`A-Z a-z 0-9 - . _ ~`), for a
+/// user name, password or option value put into a URL.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 impl fmt::Debug for BackendUrl {
@@ -233,6 +392,9 @@ impl UrlOptions {
         let field = self.name(name);
         let d = humantime::parse_duration(&value)
             .map_err(|_| Error::config(&field, "not a duration such as 250ms, 2s or 1h"))?;
+        if d.is_zero() && !range.contains(&d) {
+            return Err(Error::config(&field, "must not be zero"));
+        }
         if !range.contains(&d) {
             return Err(Error::config(
                 &field,
@@ -286,13 +448,13 @@ impl UrlOptions {
             .filter(|(_, _, taken)| !taken)
             .map(|(name, _, _)| name.as_str())
             .collect();
-        if unknown.is_empty() {
-            return Ok(());
+        match unknown.first() {
+            None => Ok(()),
+            Some(first) => Err(Error::config(
+                self.name(first),
+                format!("unknown URL option(s): {}", unknown.join(", ")),
+            )),
         }
-        Err(Error::config(
-            &self.field,
-            format!("unknown URL option(s): {}", unknown.join(", ")),
-        ))
     }
 }
 
@@ -345,6 +507,46 @@ fn is_secret_option(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_parts_are_parsed_once_and_decoded() {
+        let url = BackendUrl::parse(
+            "redis://us%40er:S3cr3t/pa?ss#w@rd@h1:7000,[::1]:7001,h3/2?a=1#insecure",
+        )
+        .unwrap();
+        assert_eq!(url.username(), Some("us@er"));
+        assert_eq!(url.password(), Some("S3cr3t/pa?ss#w@rd"));
+        let hosts: Vec<_> = url.hosts().iter().map(Host::to_url_form).collect();
+        assert_eq!(hosts, ["h1:7000", "[::1]:7001", "h3"]);
+        assert_eq!(url.path(), "/2");
+        assert_eq!(url.query_pairs().collect::<Vec<_>>(), vec![("a", "1")]);
+        assert_eq!(url.fragment(), Some("insecure"));
+        assert_eq!(
+            url.userinfo_for_client(),
+            "us%40er:S3cr3t%2Fpa%3Fss%23w%40rd@"
+        );
+        for shown in [url.to_string(), format!("{url:?}"), url.redacted()] {
+            assert!(!shown.contains("S3cr3t"), "{shown}");
+        }
+
+        let plain = BackendUrl::parse("postgres://app@db/app").unwrap();
+        assert_eq!((plain.username(), plain.password()), (Some("app"), None));
+        assert_eq!(plain.hosts()[0].port, None);
+        let memory = BackendUrl::parse("memory://?name=m").unwrap();
+        assert!(memory.hosts().is_empty());
+        assert_eq!(memory.path(), "");
+
+        for bad in [
+            "redis://:hunter2@h:99999",
+            "redis://:hunter2@h:port",
+            "redis://:hunter2@[::1",
+            "redis://:hunter2@h1,,h2",
+            "redis://:hunter2@h /0",
+        ] {
+            let err = BackendUrl::parse(bad).unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
     #[test]
     fn options_are_decoded_typed_bounded_and_unknown_ones_refused() {
         let url = BackendUrl::parse(
