@@ -29,9 +29,9 @@ use sqlx::postgres::PgConnectOptions;
 /// | `statement_timeout` | `1s` | the server cancels a statement after this (SQLSTATE 57014), 1 ms to 24 days (the server's limit) |
 /// | `query_timeout` | `1s` | the client gives up on a call after this, whatever the server does, 1 ms to 1 h |
 /// | `synchronous_commit` | server default (`on`) | `off` acknowledges a write before its WAL reaches disk: faster, but a server crash can lose the last few hundred milliseconds of acknowledged writes (never corrupts) |
-/// | `sweep_interval` | `30s` | how often expired rows are deleted, 1 s to 24 h |
+/// | `sweep_interval` | `30s` | how often expired rows are deleted, 10 ms to 24 h |
 /// | `sweep_batch` | `1000` | rows deleted per statement by the sweeper, 1 to 1,000,000 |
-/// | `tombstone_ttl` | `1h` | how long a key's write version outlives the key (deleted or expired) before the sweeper removes the row, 1 s to 365 days |
+/// | `tombstone_ttl` | `1h` | how long a key's write version outlives the key (deleted or expired) before the sweeper removes the row, 1 ms to 365 days |
 ///
 /// Schema and table names are identifiers: lowercase ASCII letters, digits and `_`, starting with
 /// a letter or `_`, at most 50 bytes.
@@ -183,13 +183,13 @@ impl PostgresConfig {
                 .unwrap_or(Duration::from_secs(1)),
             synchronous_commit,
             sweep_interval: options
-                .duration("sweep_interval", Duration::from_secs(1)..=24 * hour)?
+                .duration("sweep_interval", Duration::from_millis(10)..=24 * hour)?
                 .unwrap_or(Duration::from_secs(30)),
             sweep_batch: options
                 .number("sweep_batch", 1..=1_000_000)?
                 .map_or(1000, |n| n as u32),
             tombstone_ttl: options
-                .duration("tombstone_ttl", Duration::from_secs(1)..=365 * 24 * hour)?
+                .duration("tombstone_ttl", ms..=365 * 24 * hour)?
                 .unwrap_or(hour),
             connect: PgConnectOptions::new(),
             secrets: Secrets::default(),

@@ -32,7 +32,7 @@ use resilient_core::{BackendUrl, Error, Result};
 ///
 /// Any other option is an error naming it. Durations are written like `250ms` or `2s` and are
 /// bounded: timeouts and delays from 1 ms to 1 h, `reconnect_retries` up to 100,
-/// `tombstone_ttl` from 1 s to 365 days. The path is the database number (`/2`; none on a
+/// `tombstone_ttl` from 1 ms to 365 days. The path is the database number (`/2`; none on a
 /// cluster); the fragment `#insecure` (TLS without certificate checks) is the only one allowed.
 ///
 /// The defaults make a dead server fail each call within about 150 ms and a frozen one at the
@@ -160,7 +160,7 @@ impl RedisConfig {
             ca_cert: ca_cert.map(Into::into),
             // PX takes milliseconds up to 2^63; a year is far inside, and far beyond any outage.
             tombstone_ttl: options
-                .duration("tombstone_ttl", Duration::from_secs(1)..=365 * 24 * hour)?
+                .duration("tombstone_ttl", ms..=365 * 24 * hour)?
                 .unwrap_or(hour),
             secrets: Secrets::default(),
         };

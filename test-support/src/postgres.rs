@@ -32,6 +32,54 @@ pub struct PostgresServer {
     root: TempDir,
 }
 
+/// Creates the cluster's data directory: user `postgres`, trust authentication, UTF-8.
+fn init_cluster(run_as: &Option<String>, initdb: &Path, data: &Path) -> Result<()> {
+    let output = as_user(run_as, initdb)
+        .arg("-D")
+        .arg(data)
+        .args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ])
+        .output()?;
+    if !output.status.success() {
+        return Err(format!("initdb failed: {}", String::from_utf8_lossy(&output.stderr)).into());
+    }
+    Ok(())
+}
+
+/// Copies the certificate and key into `root` as the server wants them (its own user, 0600)
+/// and returns the settings that turn TLS on.
+fn tls_settings(
+    tls: &TestCertificates,
+    root: &Path,
+    run_as: &Option<String>,
+) -> Result<Vec<String>> {
+    for (name, source) in [("server.crt", tls.cert()), ("server.key", tls.key())] {
+        let target = root.join(name);
+        std::fs::copy(&source, &target)?;
+        std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        if let Some(user) = run_as {
+            let user = User::from_name(user)?.ok_or("the postgres user vanished")?;
+            chown(&target, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
+        }
+    }
+    Ok(vec![
+        "-c".to_owned(),
+        "ssl=on".to_owned(),
+        "-c".to_owned(),
+        format!("ssl_cert_file={}", root.join("server.crt").display()),
+        "-c".to_owned(),
+        format!("ssl_key_file={}", root.join("server.key").display()),
+    ])
+}
+
 impl PostgresServer {
     /// Creates a cluster and starts it.
     pub fn start() -> Result<Self> {
@@ -65,49 +113,11 @@ impl PostgresServer {
             }
         }
         let run_as = run_as.map(|u| u.name);
-        let output = as_user(&run_as, &initdb)
-            .arg("-D")
-            .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ])
-            .output()?;
-        if !output.status.success() {
-            return Err(
-                format!("initdb failed: {}", String::from_utf8_lossy(&output.stderr)).into(),
-            );
-        }
-        let mut ssl = Vec::new();
-        if let Some(tls) = tls {
-            // The server reads its key as its own user, and only from a 0600 file.
-            for (name, source) in [("server.crt", tls.cert()), ("server.key", tls.key())] {
-                let target = root.path().join(name);
-                std::fs::copy(&source, &target)?;
-                std::fs::set_permissions(
-                    &target,
-                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
-                )?;
-                if let Some(user) = &run_as {
-                    let user = User::from_name(user)?.ok_or("the postgres user vanished")?;
-                    chown(&target, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
-                }
-            }
-            ssl = vec![
-                "-c".to_owned(),
-                "ssl=on".to_owned(),
-                "-c".to_owned(),
-                format!("ssl_cert_file={}", root.path().join("server.crt").display()),
-                "-c".to_owned(),
-                format!("ssl_key_file={}", root.path().join("server.key").display()),
-            ];
-        }
+        init_cluster(&run_as, &initdb, &data)?;
+        let ssl = match tls {
+            Some(tls) => tls_settings(tls, root.path(), &run_as)?,
+            None => Vec::new(),
+        };
         let mut last_error = None;
         for _ in 0..5 {
             let port = free_port()?;

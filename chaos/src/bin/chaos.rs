@@ -605,8 +605,10 @@ async fn both_servers_down(seed: u64, timing: Timing) -> Result<Report, Failure>
     Ok(report)
 }
 
+/// The lease of the lock-safety workers.
+const LOCK_TTL: Duration = Duration::from_millis(500);
+
 async fn lock_safety(seed: u64, timing: Timing) -> Result<Report, Failure> {
-    const TTL: Duration = Duration::from_millis(500);
     let mut redis = RedisServer::start()?;
     let postgres = PostgresServer::start()?;
     // Default lock settings: locks fail closed while Redis, the lock authority, is out of reach.
@@ -614,83 +616,19 @@ async fn lock_safety(seed: u64, timing: Timing) -> Result<Report, Failure> {
         .build()
         .await?;
     let events = EventLog::record(&storage);
-    let log = Arc::new(FencingLog::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let counters = Arc::new([
-        AtomicU64::new(0), // lock calls
-        AtomicU64::new(0), // failed lock calls
-        AtomicU64::new(0), // leases that ran out before the write
-    ]);
-    let latencies = Arc::new(std::sync::Mutex::new(resilient_chaos::workload::histogram()));
+    let rig = LockRig {
+        storage: storage.clone(),
+        log: Arc::new(FencingLog::default()),
+        stop: Arc::new(AtomicBool::new(false)),
+        counters: Arc::new([
+            AtomicU64::new(0), // lock calls
+            AtomicU64::new(0), // failed lock calls
+            AtomicU64::new(0), // leases that ran out before the write
+        ]),
+        latencies: Arc::new(std::sync::Mutex::new(resilient_chaos::workload::histogram())),
+    };
     let workers: Vec<_> = (0..16)
-        .map(|worker| {
-            let (storage, log, stop, counters, latencies) = (
-                storage.clone(),
-                log.clone(),
-                stop.clone(),
-                counters.clone(),
-                latencies.clone(),
-            );
-            tokio::spawn(async move {
-                let mut rng = fastrand::Rng::with_seed(seed ^ worker as u64);
-                let holder = format!("worker-{worker}");
-                while !stop.load(Ordering::Relaxed) {
-                    let work = Duration::from_millis(rng.u64(1..=5));
-                    // A stall longer than the lease half the time, as a GC pause or a swapped
-                    // out process would cause.
-                    let stall = (rng.u8(..100) < 15).then(|| TTL.mul_f64(0.5 + rng.f64() * 1.5));
-                    counters[0].fetch_add(1, Ordering::Relaxed);
-                    let sent = Instant::now();
-                    // Even workers hold the lock with a renewing guard, odd ones with bare
-                    // acquire and release calls, whose lease a stall lets run out.
-                    let held = if worker % 2 == 0 {
-                        storage
-                            .lock("resource", &holder, LockOptions::new(TTL))
-                            .await
-                            .map(|g| g.map(Held::Guard))
-                    } else {
-                        storage
-                            .acquire_lock("resource", &holder, TTL)
-                            .await
-                            .map(|outcome| match outcome {
-                                LockOutcome::Acquired(grant) => Some(Held::Bare(grant, sent + TTL)),
-                                _ => None,
-                            })
-                    };
-                    let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-                    latencies
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .saturating_record(micros.max(1));
-                    let held = match held {
-                        Ok(Some(held)) => held,
-                        Ok(None) => {
-                            tokio::time::sleep(Duration::from_millis(rng.u64(2..=10))).await;
-                            continue;
-                        }
-                        Err(_) => {
-                            counters[1].fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    if let Some(stall) = stall {
-                        tokio::time::sleep(stall).await;
-                    }
-                    // Write only with enough lease left for the write itself.
-                    if held.valid_for() > work + Duration::from_millis(20) {
-                        let grant = held.grant().clone();
-                        log.enter(&grant.backend);
-                        tokio::time::sleep(work).await;
-                        log.append(&grant.backend, grant.token);
-                        log.leave(&grant.backend);
-                    } else {
-                        counters[2].fetch_add(1, Ordering::Relaxed);
-                    }
-                    held.release(&storage, &holder).await;
-                }
-            })
-        })
+        .map(|worker| tokio::spawn(rig.clone().work(worker, seed)))
         .collect();
 
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -704,16 +642,17 @@ async fn lock_safety(seed: u64, timing: Timing) -> Result<Report, Failure> {
     tokio::time::sleep(timing.pick(3000, 1500) + jitter(&mut rng)).await;
     blocking(|| redis.restart())?;
     tokio::time::sleep(timing.pick(4000, 2000)).await;
-    stop.store(true, Ordering::Relaxed);
+    rig.stop.store(true, Ordering::Relaxed);
     for worker in workers {
         let _ = worker.await;
     }
 
-    let figures = log.figures();
-    let latencies = Latencies::from_histogram(&latencies.lock().unwrap_or_else(|p| p.into_inner()));
+    let figures = rig.log.figures();
+    let latencies =
+        Latencies::from_histogram(&rig.latencies.lock().unwrap_or_else(|p| p.into_inner()));
     let mut report = Report {
-        ops: counters[0].load(Ordering::Relaxed),
-        failures: counters[1].load(Ordering::Relaxed),
+        ops: rig.counters[0].load(Ordering::Relaxed),
+        failures: rig.counters[1].load(Ordering::Relaxed),
         latencies,
         replayed: events.replayed(),
         lost: lost(&storage),
@@ -725,7 +664,7 @@ async fn lock_safety(seed: u64, timing: Timing) -> Result<Report, Failure> {
         "{} guarded writes ({by_backend:?}); {} leases ran out during a stall and were not used; \
          failed lock calls are the fail-closed refusals while Redis was out of reach",
         figures.accepted,
-        counters[2].load(Ordering::Relaxed)
+        rig.counters[2].load(Ordering::Relaxed)
     ));
     report.check(
         "zero writes rejected for a lower fencing token",
@@ -738,6 +677,89 @@ async fn lock_safety(seed: u64, timing: Timing) -> Result<Report, Failure> {
     );
     storage.shutdown().await;
     Ok(report)
+}
+
+/// What the lock-safety workers share: the storage, the fencing log, the stop flag, the
+/// counters (lock calls, failed lock calls, leases that ran out before the write) and the
+/// latency histogram.
+#[derive(Clone)]
+struct LockRig {
+    storage: ResilientStorage,
+    log: Arc<FencingLog>,
+    stop: Arc<AtomicBool>,
+    counters: Arc<[AtomicU64; 3]>,
+    latencies: Arc<std::sync::Mutex<hdrhistogram::Histogram<u64>>>,
+}
+
+impl LockRig {
+    /// One worker: takes the lock, stalls now and then past its lease, writes to the fenced
+    /// resource only with lease left, and releases, until stopped.
+    async fn work(self, worker: usize, seed: u64) {
+        let LockRig {
+            storage,
+            log,
+            stop,
+            counters,
+            latencies,
+        } = self;
+        let mut rng = fastrand::Rng::with_seed(seed ^ worker as u64);
+        let holder = format!("worker-{worker}");
+        while !stop.load(Ordering::Relaxed) {
+            let work = Duration::from_millis(rng.u64(1..=5));
+            // A stall longer than the lease half the time, as a GC pause or a swapped
+            // out process would cause.
+            let stall = (rng.u8(..100) < 15).then(|| LOCK_TTL.mul_f64(0.5 + rng.f64() * 1.5));
+            counters[0].fetch_add(1, Ordering::Relaxed);
+            let sent = Instant::now();
+            // Even workers hold the lock with a renewing guard, odd ones with bare
+            // acquire and release calls, whose lease a stall lets run out.
+            let held = if worker % 2 == 0 {
+                storage
+                    .lock("resource", &holder, LockOptions::new(LOCK_TTL))
+                    .await
+                    .map(|g| g.map(Held::Guard))
+            } else {
+                storage
+                    .acquire_lock("resource", &holder, LOCK_TTL)
+                    .await
+                    .map(|outcome| match outcome {
+                        LockOutcome::Acquired(grant) => Some(Held::Bare(grant, sent + LOCK_TTL)),
+                        _ => None,
+                    })
+            };
+            let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+            latencies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .saturating_record(micros.max(1));
+            let held = match held {
+                Ok(Some(held)) => held,
+                Ok(None) => {
+                    tokio::time::sleep(Duration::from_millis(rng.u64(2..=10))).await;
+                    continue;
+                }
+                Err(_) => {
+                    counters[1].fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if let Some(stall) = stall {
+                tokio::time::sleep(stall).await;
+            }
+            // Write only with enough lease left for the write itself.
+            if held.valid_for() > work + Duration::from_millis(20) {
+                let grant = held.grant().clone();
+                log.enter(&grant.backend);
+                tokio::time::sleep(work).await;
+                log.append(&grant.backend, grant.token);
+                log.leave(&grant.backend);
+            } else {
+                counters[2].fetch_add(1, Ordering::Relaxed);
+            }
+            held.release(&storage, &holder).await;
+        }
+    }
 }
 
 /// A lock held by a worker: with a renewing guard, or bare with the lease's end.

@@ -13,7 +13,6 @@ use super::slot::Slot;
 use super::telemetry::{self, Outcome};
 use super::{CallFuture, LockFailover, NONE, ResilientStorage, Route};
 use crate::backend::Backend;
-use crate::breaker::CircuitState;
 use crate::error::{Attempt, Attempts, Error, Operation, Result};
 use crate::events::StorageEvent;
 use crate::strategy::{BackendView, Candidates, MAX_BACKENDS, Routing};
@@ -57,6 +56,16 @@ pub(super) fn settle<T>(
             Outcome::TimedOut
         }
     }
+}
+
+/// How one attempt ended.
+enum Tried<T> {
+    /// The backend answered.
+    Answered(T),
+    /// A transient failure, a timeout or a refusal by the breaker: try the next candidate.
+    Failed(Error),
+    /// The caller's error: return it at once, never fail over.
+    Refused(Error),
 }
 
 impl ResilientStorage {
@@ -139,94 +148,21 @@ impl ResilientStorage {
         views
     }
 
+    /// Why no candidate was found: every backend's circuit or health state; lock calls say why
+    /// locks fail closed (see [`lock_unavailable`](Self::lock_unavailable)).
     pub(super) fn unavailable(&self, operation: Operation, route: Route) -> Error {
-        let inner = &self.inner;
-        if route.locks() && inner.locks.authority.is_none() {
-            return Error::NoLockBackend { operation };
+        if route.locks() {
+            return self.lock_unavailable(operation, route);
         }
-        if route.locks()
-            && let LockFailover::AfterOutage { delay } = inner.locks.failover
-        {
-            let now = Instant::now();
-            let mut natural = Candidates::new();
-            let views = self.views(route, now);
-            inner.strategy.select(
-                &Routing {
-                    backends: &views[..inner.slots.len()],
-                    now,
-                },
-                &mut natural,
-            );
-            if let Some(to) = natural.first()
-                && let Some((from, left)) = self.lock_authority_elsewhere(to, now, delay)
-            {
-                return Error::NoBackendAvailable {
-                    operation,
-                    reasons: format!(
-                        "lock authority is moving from [{}] to [{}]: locks resume in {left:?}, \
-                         once every lease [{}] may still hold has expired",
-                        inner.slots[from].name, inner.slots[to].name, inner.slots[from].name
-                    ),
-                };
-            }
-        }
-        let reason = |slot: &Slot| {
-            let breaker = slot.breaker.state();
-            let health = slot.health.state();
-            if breaker != CircuitState::Closed {
-                format!("[{}] circuit {breaker}", slot.name)
-            } else {
-                format!("[{}] {health}", slot.name)
-            }
-        };
-        match (route, inner.locks.failover, inner.locks.authority) {
-            (Route::Data, ..) => Error::NoBackendAvailable {
-                operation,
-                reasons: inner
-                    .slots
-                    .iter()
-                    .map(|slot| reason(slot))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            },
-            (_, LockFailover::Never, Some(authority)) => {
-                let slot = &inner.slots[authority];
-                Error::NoBackendAvailable {
-                    operation,
-                    reasons: format!(
-                        "{} (locks fail closed: every lock call goes to [{}], the lock \
-                         authority, and no other backend grants while it is out of reach, so \
-                         that no two processes can hold one lock; see LockFailover)",
-                        reason(slot),
-                        slot.name
-                    ),
-                }
-            }
-            (_, failover, _) => {
-                let reasons = inner
-                    .slots
-                    .iter()
-                    .filter(|slot| self.eligible(slot, route))
-                    .map(|slot| reason(slot))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                let delay = match failover {
-                    LockFailover::AfterOutage { delay } => delay,
-                    LockFailover::Never => Duration::ZERO,
-                };
-                let local = if inner.locks.local {
-                    ""
-                } else {
-                    "; local locks are not enabled"
-                };
-                Error::NoBackendAvailable {
-                    operation,
-                    reasons: format!(
-                        "{reasons} (locks fail closed: a lower backend grants only after a \
-                         higher one has been out of reach for {delay:?}{local})"
-                    ),
-                }
-            }
+        Error::NoBackendAvailable {
+            operation,
+            reasons: self
+                .inner
+                .slots
+                .iter()
+                .map(|slot| slot.state_reason())
+                .collect::<Vec<_>>()
+                .join("; "),
         }
     }
 
@@ -283,38 +219,13 @@ impl ResilientStorage {
             if remaining.is_zero() {
                 break;
             }
-            let permit = match slot.breaker.try_acquire_at(now) {
-                Ok(permit) => permit,
-                Err(rejected) => {
-                    slot.metrics.rejected(operation);
-                    tracing::debug!(backend = %slot.name, state = %rejected.state, "breaker refused the attempt");
-                    attempts.push(Attempt {
-                        backend: slot.name.clone(),
-                        error: Error::CircuitOpen {
-                            backend: slot.name.clone(),
-                        },
-                    });
-                    continue;
-                }
-            };
-            let budget = inner.policy.attempt_timeout.min(remaining);
-            let result = bounded(budget, call(index, &*slot.backend)).await;
-            let end = Instant::now();
-            let elapsed = end.saturating_duration_since(now);
-            let outcome = match &result {
-                Ok(Err(error)) if error.is_transient() => Outcome::Failed,
-                Ok(_) => Outcome::Answered,
-                Err(_) => Outcome::TimedOut,
-            };
-            slot.metrics.attempt(operation, outcome, elapsed);
-            tracing::debug!(backend = %slot.name, ?outcome, ?elapsed, "attempt");
-            let error = match result {
-                Ok(Ok(value)) => {
-                    permit.success_at(elapsed, end);
-                    if route == Route::Lock {
-                        slot.lock_served(end);
-                    }
-                    slot.health.observe_latency(elapsed);
+            let error = match self
+                .attempt(slot, operation, route, now, remaining, || {
+                    call(index, &*slot.backend)
+                })
+                .await
+            {
+                Tried::Answered(value) => {
                     let routing = Routing {
                         backends: &views[..inner.slots.len()],
                         now: start,
@@ -322,28 +233,9 @@ impl ResilientStorage {
                     self.served(operation, index, position, &candidates, &attempts, &routing);
                     return Ok((value, index));
                 }
-                Ok(Err(error)) if error.is_transient() => {
-                    permit.failure_at(end);
-                    error
-                }
-                Ok(Err(error)) => {
-                    permit.ignore();
-                    return Err(error);
-                }
-                Err(_) => {
-                    permit.failure_at(end);
-                    slot.health.observe_latency(elapsed);
-                    Error::Timeout {
-                        backend: slot.name.clone(),
-                        operation,
-                        after: budget,
-                    }
-                }
+                Tried::Refused(error) => return Err(error),
+                Tried::Failed(error) => error,
             };
-            if route.locks() {
-                slot.lock_down(end);
-            }
-            tracing::warn!(backend = %slot.name, error = %error, "backend attempt failed");
             attempts.push(Attempt {
                 backend: slot.name.clone(),
                 error,
@@ -362,6 +254,72 @@ impl ResilientStorage {
                 attempts,
             })
         }
+    }
+
+    /// One attempt on `slot`: through its breaker, under the attempt timeout cut to what is
+    /// left of the deadline, with its metrics, health latency and breaker outcome recorded.
+    async fn attempt<'a, T>(
+        &'a self,
+        slot: &Slot,
+        operation: Operation,
+        route: Route,
+        now: Instant,
+        remaining: Duration,
+        call: impl FnOnce() -> CallFuture<'a, T>,
+    ) -> Tried<T> {
+        let permit = match slot.breaker.try_acquire_at(now) {
+            Ok(permit) => permit,
+            Err(rejected) => {
+                slot.metrics.rejected(operation);
+                tracing::debug!(backend = %slot.name, state = %rejected.state, "breaker refused the attempt");
+                return Tried::Failed(Error::CircuitOpen {
+                    backend: slot.name.clone(),
+                });
+            }
+        };
+        let budget = self.inner.policy.attempt_timeout.min(remaining);
+        let result = bounded(budget, call()).await;
+        let end = Instant::now();
+        let elapsed = end.saturating_duration_since(now);
+        let outcome = match &result {
+            Ok(Err(error)) if error.is_transient() => Outcome::Failed,
+            Ok(_) => Outcome::Answered,
+            Err(_) => Outcome::TimedOut,
+        };
+        slot.metrics.attempt(operation, outcome, elapsed);
+        tracing::debug!(backend = %slot.name, ?outcome, ?elapsed, "attempt");
+        let error = match result {
+            Ok(Ok(value)) => {
+                permit.success_at(elapsed, end);
+                if route == Route::Lock {
+                    slot.lock_served(end);
+                }
+                slot.health.observe_latency(elapsed);
+                return Tried::Answered(value);
+            }
+            Ok(Err(error)) if error.is_transient() => {
+                permit.failure_at(end);
+                error
+            }
+            Ok(Err(error)) => {
+                permit.ignore();
+                return Tried::Refused(error);
+            }
+            Err(_) => {
+                permit.failure_at(end);
+                slot.health.observe_latency(elapsed);
+                Error::Timeout {
+                    backend: slot.name.clone(),
+                    operation,
+                    after: budget,
+                }
+            }
+        };
+        if route.locks() {
+            slot.lock_down(end);
+        }
+        tracing::warn!(backend = %slot.name, error = %error, "backend attempt failed");
+        Tried::Failed(error)
     }
 
     pub(super) fn served(

@@ -16,6 +16,7 @@ use super::{Inner, Lifecycle, LockFailover, Policy, ResilientStorage};
 use crate::backend::Backend;
 use crate::breaker::BreakerConfig;
 use crate::error::{Error, Result};
+use crate::events::StorageEvent;
 use crate::health::HealthConfig;
 use crate::key::KeyPolicy;
 use crate::registry::{self, BackendFactory};
@@ -313,75 +314,10 @@ impl StorageBuilder {
     /// Builds backends from their URLs, starts the health monitors, and returns the storage.
     pub async fn build(mut self) -> Result<ResilientStorage> {
         self.validate()?;
-        self.entries.retain(|(_, options)| options.enabled);
-        let mut backends = Vec::with_capacity(self.entries.len() + 1);
-        for (source, options) in self.entries {
-            let backend = match source {
-                Source::Instance(backend) => backend,
-                Source::Url(url, factory) => (factory.build)(url).await?,
-            };
-            backends.push((backend, options));
-        }
-        if !self.local_locks {
-            for (backend, _) in &backends {
-                let capabilities = backend.capabilities();
-                if capabilities.locks && !capabilities.shared {
-                    tracing::info!(
-                        backend = backend.name(),
-                        "a process-local backend holds no locks unless local locks are enabled"
-                    );
-                }
-            }
-        }
-        // A process-local store added by hand is the last line of defence already.
-        let has_local = backends.iter().any(|(b, _)| !b.capabilities().shared);
-        if self.memory_fallback && !has_local {
-            let factory = registry::lookup("memory").map_err(|_| {
-                Error::config(
-                    "memory_fallback",
-                    "no backend is registered for memory://: enable the `memory` feature of \
-                     resilient-storage or turn the memory fallback off",
-                )
-            })?;
-            let backend = (factory.build)(BackendUrl::parse("memory://")?).await?;
-            backends.push((backend, BackendOptions::new(MEMORY_FALLBACK_PRIORITY)));
-        }
-        if backends.is_empty() {
-            return Err(Error::config(
-                "backends",
-                "at least one enabled backend is needed",
-            ));
-        }
-        if backends.len() > MAX_BACKENDS {
-            return Err(Error::config(
-                "backends",
-                format!("at most {MAX_BACKENDS} backends are supported"),
-            ));
-        }
-        backends.sort_by_key(|(_, options)| options.priority);
-
+        let entries = std::mem::take(&mut self.entries);
+        let backends = self.backends(entries).await?;
         let (events, _) = broadcast::channel(self.event_capacity);
-        let mut names = HashSet::new();
-        let mut slots = Vec::with_capacity(backends.len());
-        for (backend, options) in backends {
-            let name = options.name.unwrap_or_else(|| backend.name().to_owned());
-            if !names.insert(name.clone()) {
-                return Err(Error::config(
-                    "backends",
-                    format!("two backends are named {name:?}: give one a name of its own"),
-                ));
-            }
-            slots.push(Arc::new(Slot::new(
-                name,
-                options.priority,
-                backend,
-                self.breaker.clone(),
-                self.health.clone(),
-                ReplayLog::new(self.max_replay_records, self.max_replay_bytes),
-                events.clone(),
-            )));
-        }
-
+        let slots = self.slots(backends, &events)?;
         let (stop, _) = watch::channel(false);
         let mut monitors: Vec<_> = if self.health.enabled {
             slots
@@ -427,6 +363,86 @@ impl StorageBuilder {
                 strategy,
             }),
         })
+    }
+
+    /// The enabled backends, built from their URLs, with the memory fallback added, in
+    /// priority order.
+    async fn backends(
+        &self,
+        entries: Vec<(Source, BackendOptions)>,
+    ) -> Result<Vec<(Arc<dyn Backend>, BackendOptions)>> {
+        let mut backends = Vec::with_capacity(entries.len() + 1);
+        for (source, options) in entries.into_iter().filter(|(_, o)| o.enabled) {
+            let backend = match source {
+                Source::Instance(backend) => backend,
+                Source::Url(url, factory) => (factory.build)(url).await?,
+            };
+            let capabilities = backend.capabilities();
+            if !self.local_locks && capabilities.locks && !capabilities.shared {
+                tracing::info!(
+                    backend = backend.name(),
+                    "a process-local backend holds no locks unless local locks are enabled"
+                );
+            }
+            backends.push((backend, options));
+        }
+        // A process-local store added by hand is the last line of defence already.
+        let has_local = backends.iter().any(|(b, _)| !b.capabilities().shared);
+        if self.memory_fallback && !has_local {
+            let factory = registry::lookup("memory").map_err(|_| {
+                Error::config(
+                    "memory_fallback",
+                    "no backend is registered for memory://: enable the `memory` feature of \
+                     resilient-storage or turn the memory fallback off",
+                )
+            })?;
+            let backend = (factory.build)(BackendUrl::parse("memory://")?).await?;
+            backends.push((backend, BackendOptions::new(MEMORY_FALLBACK_PRIORITY)));
+        }
+        if backends.is_empty() {
+            return Err(Error::config(
+                "backends",
+                "at least one enabled backend is needed",
+            ));
+        }
+        if backends.len() > MAX_BACKENDS {
+            return Err(Error::config(
+                "backends",
+                format!("at most {MAX_BACKENDS} backends are supported"),
+            ));
+        }
+        backends.sort_by_key(|(_, options)| options.priority);
+        Ok(backends)
+    }
+
+    /// One slot per backend, each with its breaker, health tracker and replay log; names must
+    /// be unique.
+    fn slots(
+        &self,
+        backends: Vec<(Arc<dyn Backend>, BackendOptions)>,
+        events: &broadcast::Sender<StorageEvent>,
+    ) -> Result<Vec<Arc<Slot>>> {
+        let mut names = HashSet::new();
+        let mut slots = Vec::with_capacity(backends.len());
+        for (backend, options) in backends {
+            let name = options.name.unwrap_or_else(|| backend.name().to_owned());
+            if !names.insert(name.clone()) {
+                return Err(Error::config(
+                    "backends",
+                    format!("two backends are named {name:?}: give one a name of its own"),
+                ));
+            }
+            slots.push(Arc::new(Slot::new(
+                name,
+                options.priority,
+                backend,
+                self.breaker.clone(),
+                self.health.clone(),
+                ReplayLog::new(self.max_replay_records, self.max_replay_bytes),
+                events.clone(),
+            )));
+        }
+        Ok(slots)
     }
 
     /// Checks every setting without building anything.

@@ -11,9 +11,9 @@ use tokio::time::Instant;
 use super::slot::Slot;
 use super::{ResilientStorage, Route};
 use crate::backend::{LockGrant, LockOutcome};
-use crate::error::{Operation, Result};
+use crate::error::{Error, Operation, Result};
 use crate::key::{check_holder, check_ttl};
-use crate::strategy::{BackendView, MAX_BACKENDS};
+use crate::strategy::{BackendView, Candidates, MAX_BACKENDS, Routing};
 
 const MAX_LOCK_HINTS: usize = 4096;
 
@@ -251,6 +251,74 @@ impl ResilientStorage {
             if !view.available && now.saturating_duration_since(slot.lock_down(now)) < delay {
                 held_back = true;
             }
+        }
+    }
+}
+
+impl ResilientStorage {
+    /// Why a lock call found no backend: none can hold locks, authority is moving (opt-in
+    /// failover), or the backend that may grant is out of reach: locks fail closed.
+    pub(super) fn lock_unavailable(&self, operation: Operation, route: Route) -> Error {
+        let inner = &self.inner;
+        let Some(authority) = inner.locks.authority else {
+            return Error::NoLockBackend { operation };
+        };
+        let delay = match inner.locks.failover {
+            LockFailover::Never => {
+                let slot = &inner.slots[authority];
+                return Error::NoBackendAvailable {
+                    operation,
+                    reasons: format!(
+                        "{} (locks fail closed: every lock call goes to [{}], the lock \
+                         authority, and no other backend grants while it is out of reach, so \
+                         that no two processes can hold one lock; see LockFailover)",
+                        slot.state_reason(),
+                        slot.name
+                    ),
+                };
+            }
+            LockFailover::AfterOutage { delay } => delay,
+        };
+        let now = Instant::now();
+        let mut natural = Candidates::new();
+        let views = self.views(route, now);
+        inner.strategy.select(
+            &Routing {
+                backends: &views[..inner.slots.len()],
+                now,
+            },
+            &mut natural,
+        );
+        if let Some(to) = natural.first()
+            && let Some((from, left)) = self.lock_authority_elsewhere(to, now, delay)
+        {
+            return Error::NoBackendAvailable {
+                operation,
+                reasons: format!(
+                    "lock authority is moving from [{}] to [{}]: locks resume in {left:?}, \
+                     once every lease [{}] may still hold has expired",
+                    inner.slots[from].name, inner.slots[to].name, inner.slots[from].name
+                ),
+            };
+        }
+        let reasons = inner
+            .slots
+            .iter()
+            .filter(|slot| self.eligible(slot, route))
+            .map(|slot| slot.state_reason())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let local = if inner.locks.local {
+            ""
+        } else {
+            "; local locks are not enabled"
+        };
+        Error::NoBackendAvailable {
+            operation,
+            reasons: format!(
+                "{reasons} (locks fail closed: a lower backend grants only after a higher one \
+                 has been out of reach for {delay:?}{local})"
+            ),
         }
     }
 }

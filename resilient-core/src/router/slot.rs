@@ -114,6 +114,16 @@ impl Slot {
         *self.lock_answered.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Its circuit state when not closed, else its health: for "no backend available" errors.
+    pub(crate) fn state_reason(&self) -> String {
+        let breaker = self.breaker.state();
+        if breaker != crate::CircuitState::Closed {
+            format!("[{}] circuit {breaker}", self.name)
+        } else {
+            format!("[{}] {}", self.name, self.health.state())
+        }
+    }
+
     /// `data`: the view is for a key-value operation, which a backend with writes still to
     /// replay must not serve.
     pub(crate) fn view(&self, now: Instant, eligible: bool, data: bool) -> BackendView {
