@@ -136,13 +136,27 @@ struct Leases {
     purge_at: usize,
 }
 
-/// The in-process backend. Cheap to share behind an `Arc`.
-#[derive(Debug)]
+/// The in-process backend. Cheap to share behind an `Arc`, also between storages: shutting one
+/// storage down leaves the store to the others (it is freed when the last `Arc` goes).
 pub struct MemoryBackend {
     config: MemoryConfig,
     cache: Cache<String, Entry>,
     leases: Mutex<Leases>,
     evictions: Arc<AtomicU64>,
+}
+
+// Sizes and counts only: never a key, a value or a lock holder.
+impl std::fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBackend")
+            .field("name", &self.config.name)
+            .field("max_bytes", &self.config.max_bytes)
+            .field("entries", &self.cache.entry_count())
+            .field("bytes", &self.cache.weighted_size())
+            .field("locks", &self.leases().by_name.len())
+            .field("evictions", &self.evictions.load(Ordering::Relaxed))
+            .finish()
+    }
 }
 
 // The last token issued by any store in the process: tokens only grow.
@@ -369,9 +383,9 @@ impl Backend for MemoryBackend {
         }
     }
 
-    async fn shutdown(&self) {
-        self.cache.invalidate_all();
-    }
+    // Nothing to close, and another storage may share this store: its memory goes with the
+    // last `Arc`.
+    async fn shutdown(&self) {}
 }
 
 async fn build(url: BackendUrl) -> Result<Arc<MemoryBackend>> {
@@ -486,5 +500,33 @@ mod tests {
         let unknown = BackendUrl::parse("memory://?colour=red").unwrap();
         let err = MemoryConfig::from_url(&unknown).unwrap_err().to_string();
         assert!(err.contains("memory.colour"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn debug_shows_sizes_never_keys_values_or_holders() {
+        let m = MemoryBackend::default();
+        m.set("secret-key", Bytes::from_static(b"secret-value"), None)
+            .await
+            .unwrap();
+        m.acquire_lock("secret-lock", "secret-holder", Duration::from_secs(5))
+            .await
+            .unwrap();
+        let debug = format!("{m:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+        assert!(debug.contains("entries"), "{debug}");
+    }
+
+    #[tokio::test]
+    async fn a_store_shared_by_two_storages_survives_the_shutdown_of_one() {
+        let shared: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
+        let storage = |_| {
+            resilient_core::ResilientStorage::builder()
+                .backend(shared.clone(), 1)
+                .build()
+        };
+        let (a, b) = (storage(1).await.unwrap(), storage(2).await.unwrap());
+        a.set("k", "v", None).await.unwrap();
+        a.shutdown().await;
+        assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
     }
 }

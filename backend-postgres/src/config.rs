@@ -358,4 +358,32 @@ mod tests {
         assert!(parse("postgres://h/db?synchronous_commit=maybe").is_err());
         assert!(parse("postgres://h/db?max_connections=0").is_err());
     }
+
+    proptest::proptest! {
+        /// Any value of any option, the extremes first: parsed into bounded settings or refused
+        /// with an error naming the option; never a panic, never the password in the error.
+        #[test]
+        fn any_option_value_is_bounded_or_refused(
+            option in proptest::sample::select(&OPTIONS[..]),
+            value in proptest::prop_oneof![
+                proptest::strategy::Just("18446744073709551615s".to_owned()),
+                proptest::strategy::Just("1e19s".to_owned()),
+                proptest::strategy::Just("18446744073709551615".to_owned()),
+                proptest::strategy::Just("0".to_owned()),
+                proptest::strategy::Just("1ns".to_owned()),
+                "[0-9]{1,25}(ns|ms|s|m|h|d|y)?",
+                ".{0,16}",
+            ],
+        ) {
+            let url = format!("postgres://user:hunter2@h:1/0?{option}={}", resilient_core::url::percent_encode(&value));
+            if let Ok(url) = BackendUrl::parse(&url) {
+                if let Err(err) = parse(url.expose()) {
+                    let shown = format!("{err} {err:?}");
+                    proptest::prop_assert!(!shown.contains("hunter2"), "{}", shown);
+                }
+            }
+        }
+    }
+
+    const OPTIONS: [&str; 15] = ["name", "schema", "table", "max_connections", "acquire_timeout", "statement_timeout", "query_timeout", "synchronous_commit", "sweep_interval", "sweep_batch", "tombstone_ttl", "sslmode", "sslpassword", "options", "x"];
 }

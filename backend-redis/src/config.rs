@@ -316,4 +316,32 @@ mod tests {
             "auth failed for *** and ***"
         );
     }
+
+    proptest::proptest! {
+        /// Any value of any option, the extremes first: parsed into bounded settings or refused
+        /// with an error naming the option; never a panic, never the password in the error.
+        #[test]
+        fn any_option_value_is_bounded_or_refused(
+            option in proptest::sample::select(&OPTIONS[..]),
+            value in proptest::prop_oneof![
+                proptest::strategy::Just("18446744073709551615s".to_owned()),
+                proptest::strategy::Just("1e19s".to_owned()),
+                proptest::strategy::Just("18446744073709551615".to_owned()),
+                proptest::strategy::Just("0".to_owned()),
+                proptest::strategy::Just("1ns".to_owned()),
+                "[0-9]{1,25}(ns|ms|s|m|h|d|y)?",
+                ".{0,16}",
+            ],
+        ) {
+            let url = format!("redis://user:hunter2@h:1/0?{option}={}", resilient_core::url::percent_encode(&value));
+            if let Ok(url) = BackendUrl::parse(&url) {
+                if let Err(err) = parse(url.expose()) {
+                    let shown = format!("{err} {err:?}");
+                    proptest::prop_assert!(!shown.contains("hunter2"), "{}", shown);
+                }
+            }
+        }
+    }
+
+    const OPTIONS: [&str; 11] = ["name", "prefix", "response_timeout", "connect_timeout", "reconnect_retries", "reconnect_max_delay", "ca_cert", "tombstone_ttl", "protocol", "db", "x"];
 }

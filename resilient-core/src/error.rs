@@ -182,9 +182,9 @@ pub enum Error {
     Serde {
         /// `encoded` or `decoded`.
         action: &'static str,
-        /// The serde error.
+        /// What was wrong and where, without the value's contents.
         #[source]
-        source: serde_json::Error,
+        source: JsonProblem,
     },
     /// A backend failed: I/O, connection lost, server-side transient state, protocol error.
     #[error("{backend}: {operation} failed: {message}")]
@@ -275,6 +275,47 @@ pub enum Error {
     #[error("storage is shut down")]
     Shutdown,
 }
+
+/// Why a value was not valid JSON for the type asked for, and where: serde's category, line
+/// and column, never the value's contents (serde_json's own message quotes them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JsonProblem {
+    /// `syntax` (not JSON), `data` (JSON of another shape or type), `eof` (cut short) or `io`.
+    pub category: &'static str,
+    /// Line of the problem, from 1.
+    pub line: usize,
+    /// Column of the problem, from 1.
+    pub column: usize,
+}
+
+impl From<serde_json::Error> for JsonProblem {
+    fn from(error: serde_json::Error) -> Self {
+        use serde_json::error::Category;
+        Self {
+            category: match error.classify() {
+                Category::Io => "io",
+                Category::Syntax => "syntax",
+                Category::Data => "data",
+                Category::Eof => "eof",
+            },
+            line: error.line(),
+            column: error.column(),
+        }
+    }
+}
+
+impl fmt::Display for JsonProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a {} error at line {}, column {}",
+            self.category, self.line, self.column
+        )
+    }
+}
+
+impl std::error::Error for JsonProblem {}
 
 impl Error {
     /// A transient backend failure, for backend implementations.

@@ -143,11 +143,18 @@ impl HealthConfig {
         if self.timeout.is_zero() {
             return bad("timeout", "must not be zero");
         }
-        if self.rise == 0 {
-            return bad("rise", "must be at least 1");
+        crate::limits::duration("health.interval", self.interval, crate::limits::DELAY)?;
+        crate::limits::duration("health.timeout", self.timeout, crate::limits::TIMEOUT)?;
+        crate::limits::duration(
+            "health.degraded_latency",
+            self.degraded_latency,
+            std::time::Duration::ZERO..=crate::limits::HOUR,
+        )?;
+        if !(1..=1000).contains(&self.rise) {
+            return bad("rise", "must be from 1 to 1000");
         }
-        if self.fall == 0 {
-            return bad("fall", "must be at least 1");
+        if !(1..=1000).contains(&self.fall) {
+            return bad("fall", "must be from 1 to 1000");
         }
         if !(self.ewma_alpha > 0.0 && self.ewma_alpha <= 1.0) {
             return bad("ewma_alpha", "must be in (0, 1]");

@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod key;
+pub mod limits;
 pub mod registry;
 pub mod report;
 mod router;
@@ -32,7 +33,7 @@ pub use backend::{
 pub use breaker::{BreakerConfig, CircuitBreaker, CircuitState};
 pub use bytes::Bytes;
 pub use config::{BackendConfig, StorageConfig};
-pub use error::{Error, ErrorClass, Operation, Result};
+pub use error::{Error, ErrorClass, JsonProblem, Operation, Result};
 pub use events::StorageEvent;
 pub use health::{HealthConfig, HealthState};
 pub use inventory;

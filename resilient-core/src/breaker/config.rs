@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::limits;
 
 /// Circuit breaker settings.
 ///
@@ -131,8 +132,8 @@ impl BreakerConfig {
     pub fn validate(&self) -> Result<()> {
         let bad =
             |field: &str, reason: &str| Err(Error::config(format!("breaker.{field}"), reason));
-        if self.consecutive_failures == 0 {
-            return bad("consecutive_failures", "must be at least 1");
+        if !(1..=1_000_000).contains(&self.consecutive_failures) {
+            return bad("consecutive_failures", "must be from 1 to 1000000");
         }
         // Rates are judged in millionths: a smaller one would be zero, tripping on any calls.
         if !(self.failure_rate >= 1e-6 && self.failure_rate <= 1.0) {
@@ -144,8 +145,10 @@ impl BreakerConfig {
         if self.slow_call.is_zero() {
             return bad("slow_call", "must not be zero");
         }
-        if self.minimum_calls == 0 {
-            return bad("minimum_calls", "must be at least 1");
+        limits::duration("breaker.slow_call", self.slow_call, limits::TIMEOUT)?;
+        // The window counts up to 2^18 - 1 calls per bucket.
+        if !(1..=100_000).contains(&self.minimum_calls) {
+            return bad("minimum_calls", "must be from 1 to 100000");
         }
         if !(1..=60).contains(&self.window_buckets) {
             return bad("window_buckets", "must be between 1 and 60");
@@ -153,9 +156,16 @@ impl BreakerConfig {
         if self.window < Duration::from_millis(u64::from(self.window_buckets)) {
             return bad("window", "must be at least 1ms per bucket");
         }
+        limits::duration("breaker.window", self.window, limits::DELAY)?;
         if self.open_duration < Duration::from_millis(1) {
             return bad("open_duration", "must be at least 1ms");
         }
+        limits::duration("breaker.open_duration", self.open_duration, limits::DELAY)?;
+        limits::duration(
+            "breaker.max_open_duration",
+            self.max_open_duration,
+            limits::DELAY,
+        )?;
         if self.max_open_duration < self.open_duration {
             return bad("max_open_duration", "must be at least open_duration");
         }

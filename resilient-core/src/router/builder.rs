@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::events::StorageEvent;
 use crate::health::HealthConfig;
 use crate::key::KeyPolicy;
+use crate::limits;
 use crate::registry::{self, BackendFactory};
 use crate::strategy::{MAX_BACKENDS, SelectionStrategy, Strategy};
 use crate::url::BackendUrl;
@@ -211,7 +212,7 @@ impl StorageBuilder {
     }
 
     /// How long a higher-priority backend must be available before [`Strategy::Failover`]
-    /// moves back to it. Default 2 s.
+    /// moves back to it. Default 2 s; at most 1 day.
     pub fn failback_delay(mut self, delay: Duration) -> Self {
         self.failback_delay = delay;
         self
@@ -229,13 +230,13 @@ impl StorageBuilder {
         self
     }
 
-    /// Time one backend gets to answer one call. Default 500 ms.
+    /// Time one backend gets to answer one call. Default 500 ms; 1 ms to 1 h.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = timeout;
         self
     }
 
-    /// Time the whole failover chain of one call may take. Default 2 s.
+    /// Time the whole failover chain of one call may take. Default 2 s; 1 ms to 1 h.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
@@ -272,7 +273,8 @@ impl StorageBuilder {
         self
     }
 
-    /// The longest TTL of write-through copies to the memory store. Default 5 minutes.
+    /// The longest TTL of write-through copies to the memory store. Default 5 minutes; 1 ms to
+    /// 100 years.
     pub fn memory_ttl_cap(mut self, cap: Duration) -> Self {
         self.memory_ttl_cap = cap;
         self
@@ -305,7 +307,7 @@ impl StorageBuilder {
         self
     }
 
-    /// Capacity of the event channel. Default 1,024.
+    /// Capacity of the event channel. Default 1,024; 1 to 1,048,576.
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity;
         self
@@ -445,25 +447,30 @@ impl StorageBuilder {
         Ok(slots)
     }
 
-    /// Checks every setting without building anything.
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks every setting without building anything: the error [`build`](Self::build) would
+    /// give for a bad setting, naming the field and its allowed range.
+    pub fn validate(&self) -> Result<()> {
         self.breaker.validate()?;
         self.health.validate()?;
         self.keys.validate()?;
-        if self.attempt_timeout.is_zero() {
-            return Err(Error::config("attempt_timeout", "must not be zero"));
-        }
-        if self.deadline.is_zero() {
-            return Err(Error::config("deadline", "must not be zero"));
-        }
-        if self.event_capacity == 0 {
-            return Err(Error::config("event_capacity", "must be at least 1"));
-        }
+        limits::duration("attempt_timeout", self.attempt_timeout, limits::TIMEOUT)?;
+        limits::duration("deadline", self.deadline, limits::TIMEOUT)?;
+        limits::duration(
+            "failback_delay",
+            self.failback_delay,
+            Duration::ZERO..=limits::DAY,
+        )?;
+        limits::count("event_capacity", self.event_capacity, 1..=1 << 20)?;
+        limits::duration(
+            "memory_ttl_cap",
+            self.memory_ttl_cap,
+            limits::MILLISECOND..=crate::key::MAX_TTL,
+        )?;
         if self.max_replay_bytes == 0 {
             return Err(Error::config("max_replay_bytes", "must not be zero"));
         }
-        if self.memory_ttl_cap.is_zero() {
-            return Err(Error::config("memory_ttl_cap", "must not be zero"));
+        if let LockFailover::AfterOutage { delay } = self.lock_failover {
+            limits::duration("lock_failover.delay", delay, Duration::ZERO..=limits::DAY)?;
         }
         if let Some((_, o)) = self
             .entries

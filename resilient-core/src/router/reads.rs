@@ -38,14 +38,12 @@ impl ResilientStorage {
     /// Reads a key and decodes it from JSON.
     pub async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         match self.get(key).await? {
-            Some(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|source| Error::Serde {
-                        action: "decoded",
-                        source,
-                    })
-            }
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::Serde {
+                    action: "decoded",
+                    source: e.into(),
+                }),
             None => Ok(None),
         }
     }

@@ -88,9 +88,9 @@ impl ResilientStorage {
         value: &T,
         ttl: Option<Duration>,
     ) -> Result<()> {
-        let bytes = serde_json::to_vec(value).map_err(|source| Error::Serde {
+        let bytes = serde_json::to_vec(value).map_err(|e| Error::Serde {
             action: "encoded",
-            source,
+            source: e.into(),
         })?;
         self.set(key, bytes, ttl).await
     }
