@@ -385,5 +385,21 @@ mod tests {
         }
     }
 
-    const OPTIONS: [&str; 15] = ["name", "schema", "table", "max_connections", "acquire_timeout", "statement_timeout", "query_timeout", "synchronous_commit", "sweep_interval", "sweep_batch", "tombstone_ttl", "sslmode", "sslpassword", "options", "x"];
+    const OPTIONS: [&str; 15] = [
+        "name",
+        "schema",
+        "table",
+        "max_connections",
+        "acquire_timeout",
+        "statement_timeout",
+        "query_timeout",
+        "synchronous_commit",
+        "sweep_interval",
+        "sweep_batch",
+        "tombstone_ttl",
+        "sslmode",
+        "sslpassword",
+        "options",
+        "x",
+    ];
 }

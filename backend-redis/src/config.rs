@@ -343,5 +343,17 @@ mod tests {
         }
     }
 
-    const OPTIONS: [&str; 11] = ["name", "prefix", "response_timeout", "connect_timeout", "reconnect_retries", "reconnect_max_delay", "ca_cert", "tombstone_ttl", "protocol", "db", "x"];
+    const OPTIONS: [&str; 11] = [
+        "name",
+        "prefix",
+        "response_timeout",
+        "connect_timeout",
+        "reconnect_retries",
+        "reconnect_max_delay",
+        "ca_cert",
+        "tombstone_ttl",
+        "protocol",
+        "db",
+        "x",
+    ];
 }

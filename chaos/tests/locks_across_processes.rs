@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
+use resilient_test_support::holds::{self, Hold};
 use resilient_test_support::{FaultProxy, PostgresServer, ProxyMode, RedisServer};
 use tokio::time::sleep;
 
@@ -22,19 +23,11 @@ const BEFORE: Duration = Duration::from_secs(3);
 const DURING: Duration = Duration::from_secs(6);
 const AFTER: Duration = Duration::from_secs(14);
 
-/// One hold of `L`, as its instance wrote it.
-#[derive(Debug, Clone)]
-struct Hold {
-    instance: usize,
-    start: u128,
-    end: u128,
-    token: u64,
-    backend: String,
-}
-
 #[derive(Debug, Default)]
 struct Figures {
-    holds: Vec<Hold>,
+    holds: Vec<Hold<u128>>,
+    /// The backend that granted each hold, in the order of `holds` as read.
+    backends: Vec<String>,
     errors: [u64; 2],
 }
 
@@ -47,63 +40,46 @@ impl Figures {
             for line in text.lines() {
                 let fields: Vec<&str> = line.split(' ').collect();
                 match fields[..] {
-                    ["hold", start, end, token, backend] => figures.holds.push(Hold {
-                        instance,
-                        start: start.parse().unwrap(),
-                        end: end.parse().unwrap(),
-                        token: token.parse().unwrap(),
-                        backend: backend.to_owned(),
-                    }),
+                    ["hold", start, end, token, backend] => {
+                        figures.holds.push(Hold {
+                            holder: instance,
+                            start: start.parse().unwrap(),
+                            end: end.parse().unwrap(),
+                            token: token.parse().unwrap(),
+                        });
+                        figures.backends.push(backend.to_owned());
+                    }
                     ["errors", n] => figures.errors[instance] = n.parse().unwrap(),
                     _ => panic!("unexpected line {line:?}"),
                 }
             }
         }
-        figures.holds.sort_by_key(|h| h.start);
         figures
     }
 
-    /// Pairs of holds by different instances that overlap in time.
     fn overlaps(&self) -> usize {
-        let holds = &self.holds;
-        let mut overlaps = 0;
-        for (i, a) in holds.iter().enumerate() {
-            overlaps += holds[i + 1..]
-                .iter()
-                .take_while(|b| b.start < a.end)
-                .filter(|b| b.instance != a.instance)
-                .count();
-        }
-        overlaps
+        holds::overlaps(&self.holds)
     }
 
-    /// Grants, in the order they were made, whose token is below the one before, or equal to
-    /// it for another instance (an instance whose release failed gets its own lease back).
     fn regressions(&self) -> usize {
-        self.holds
-            .windows(2)
-            .filter(|w| {
-                w[1].token < w[0].token
-                    || (w[1].token == w[0].token && w[1].instance != w[0].instance)
-            })
-            .count()
+        holds::token_regressions(&self.holds)
     }
 
     fn holds_by(&self, instance: usize, from: u128, to: u128) -> usize {
         self.holds
             .iter()
-            .filter(|h| h.instance == instance && h.start >= from && h.start < to)
+            .filter(|h| h.holder == instance && h.start >= from && h.start < to)
             .count()
     }
 
     fn summary(&self) -> String {
-        let on_postgres = self.holds.iter().filter(|h| h.backend != "redis").count();
+        let on_postgres = self.backends.iter().filter(|b| *b != "redis").count();
         format!(
             "{} holds (A {}, B {}; {on_postgres} not on Redis), {} overlapping, {} token \
              regressions, failed acquires A {} B {}",
             self.holds.len(),
-            self.holds.iter().filter(|h| h.instance == 0).count(),
-            self.holds.iter().filter(|h| h.instance == 1).count(),
+            self.holds.iter().filter(|h| h.holder == 0).count(),
+            self.holds.iter().filter(|h| h.holder == 1).count(),
             self.overlaps(),
             self.regressions(),
             self.errors[0],
@@ -371,7 +347,7 @@ async fn opt_in_lock_failover_grants_twice_under_a_partition() {
     })
     .await;
     assert!(
-        figures.holds.iter().any(|h| h.backend == "postgres"),
+        figures.backends.iter().any(|b| b == "postgres"),
         "{}",
         figures.summary()
     );

@@ -18,6 +18,7 @@ use resilient_core::testing::{Fault, FaultBackend};
 use resilient_core::{
     Backend, HealthConfig, LockFailover, LockOutcome, ResilientStorage, StorageBuilder,
 };
+use resilient_test_support::holds::{self, Hold};
 use tokio::time::{Instant, sleep};
 
 const TTL: Duration = Duration::from_secs(2);
@@ -30,57 +31,26 @@ struct Process {
     postgres: Arc<FaultBackend>,
 }
 
-/// A hold of `L`: who, from when to when (by the holder's own clock readings), which token.
-#[derive(Debug, Clone)]
-struct Hold {
-    process: usize,
-    start: Instant,
-    end: Instant,
-    token: u64,
-}
-
 #[derive(Debug, Default)]
 struct Tally {
-    holds: Vec<Hold>,
+    holds: Vec<Hold<Instant>>,
     errors: [u64; 2],
 }
 
 impl Tally {
-    /// Pairs of holds by different processes that overlap in time.
     fn overlaps(&self) -> usize {
-        let mut holds = self.holds.clone();
-        holds.sort_by_key(|h| h.start);
-        let mut overlaps = 0;
-        for (i, a) in holds.iter().enumerate() {
-            overlaps += holds[i + 1..]
-                .iter()
-                .take_while(|b| b.start < a.end)
-                .filter(|b| b.process != a.process)
-                .count();
-        }
-        overlaps
+        holds::overlaps(&self.holds)
     }
 
-    /// Grants, in the order they were made, whose token is below the one before, or equal to
-    /// it for another holder. (A holder whose release failed and who acquires again gets its
-    /// own lease back, with its token.)
     fn regressions(&self) -> usize {
-        let mut holds = self.holds.clone();
-        holds.sort_by_key(|h| h.start);
-        holds
-            .windows(2)
-            .filter(|w| {
-                w[1].token < w[0].token
-                    || (w[1].token == w[0].token && w[1].process != w[0].process)
-            })
-            .count()
+        holds::token_regressions(&self.holds)
     }
 
     fn summary(&self) -> String {
         format!(
             "{} holds ({} by process 0), {} overlaps, {} token regressions, errors {:?}",
             self.holds.len(),
-            self.holds.iter().filter(|h| h.process == 0).count(),
+            self.holds.iter().filter(|h| h.holder == 0).count(),
             self.overlaps(),
             self.regressions(),
             self.errors
@@ -90,7 +60,7 @@ impl Tally {
     fn holds_by(&self, process: usize, from: Instant, to: Instant) -> usize {
         self.holds
             .iter()
-            .filter(|h| h.process == process && h.start >= from && h.start < to)
+            .filter(|h| h.holder == process && h.start >= from && h.start < to)
             .count()
     }
 }
@@ -148,7 +118,7 @@ async fn fleet(configure: impl Fn(StorageBuilder) -> StorageBuilder) -> Fleet {
                             let end = Instant::now();
                             let _ = storage.release_lock("L", &holder).await;
                             tally.lock().unwrap().holds.push(Hold {
-                                process,
+                                holder: process,
                                 start,
                                 end,
                                 token: grant.token.0,

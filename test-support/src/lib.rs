@@ -9,6 +9,7 @@
 //!   port and data directory.
 //! - [`TestCertificates`] makes a CA and a server certificate, for servers that speak TLS.
 //! - [`Workload`] keeps several tasks calling a server and records every call.
+//! - [`holds`] counts overlapping lock holds and fencing tokens that go back.
 //! - [`LogCapture`] keeps a tracing subscriber's output for tests that check their logs.
 //! - [`FaultProxy`] sits between a client and a server and injects latency, blackholes,
 //!   refusals, resets and truncated replies while traffic flows.
@@ -18,6 +19,7 @@
 
 mod binaries;
 mod capture;
+pub mod holds;
 mod postgres;
 mod process;
 mod proxy;
