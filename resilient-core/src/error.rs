@@ -347,6 +347,20 @@ impl Error {
         }
     }
 
+    /// A request the server refuses as malformed (a value too large, a key of another type):
+    /// the caller's error, never counted against the breaker, never failed over.
+    pub fn rejected(
+        backend: impl Into<String>,
+        operation: Operation,
+        message: impl Into<String>,
+    ) -> Self {
+        Error::Rejected {
+            backend: backend.into(),
+            operation,
+            message: message.into(),
+        }
+    }
+
     /// The backend does not implement `operation`.
     pub fn unsupported(backend: impl Into<String>, operation: Operation) -> Self {
         Error::Unsupported {

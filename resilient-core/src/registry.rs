@@ -117,9 +117,9 @@ fn table() -> Result<BTreeMap<&'static str, &'static BackendFactory>> {
 /// Registers a backend crate's factory in one line: declares `pub static FACTORY` (a
 /// [`BackendFactory`] for the given schemes, named after the calling crate), submits it to
 /// `inventory` so `backend_url` finds it as soon as the crate is linked, and declares
-/// `pub fn register()` for builds where static constructors do not run. `build` is an async
-/// function (or closure without captures) from a [`BackendUrl`] to
-/// `Result<Arc<YourBackend>>`; it must not wait for the server.
+/// `pub fn register()` for builds where static constructors do not run. `build` names an async
+/// function (a path, not a closure) from a [`BackendUrl`] to `Result<Arc<YourBackend>>`; it
+/// must not wait for the server.
 ///
 /// ```
 /// # use std::sync::Arc;

@@ -53,7 +53,8 @@ pub struct BTreeBackend {
     tombstone_ttl: Duration,
     entries: Mutex<BTreeMap<String, Entry>>,
     leases: Mutex<HashMap<String, Lease>>,
-    /// The last token of every lock name, so tokens grow even after a lease is gone.
+    /// The last token of every lock name, so tokens grow even after a lease is gone (one
+    /// number per name ever locked: a server-backed store would keep it beside the lease).
     fences: Mutex<HashMap<String, FencingToken>>,
 }
 
@@ -162,6 +163,11 @@ impl Backend for BTreeBackend {
             _ => return Err(Error::unsupported(&self.name, Operation::Set)),
         };
         entries.insert(key.to_owned(), entry);
+        // Expired values and tombstones past their time go once the map has doubled, so it is
+        // bounded by the live keys, not by every key ever written.
+        if entries.len() >= 1024 && entries.len().is_power_of_two() {
+            entries.retain(|_, e| e.live_value(now).is_some() || e.version(now).is_some());
+        }
         Ok(WriteOutcome::applied(existed))
     }
 
@@ -183,6 +189,9 @@ impl Backend for BTreeBackend {
                 lease.token,
                 ttl,
             )));
+        }
+        if leases.len() >= 1024 && leases.len().is_power_of_two() {
+            leases.retain(|_, lease| now < lease.expires_at);
         }
         let mut fences = lock(&self.fences);
         let token = rules::next_fencing_token(rules::now_micros(), fences.get(name).copied());
