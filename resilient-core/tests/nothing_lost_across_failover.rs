@@ -275,3 +275,36 @@ async fn a_write_that_overtakes_a_replay_of_its_key_is_not_undone_by_it() {
     assert_eq!(storage.health().backends["redis"].pending_replay, 0);
     assert_eq!(storage.get("k").await.unwrap().as_deref(), Some(&b"v2"[..]));
 }
+
+/// A write the serving backend refuses as the caller's error was applied nowhere: the replay
+/// record it superseded comes back, so the primary gets the last accepted write, not the
+/// refused one.
+#[tokio::test(start_paused = true)]
+async fn a_refused_write_leaves_no_replay_behind() {
+    let redis = fault("redis");
+    let memory = Arc::new(MemoryBackend::new(
+        MemoryConfig::default().name("memory").max_bytes(1_000),
+    ));
+    let storage = builder(&[&redis])
+        .backend(memory, 2)
+        .strategy(Strategy::Priority)
+        .build()
+        .await
+        .unwrap();
+    redis.inject(Fault::Fail);
+    storage.set("k", "accepted", None).await.unwrap();
+    let refused = storage.set("k", vec![0_u8; 2_000], None).await.unwrap_err();
+    assert!(refused.is_caller_error(), "{refused}");
+    assert_eq!(
+        storage.get("k").await.unwrap().as_deref(),
+        Some(&b"accepted"[..])
+    );
+    redis.inject(Fault::Pass);
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(storage.health().backends["redis"].pending_replay, 0);
+    assert_eq!(
+        direct(&*redis, "k").await.as_deref(),
+        Some(&b"accepted"[..]),
+        "the refused value was replayed"
+    );
+}

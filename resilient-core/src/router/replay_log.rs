@@ -254,6 +254,40 @@ impl ReplayLog {
         }
     }
 
+    /// [`refresh`](Self::refresh) that returns the record it replaced, so a write the backend
+    /// then refuses can [`restore`](Self::restore) it.
+    pub(crate) fn supersede(
+        &self,
+        key: &str,
+        version: WriteVersion,
+        hint: impl FnOnce() -> LoggedWrite,
+    ) -> Option<(LoggedWrite, WriteVersion)> {
+        if self.pending() == 0 {
+            return None;
+        }
+        let mut records = self.lock();
+        let old = records.map.get(key).filter(|r| r.version <= version)?;
+        let old = (old.hint.clone(), old.version);
+        let hint = hint();
+        records.replace(key, Record { hint, version });
+        Some(old)
+    }
+
+    /// Puts back the record a refused write of `version` replaced, unless a newer write has
+    /// replaced it since (or it was replayed).
+    pub(crate) fn restore(
+        &self,
+        key: &str,
+        version: WriteVersion,
+        old: (LoggedWrite, WriteVersion),
+    ) {
+        let mut records = self.lock();
+        if records.map.get(key).is_some_and(|r| r.version == version) {
+            let (hint, version) = old;
+            records.replace(key, Record { hint, version });
+        }
+    }
+
     /// The record of `key`, if any. Lock-free when nothing is pending.
     pub(crate) fn get(&self, key: &str) -> Option<LoggedWrite> {
         if self.pending() == 0 {

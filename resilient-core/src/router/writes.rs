@@ -38,8 +38,8 @@ impl ResilientStorage {
             value: value.clone(),
             expires_at: ttl.and_then(|ttl| written.checked_add(ttl)),
         };
-        self.supersede(key, version, || hint(ttl));
-        let (_, served) = self
+        let superseded = self.supersede(key, version, || hint(ttl));
+        let routed = self
             .route(Operation::Set, Route::Data, key, None, |_, b| {
                 let write = KeyWrite::Set {
                     value: value.clone(),
@@ -47,7 +47,8 @@ impl ResilientStorage {
                 };
                 b.write(key, write, WriteOptions::new(version))
             })
-            .await?;
+            .await;
+        let (_, served) = self.settled(key, version, superseded, routed)?;
         self.hand_off(served, key, version, || hint(ttl));
         if self.inner.policy.write_policy == WritePolicy::WriteBehind {
             self.copy_behind(served, key, version, || hint(ttl));
@@ -103,12 +104,13 @@ impl ResilientStorage {
         let start =
             (self.inner.policy.write_policy == WritePolicy::WriteThrough).then(Instant::now);
         let version = self.inner.versions.next();
-        self.supersede(key, version, || LoggedWrite::Delete);
-        let (outcome, served) = self
+        let superseded = self.supersede(key, version, || LoggedWrite::Delete);
+        let routed = self
             .route(Operation::Delete, Route::Data, key, None, |_, b| {
                 b.write(key, KeyWrite::Delete, WriteOptions::new(version))
             })
-            .await?;
+            .await;
+        let (outcome, served) = self.settled(key, version, superseded, routed)?;
         self.hand_off(served, key, version, || LoggedWrite::Delete);
         if self.inner.policy.write_policy == WritePolicy::WriteBehind {
             self.copy_behind(served, key, version, || LoggedWrite::Delete);
@@ -127,6 +129,23 @@ impl ResilientStorage {
             .await;
         }
         Ok(outcome.existed)
+    }
+
+    /// A routed write's result; when a backend refused it as the caller's error, the replay
+    /// records it superseded come back first.
+    fn settled<T>(
+        &self,
+        key: &str,
+        version: WriteVersion,
+        superseded: Vec<(usize, (LoggedWrite, WriteVersion))>,
+        routed: Result<T>,
+    ) -> Result<T> {
+        if let Err(error) = &routed
+            && error.is_caller_error()
+        {
+            self.unsupersede(key, version, superseded);
+        }
+        routed
     }
 
     /// After a write served by backend `served`: every backend above it missed the write and
@@ -156,15 +175,33 @@ impl ResilientStorage {
     /// with a new version. A replay of the older record that is in flight may land after this
     /// write on the server; its record then stays, so a later pass writes the newest value
     /// again, and reads answer from it meanwhile. Nothing to do (one atomic load per backend)
-    /// while no backend has records.
+    /// while no backend has records. Returns the records replaced, for
+    /// [`unsupersede`](Self::unsupersede).
     pub(super) fn supersede(
         &self,
         key: &str,
         version: WriteVersion,
         hint: impl Fn() -> LoggedWrite,
+    ) -> Vec<(usize, (LoggedWrite, WriteVersion))> {
+        let mut replaced = Vec::new();
+        for (index, slot) in self.inner.slots.iter().enumerate() {
+            if let Some(old) = slot.replay.supersede(key, version, &hint) {
+                replaced.push((index, old));
+            }
+        }
+        replaced
+    }
+
+    /// After a write of `version` was refused as the caller's error (never applied anywhere):
+    /// the records it superseded come back, so no replay writes what was refused.
+    pub(super) fn unsupersede(
+        &self,
+        key: &str,
+        version: WriteVersion,
+        replaced: Vec<(usize, (LoggedWrite, WriteVersion))>,
     ) {
-        for slot in &self.inner.slots {
-            slot.replay.refresh(key, version, &hint);
+        for (index, old) in replaced {
+            self.inner.slots[index].replay.restore(key, version, old);
         }
     }
 
