@@ -304,7 +304,7 @@ async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_t
                 attempt_timeout,
             ));
             started += 1;
-            if started % REPLAY_YIELD == 0 {
+            if started.is_multiple_of(REPLAY_YIELD) {
                 tokio::task::yield_now().await;
             }
         }
