@@ -713,7 +713,7 @@ impl LockRig {
             let sent = Instant::now();
             // Even workers hold the lock with a renewing guard, odd ones with bare
             // acquire and release calls, whose lease a stall lets run out.
-            let held = if worker % 2 == 0 {
+            let held = if worker.is_multiple_of(2) {
                 storage
                     .lock("resource", &holder, LockOptions::new(LOCK_TTL))
                     .await
