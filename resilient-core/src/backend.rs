@@ -22,7 +22,7 @@ pub struct Capabilities {
     /// Expires keys by itself.
     pub native_ttl: bool,
     /// Keeps each write's [`WriteVersion`] with the key, so a replayed write never overwrites
-    /// a newer one another process made (see [`Backend::replay_write`]).
+    /// a newer one another process made (see [`BackendExt::replay_write`]).
     pub versioned: bool,
     /// Implements the lock operations.
     pub locks: bool,

@@ -62,7 +62,7 @@ impl Locks {
 pub enum LockFailover {
     /// Every acquire, extend and release goes to the lock authority: the highest-priority
     /// backend that can hold locks (shared across processes, or any when
-    /// [local locks](StorageBuilder::local_locks) are enabled). When this process cannot reach
+    /// [local locks](super::StorageBuilder::local_locks) are enabled). When this process cannot reach
     /// it, acquires and extends fail with [`Error::NoBackendAvailable`] and nothing is granted
     /// elsewhere; key-value calls still fail over. Every process configured with the same
     /// backends and priorities agrees on the authority, so no partition can make two of them
@@ -99,7 +99,7 @@ impl LockFailover {
 
 impl ResilientStorage {
     /// Takes a lock for `ttl` unless another holder has it. Locks go only to backends shared
-    /// across processes unless [local locks](StorageBuilder::local_locks) are enabled; a lock
+    /// across processes unless [local locks](super::StorageBuilder::local_locks) are enabled; a lock
     /// held by someone else is an answer ([`LockOutcome::Held`]) and never fails over.
     pub async fn acquire_lock(
         &self,

@@ -139,7 +139,7 @@ impl ResilientStorage {
     }
 
     /// Stops the health monitors and shuts every backend down. Later calls fail with
-    /// [`Error::Shutdown`]. Idempotent.
+    /// [`Error::Shutdown`](crate::Error::Shutdown). Idempotent.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
         if inner.life.shut_down.swap(true, Ordering::AcqRel) {

@@ -11,8 +11,8 @@ use crate::error::{Error, Operation, Result};
 
 impl ResilientStorage {
     /// Reads a key: `None` when absent or expired. A miss is an answer and never fails over;
-    /// under a policy that copies writes down ([`WritePolicy::WriteBehind`], the default, or
-    /// [`WritePolicy::WriteThrough`]) a miss is asked again of the next backend shared across
+    /// under a policy that copies writes down ([`WritePolicy::WriteBehind`](super::WritePolicy::WriteBehind), the default, or
+    /// [`WritePolicy::WriteThrough`](super::WritePolicy::WriteThrough)) a miss is asked again of the next backend shared across
     /// processes, which holds a copy of every write.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let key = self.inner.policy.keys.full_key(key)?;
