@@ -99,9 +99,199 @@ fn main() -> ExitCode {
     }
 }
 
+/// The lengths of the phases: steady load, the outage, and the time after the failback.
+#[derive(Debug, Clone, Copy)]
+struct Script {
+    steady: Duration,
+    outage: Duration,
+    after: Duration,
+}
+
+/// What happened when, as the demo runs.
+#[derive(Debug)]
+struct Timeline {
+    phase: Phase,
+    seen_events: usize,
+    failovers: u64,
+    /// Operations, failures and wrong reads at the last row.
+    last: (u64, u64, u64),
+    killed_at: Option<Instant>,
+    restarted_at: Option<Instant>,
+    failback_after: Option<Duration>,
+    first_failover_after: Option<Duration>,
+    recovered_at: Option<Instant>,
+    outage_latencies: hdrhistogram::Histogram<u64>,
+}
+
+impl Timeline {
+    fn new() -> Self {
+        Self {
+            phase: Phase::Steady,
+            seen_events: 0,
+            failovers: 0,
+            last: (0, 0, 0),
+            killed_at: None,
+            restarted_at: None,
+            failback_after: None,
+            first_failover_after: None,
+            recovered_at: None,
+            outage_latencies: resilient_chaos::workload::histogram(),
+        }
+    }
+
+    /// Plays the script: kills Redis, restarts it, and says when to finish (a while after the
+    /// failback, or 30 s after the restart without one).
+    fn advance(
+        &mut self,
+        script: Script,
+        elapsed: Duration,
+        redis: &mut RedisServer,
+        view: &mut View,
+    ) -> Result<bool, Failure> {
+        match self.phase {
+            Phase::Steady if elapsed >= script.steady => {
+                self.killed_at = Some(Instant::now());
+                tokio::task::block_in_place(|| redis.kill())?;
+                view.event("Redis killed (SIGKILL)".into());
+                self.phase = Phase::Outage;
+            }
+            Phase::Outage if self.killed_at.is_some_and(|k| k.elapsed() >= script.outage) => {
+                tokio::task::block_in_place(|| redis.restart())?;
+                self.restarted_at = Some(Instant::now());
+                view.event(
+                    "Redis restarted, with its append-only file from before the outage".into(),
+                );
+                self.phase = Phase::Recovery;
+            }
+            Phase::Recovery
+                if self
+                    .restarted_at
+                    .is_some_and(|r| r.elapsed() >= Duration::from_secs(30)) =>
+            {
+                view.event("Redis did not take traffic back within 30 s".into());
+                return Ok(true);
+            }
+            Phase::Recovered
+                if self
+                    .recovered_at
+                    .is_some_and(|r: Instant| r.elapsed() >= script.after) =>
+            {
+                return Ok(true);
+            }
+            _ => {}
+        }
+        Ok(false)
+    }
+
+    /// Shows the storage's new events, and notes the first failover and the failback.
+    fn absorb(&mut self, events: &EventLog, view: &mut View) {
+        let (new_events, count) = events.since(self.seen_events);
+        self.seen_events = count;
+        for (at, event) in new_events {
+            match event {
+                StorageEvent::Failover { .. } => {
+                    self.failovers += 1;
+                    if let Some(killed) = self.killed_at
+                        && self.first_failover_after.is_none()
+                        && at >= killed
+                    {
+                        self.first_failover_after = Some(at - killed);
+                    }
+                }
+                StorageEvent::CircuitChanged {
+                    backend,
+                    from,
+                    to,
+                    open_for,
+                } => view.event_at(
+                    at,
+                    format!(
+                        "circuit {backend}: {from} -> {to}{}",
+                        open_for.map_or(String::new(), |d| format!(" for {}", ms(d)))
+                    ),
+                ),
+                StorageEvent::ActiveBackendChanged { from, to } => {
+                    view.event_at(
+                        at,
+                        format!(
+                            "active backend: {} -> {to}",
+                            from.as_deref().unwrap_or("none")
+                        ),
+                    );
+                    if to == "redis"
+                        && let Some(restarted) = self.restarted_at
+                        && self.failback_after.is_none()
+                    {
+                        self.failback_after = Some(at.saturating_duration_since(restarted));
+                        self.recovered_at = Some(at);
+                        self.phase = Phase::Recovered;
+                    }
+                }
+                StorageEvent::HealthChanged {
+                    backend, from, to, ..
+                } => view.event_at(at, format!("health {backend}: {from} -> {to}")),
+                StorageEvent::ReplayCompleted { backend, records } => view.event_at(
+                    at,
+                    format!("replay to {backend} complete: {records} writes and deletes"),
+                ),
+                StorageEvent::ReplayLost { backend, lost } => view.event_at(
+                    at,
+                    format!("{lost} missed writes for {backend} could not be kept"),
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    /// One row of the view: the last second's operations, errors and wrong reads, the active
+    /// backend, p99, each server's circuit and health, and the replay backlog.
+    fn row(
+        &mut self,
+        elapsed: Duration,
+        live: &resilient_chaos::workload::Live,
+        storage: &ResilientStorage,
+        view: &mut View,
+    ) {
+        let ops = live.ops.load(Ordering::Relaxed);
+        let failed = live.failed.load(Ordering::Relaxed);
+        let wrong = live.wrong_reads.load(Ordering::Relaxed);
+        let window = live.take_window();
+        if self.phase == Phase::Outage {
+            let _ = self.outage_latencies.add(&window);
+        }
+        let p99 = Latencies::from_histogram(&window).p99;
+        let report = storage.health();
+        let state = |name: &str| {
+            report.backends.get(name).map_or("-".to_owned(), |b| {
+                format!("{}/{}", b.circuit_state, b.health)
+            })
+        };
+        let backlog: usize = report.backends.values().map(|b| b.pending_replay).sum();
+        let (last_ops, last_failed, last_wrong) = self.last;
+        view.row(format!(
+            "{:>5}s  {:<20} {:>7}  {:>6}  {:>5}  {:<9} {:>8}  {:<15} {:<15} {:>7}",
+            elapsed.as_secs(),
+            self.phase.label(),
+            ops - last_ops,
+            failed - last_failed,
+            wrong - last_wrong,
+            report.active_backend.as_deref().unwrap_or("-"),
+            ms(p99),
+            state("redis"),
+            state("postgres"),
+            backlog,
+        ));
+        self.last = (ops, failed, wrong);
+    }
+}
+
 async fn demo(quick: bool) -> Result<bool, Failure> {
     let pick = |full: u64, short: u64| Duration::from_secs(if quick { short } else { full });
-    let (steady, outage, after) = (pick(5, 2), pick(10, 4), pick(5, 2));
+    let script = Script {
+        steady: pick(5, 2),
+        outage: pick(10, 4),
+        after: pick(5, 2),
+    };
     println!("Starting a throwaway Redis (append-only file) and PostgreSQL ...");
     let mut redis = RedisServer::start_with(RedisOptions::default().appendonly(true))?;
     let postgres = PostgresServer::start()?;
@@ -137,141 +327,58 @@ async fn demo(quick: bool) -> Result<bool, Failure> {
         println!("{}\n\n{TABLE_HEADER}", view.header);
     }
 
-    let mut phase = Phase::Steady;
-    let mut seen_events = 0;
-    let mut failovers = 0_u64;
-    let (mut last_ops, mut last_failed, mut last_wrong) = (0, 0, 0);
-    let mut killed_at = None;
-    let mut restarted_at = None;
-    let mut failback_after = None;
-    let mut first_failover_after = None;
-    let mut outage_latencies = resilient_chaos::workload::histogram();
-    let mut recovered_at = None;
+    let mut timeline = Timeline::new();
     let mut next_tick = Instant::now() + Duration::from_secs(1);
     loop {
         tokio::time::sleep_until(next_tick.into()).await;
         next_tick += Duration::from_secs(1);
         let elapsed = view.start.elapsed();
-
-        // The script: kill Redis, restart it, and finish a while after the failback.
-        match phase {
-            Phase::Steady if elapsed >= steady => {
-                killed_at = Some(Instant::now());
-                tokio::task::block_in_place(|| redis.kill())?;
-                view.event("Redis killed (SIGKILL)".into());
-                phase = Phase::Outage;
-            }
-            Phase::Outage if killed_at.is_some_and(|k| k.elapsed() >= outage) => {
-                tokio::task::block_in_place(|| redis.restart())?;
-                restarted_at = Some(Instant::now());
-                view.event(
-                    "Redis restarted, with its append-only file from before the outage".into(),
-                );
-                phase = Phase::Recovery;
-            }
-            Phase::Recovery
-                if restarted_at.is_some_and(|r| r.elapsed() >= Duration::from_secs(30)) =>
-            {
-                view.event("Redis did not take traffic back within 30 s".into());
-                break;
-            }
-            Phase::Recovered if recovered_at.is_some_and(|r: Instant| r.elapsed() >= after) => {
-                break;
-            }
-            _ => {}
+        if timeline.advance(script, elapsed, &mut redis, &mut view)? {
+            break;
         }
-
-        let (new_events, count) = events.since(seen_events);
-        seen_events = count;
-        for (at, event) in new_events {
-            match event {
-                StorageEvent::Failover { .. } => {
-                    failovers += 1;
-                    if let Some(killed) = killed_at
-                        && first_failover_after.is_none()
-                        && at >= killed
-                    {
-                        first_failover_after = Some(at - killed);
-                    }
-                }
-                StorageEvent::CircuitChanged {
-                    backend,
-                    from,
-                    to,
-                    open_for,
-                } => view.event_at(
-                    at,
-                    format!(
-                        "circuit {backend}: {from} -> {to}{}",
-                        open_for.map_or(String::new(), |d| format!(" for {}", ms(d)))
-                    ),
-                ),
-                StorageEvent::ActiveBackendChanged { from, to } => {
-                    view.event_at(
-                        at,
-                        format!(
-                            "active backend: {} -> {to}",
-                            from.as_deref().unwrap_or("none")
-                        ),
-                    );
-                    if to == "redis"
-                        && let Some(restarted) = restarted_at
-                        && failback_after.is_none()
-                    {
-                        failback_after = Some(at.saturating_duration_since(restarted));
-                        recovered_at = Some(at);
-                        phase = Phase::Recovered;
-                    }
-                }
-                StorageEvent::HealthChanged {
-                    backend, from, to, ..
-                } => view.event_at(at, format!("health {backend}: {from} -> {to}")),
-                StorageEvent::ReplayCompleted { backend, records } => view.event_at(
-                    at,
-                    format!("replay to {backend} complete: {records} writes and deletes"),
-                ),
-                StorageEvent::ReplayLost { backend, lost } => view.event_at(
-                    at,
-                    format!("{lost} missed writes for {backend} could not be kept"),
-                ),
-                _ => {}
-            }
-        }
-
-        let ops = live.ops.load(Ordering::Relaxed);
-        let failed = live.failed.load(Ordering::Relaxed);
-        let wrong = live.wrong_reads.load(Ordering::Relaxed);
-        let window = live.take_window();
-        if phase == Phase::Outage {
-            let _ = outage_latencies.add(&window);
-        }
-        let p99 = Latencies::from_histogram(&window).p99;
-        let report = storage.health();
-        let state = |name: &str| {
-            report.backends.get(name).map_or("-".to_owned(), |b| {
-                format!("{}/{}", b.circuit_state, b.health)
-            })
-        };
-        let backlog: usize = report.backends.values().map(|b| b.pending_replay).sum();
-        view.row(format!(
-            "{:>5}s  {:<20} {:>7}  {:>6}  {:>5}  {:<9} {:>8}  {:<15} {:<15} {:>7}",
-            elapsed.as_secs(),
-            phase.label(),
-            ops - last_ops,
-            failed - last_failed,
-            wrong - last_wrong,
-            report.active_backend.as_deref().unwrap_or("-"),
-            ms(p99),
-            state("redis"),
-            state("postgres"),
-            backlog,
-        ));
-        (last_ops, last_failed, last_wrong) = (ops, failed, wrong);
+        timeline.absorb(&events, &mut view);
+        timeline.row(elapsed, &live, &storage, &mut view);
     }
 
     let result = workload.stop().await;
     let drained = wait_for_drain(&storage, Duration::from_secs(10)).await;
-    let since = killed_at.unwrap_or_else(Instant::now);
+    let since = timeline.killed_at.unwrap_or_else(Instant::now);
+    let (checked, matching) = on_redis_since(&redis, &result, since).await?;
+    let run = view.start.elapsed().as_secs_f64();
+    let failed = result.count(Outcome::Failed);
+    let wrong = result.count(Outcome::Stale) + result.count(Outcome::Missing);
+    summary(
+        &timeline,
+        &result,
+        &events,
+        &storage,
+        run,
+        (checked, matching),
+    );
+    storage.shutdown().await;
+    let ok = failed == 0
+        && wrong == 0
+        && timeline.failback_after.is_some()
+        && drained
+        && matching == checked;
+    println!(
+        "\n{}",
+        if ok {
+            "Every call answered, no read was stale, and Redis holds every write of the outage."
+        } else {
+            "Something above did not hold: see the figures."
+        }
+    );
+    Ok(ok)
+}
+
+/// Of the keys written or deleted since `since`, how many there are and how many hold their last
+/// value on Redis, read with a plain Redis client.
+async fn on_redis_since(
+    redis: &RedisServer,
+    result: &resilient_chaos::workload::KvResult,
+    since: Instant,
+) -> Result<(usize, usize), Failure> {
     let mut conn = redis::Client::open(redis.url())?
         .get_multiplexed_async_connection()
         .await?;
@@ -286,9 +393,20 @@ async fn demo(quick: bool) -> Result<bool, Failure> {
             matching += 1;
         }
     }
+    Ok((checked, matching))
+}
+
+/// The figures at the end: operations, latency, failover, replay, failback, Redis's contents.
+fn summary(
+    timeline: &Timeline,
+    result: &resilient_chaos::workload::KvResult,
+    events: &EventLog,
+    storage: &ResilientStorage,
+    run: f64,
+    (checked, matching): (usize, usize),
+) {
     let all = result.latencies();
-    let during = Latencies::from_histogram(&outage_latencies);
-    let run = view.start.elapsed().as_secs_f64();
+    let during = Latencies::from_histogram(&timeline.outage_latencies);
     let failed = result.count(Outcome::Failed);
     let wrong = result.count(Outcome::Stale) + result.count(Outcome::Missing);
     println!("\nsummary");
@@ -305,31 +423,20 @@ async fn demo(quick: bool) -> Result<bool, Failure> {
         ms(during.p99)
     );
     println!(
-        "  failover     {failovers} calls failed over; the first {} after the kill",
-        first_failover_after.map_or("-".into(), ms)
+        "  failover     {} calls failed over; the first {} after the kill",
+        timeline.failovers,
+        timeline.first_failover_after.map_or("-".into(), ms)
     );
     println!(
         "  replay       {} writes and deletes replayed; {} reported lost",
         events.replayed(),
-        lost(&storage)
+        lost(storage)
     );
     println!(
         "  failback     traffic back on Redis {} after it restarted",
-        failback_after.map_or("never".into(), ms)
+        timeline.failback_after.map_or("never".into(), ms)
     );
     println!(
         "  on Redis     {matching} of {checked} keys written or deleted since the kill hold their last value, read with a plain Redis client"
     );
-    storage.shutdown().await;
-    let ok =
-        failed == 0 && wrong == 0 && failback_after.is_some() && drained && matching == checked;
-    println!(
-        "\n{}",
-        if ok {
-            "Every call answered, no read was stale, and Redis holds every write of the outage."
-        } else {
-            "Something above did not hold: see the figures."
-        }
-    );
-    Ok(ok)
 }
