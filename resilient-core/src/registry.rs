@@ -1,7 +1,8 @@
 //! Backends register a factory per URL scheme, so `backend_url("redis://...")` finds the Redis
 //! crate without the core knowing it.
 //!
-//! Each backend crate declares `inventory::submit!` of a [`BackendFactory`]. rustc links a
+//! Each backend crate registers a [`BackendFactory`] with one line,
+//! [`register_backend!`](crate::register_backend) (an `inventory::submit!` underneath). rustc links a
 //! dependency only when the source names it, so a crate that is merely listed in Cargo.toml
 //! registers nothing: the facade names every enabled backend, and a third-party backend is
 //! linked with one line, `use their_backend as _;`. For builds where static constructors do not
