@@ -27,7 +27,6 @@ use resilient_core::{BackendUrl, Error, Result};
 /// | `reconnect_max_delay` | `500ms` | the longest wait between those attempts |
 /// | `ca_cert` | system roots | PEM file of the CA that signed the server's certificate (`rediss` only) |
 /// | `tombstone_ttl` | `1h` | how long a key's write version outlives the key (deleted or expired) |
-///
 /// | `protocol` | `resp2` | `resp2` or `resp3`, passed to the redis crate |
 ///
 /// Any other option is an error naming it. Durations are written like `250ms` or `2s` and are

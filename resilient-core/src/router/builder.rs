@@ -283,7 +283,7 @@ impl StorageBuilder {
     /// How many writes (distinct keys) each backend's replay log keeps: the writes it missed
     /// during an outage and the write-behind copies on their way to it. Beyond it a write of a
     /// new key is counted as lost, reported in the health report and by a
-    /// [`ReplayLost`](crate::StorageEvent::ReplayLost) event. Default 100,000.
+    /// [`ReplayLost`](crate::StorageEvent::ReplayLost) event. Default 100,000; 1 to 100,000,000.
     pub fn max_replay_records(mut self, max: usize) -> Self {
         self.max_replay_records = max;
         self
@@ -469,6 +469,11 @@ impl StorageBuilder {
         if self.max_replay_bytes == 0 {
             return Err(Error::config("max_replay_bytes", "must not be zero"));
         }
+        limits::count(
+            "max_replay_records",
+            self.max_replay_records,
+            1..=100_000_000,
+        )?;
         if let LockFailover::AfterOutage { delay } = self.lock_failover {
             limits::duration("lock_failover.delay", delay, Duration::ZERO..=limits::DAY)?;
         }
