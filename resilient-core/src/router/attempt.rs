@@ -72,6 +72,7 @@ impl ResilientStorage {
     pub(super) fn eligible(&self, slot: &Slot, route: Route) -> bool {
         match route {
             Route::Data => true,
+            Route::Counter => slot.capabilities.counters,
             Route::Lock | Route::Release => lock_eligible(slot, self.inner.locks.local),
         }
     }
@@ -97,7 +98,7 @@ impl ResilientStorage {
         let prefer = prefer.filter(|&p| backends.get(p).is_some_and(|b| b.available));
         let mut candidates = Candidates::new();
         let pick = match (route, inner.locks.failover) {
-            (Route::Data, _) => {
+            (Route::Data | Route::Counter, _) => {
                 if let Some(p) = prefer {
                     candidates.push(p);
                 }
@@ -138,7 +139,7 @@ impl ResilientStorage {
     pub(super) fn views(&self, route: Route, now: Instant) -> [BackendView; MAX_BACKENDS] {
         let mut views = [BackendView::default(); MAX_BACKENDS];
         for (view, slot) in views.iter_mut().zip(&self.inner.slots) {
-            *view = slot.view(now, self.eligible(slot, route), route == Route::Data);
+            *view = slot.view(now, self.eligible(slot, route), route.data());
         }
         if route.locks()
             && let LockFailover::AfterOutage { delay } = self.inner.locks.failover

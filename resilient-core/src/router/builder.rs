@@ -361,6 +361,7 @@ impl StorageBuilder {
                     replay_wake,
                 },
                 versions: VersionClock::default(),
+                increments: super::writes::InFlight::default(),
                 slots,
                 strategy,
             }),

@@ -27,10 +27,11 @@ mod imp {
 
     use super::*;
 
-    const OPERATIONS: [Operation; 7] = [
+    const OPERATIONS: [Operation; 8] = [
         Operation::Get,
         Operation::Set,
         Operation::Delete,
+        Operation::Increment,
         Operation::AcquireLock,
         Operation::ExtendLock,
         Operation::ReleaseLock,
