@@ -156,9 +156,8 @@ fn health_endpoint_answers_200_then_503_while_redis_is_down_then_200_again_and_r
         "resilient_storage_calls_total",
         &["backend=\"redis\""],
     );
-    // One increment per visit.
     assert!(
-        redis_calls >= 5.0,
+        redis_calls >= 10.0,
         "calls to redis: {redis_calls}\n{before}"
     );
     assert_eq!(
