@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use moka::future::Cache;
 use moka::notification::RemovalCause;
-use moka::ops::compute::{CompResult, Op};
 use moka::policy::{EvictionPolicy, Expiry};
 use resilient_core::key::MAX_TTL;
 use resilient_core::{
@@ -245,52 +244,6 @@ impl MemoryBackend {
         Ok(())
     }
 
-    /// `increment`: one compute per key (moka runs them one at a time), so no increment is lost.
-    async fn add(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
-        let now = Instant::now();
-        let rejected =
-            |message: &str| Error::rejected(&self.config.name, Operation::Increment, message);
-        let computed = self
-            .cache
-            .entry(key.to_owned())
-            .and_try_compute_with(|current| {
-                let live = current.map(|e| e.into_value()).filter(|e| e.live(now));
-                let next = (|| {
-                    let base = match &live {
-                        Some(entry) => integer(&entry.value)
-                            .ok_or_else(|| rejected("the value is not a decimal integer"))?,
-                        None => 0,
-                    };
-                    let value = base
-                        .checked_add(delta)
-                        .ok_or_else(|| rejected("the result is beyond a 64-bit integer"))?;
-                    // Without a new TTL the key keeps the time it had left.
-                    let (ttl, expires_at) = match (ttl, &live) {
-                        (Some(ttl), _) => (Some(ttl), Some(deadline(now, ttl))),
-                        (None, Some(entry)) => (
-                            entry.expires_at.map(|at| at.saturating_duration_since(now)),
-                            entry.expires_at,
-                        ),
-                        (None, None) => (None, None),
-                    };
-                    Ok(Op::Put(Entry {
-                        value: Bytes::from(value.to_string()),
-                        ttl,
-                        expires_at,
-                    }))
-                })();
-                std::future::ready(next)
-            })
-            .await?;
-        match computed {
-            CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) => {
-                integer(&entry.into_value().value)
-                    .ok_or_else(|| rejected("the stored result is not an integer"))
-            }
-            _ => Err(rejected("the counter was not stored")),
-        }
-    }
-
     /// `delete`: true when a live entry was there.
     async fn remove(&self, key: &str) -> Result<bool> {
         let now = Instant::now();
@@ -313,11 +266,6 @@ impl MemoryBackend {
     }
 }
 
-/// A value holding a decimal integer, as counters are stored.
-fn integer(value: &[u8]) -> Option<i64> {
-    std::str::from_utf8(value).ok()?.parse().ok()
-}
-
 fn weight(key: &str, value: &[u8]) -> u64 {
     key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD
 }
@@ -338,10 +286,7 @@ impl Backend for MemoryBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new()
-            .native_ttl(true)
-            .locks(true)
-            .counters(true)
+        Capabilities::new().native_ttl(true).locks(true)
     }
 
     async fn health_check(&self) -> Result<HealthProbe> {
@@ -373,16 +318,6 @@ impl Backend for MemoryBackend {
             KeyWrite::Delete => self.remove(key).await.map(WriteOutcome::applied),
             _ => Err(Error::unsupported(&self.config.name, Operation::Set)),
         }
-    }
-
-    async fn increment(
-        &self,
-        key: &str,
-        delta: i64,
-        ttl: Option<Duration>,
-        _options: WriteOptions,
-    ) -> Result<i64> {
-        self.add(key, delta, ttl).await
     }
 
     async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {

@@ -303,7 +303,6 @@ impl Backend for PostgresBackend {
             .durable(true)
             .versioned(true)
             .locks(true)
-            .counters(true)
     }
 
     async fn health_check(&self) -> Result<HealthProbe> {
@@ -372,25 +371,6 @@ impl Backend for PostgresBackend {
                 .map(WriteOutcome::applied),
             _ => Err(Error::unsupported(&self.config.name, Operation::Set)),
         }
-    }
-
-    async fn increment(
-        &self,
-        key: &str,
-        delta: i64,
-        ttl: Option<Duration>,
-        options: WriteOptions,
-    ) -> Result<i64> {
-        self.call(Operation::Increment, async {
-            sqlx::query_scalar(self.sql.increment.clone())
-                .bind(key)
-                .bind(delta)
-                .bind(ttl.map(millis))
-                .bind(stored(options.version))
-                .fetch_one(&self.pool)
-                .await
-        })
-        .await
     }
 
     async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {

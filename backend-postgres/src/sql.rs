@@ -11,7 +11,6 @@ pub(crate) struct Statements {
     pub(crate) ddl: Vec<SqlStr>,
     pub(crate) get: SqlStr,
     pub(crate) set_versioned: SqlStr,
-    pub(crate) increment: SqlStr,
     pub(crate) delete_versioned: SqlStr,
     pub(crate) replay_set: SqlStr,
     pub(crate) replay_delete: SqlStr,
@@ -82,24 +81,6 @@ impl Statements {
                 "INSERT INTO {values} (key, value, expires_at, version) VALUES ($1, $2, {expiry}, $4) \
                  ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
                    expires_at = EXCLUDED.expires_at, version = EXCLUDED.version"
-            )),
-            // $2: the delta, $3: the TTL in ms or NULL (keep the row's), $4: the version. One
-            // statement: the row is locked by the upsert, so concurrent increments queue. An
-            // expired value or a tombstone counts as 0; a value that is not a decimal integer
-            // (22P02) or an overflow (22003) is a data exception: refused, nothing changed.
-            increment: sql(format!(
-                "INSERT INTO {values} AS t (key, value, expires_at, version) \
-                 VALUES ($1, convert_to($2::bigint::text, 'UTF8'), {expiry}, $4) \
-                 ON CONFLICT (key) DO UPDATE SET \
-                   value = convert_to((CASE WHEN t.value IS NULL \
-                       OR (t.expires_at IS NOT NULL AND t.expires_at <= now()) THEN 0 \
-                     ELSE convert_from(t.value, 'UTF8')::bigint END + $2::bigint)::text, 'UTF8'), \
-                   expires_at = CASE WHEN $3::float8 IS NOT NULL THEN EXCLUDED.expires_at \
-                     WHEN t.value IS NULL \
-                       OR (t.expires_at IS NOT NULL AND t.expires_at <= now()) THEN NULL \
-                     ELSE t.expires_at END, \
-                   version = EXCLUDED.version \
-                 RETURNING convert_from(value, 'UTF8')::bigint"
             )),
             // $2: the version. Leaves a tombstone; answers whether a live value was there.
             delete_versioned: sql(format!(

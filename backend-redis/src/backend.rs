@@ -439,7 +439,6 @@ impl Backend for RedisBackend {
             .native_ttl(true)
             .versioned(true)
             .locks(true)
-            .counters(true)
     }
 
     async fn health_check(&self) -> Result<HealthProbe> {
@@ -485,34 +484,6 @@ impl Backend for RedisBackend {
                 .map(WriteOutcome::applied),
             _ => Err(Error::unsupported(&self.config.name, Operation::Set)),
         }
-    }
-
-    async fn increment(
-        &self,
-        key: &str,
-        delta: i64,
-        ttl: Option<Duration>,
-        options: WriteOptions,
-    ) -> Result<i64> {
-        let op = Operation::Increment;
-        let (data, version_key) = self.versioned_keys(key);
-        let ttl = ttl.map(millis).unwrap_or_default();
-        let value: String = self
-            .script(
-                op,
-                &scripts::INCREMENT,
-                &[&data, &version_key],
-                &[
-                    delta.to_string().as_bytes(),
-                    options.version.to_string().as_bytes(),
-                    &ttl,
-                    &millis(self.config.tombstone_ttl),
-                ],
-            )
-            .await?;
-        value
-            .parse()
-            .map_err(|_| bad_reply(&self.config, op, "a counter that is not a number"))
     }
 
     async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {

@@ -7,10 +7,9 @@ use crate::config::RedisConfig;
 
 /// Server error codes that say the request itself is wrong, not the server: returned to the
 /// caller, not counted, not failed over. `WRONGTYPE`: the key holds another type; `CROSSSLOT`:
-/// a request's keys span Cluster slots (a key shape the backend did not foresee);
-/// `NOTINTEGER`: an increment of a value that is not an integer, or beyond 64 bits (raised by
-/// our script); `NOSCRIPT` is handled by redis-rs itself.
-const REJECTED: &[&str] = &["WRONGTYPE", "CROSSSLOT", "NOTINTEGER"];
+/// a request's keys span Cluster slots (a key shape the backend did not foresee); `NOSCRIPT`
+/// is handled by redis-rs itself.
+const REJECTED: &[&str] = &["WRONGTYPE", "CROSSSLOT"];
 
 /// Every other error (I/O, timeouts, dropped connections, `LOADING`, `READONLY`,
 /// `CLUSTERDOWN`, `MASTERDOWN`, `TRYAGAIN`, authentication, ...) is a transient backend failure.

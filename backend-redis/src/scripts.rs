@@ -87,36 +87,6 @@ return 1
     )
 });
 
-/// KEYS: key, version key. ARGV: delta, version, ttl in ms or empty, tombstone ttl in ms.
-/// `INCRBY`s the key (absent counts as 0), sets its TTL when one is given, stamps the version
-/// (kept for the key's TTL plus the tombstone time, or without expiry), and returns the new value
-/// as text (a Lua number would lose precision past 2^53). A value that is not an integer, or an
-/// overflow, is a `NOTINTEGER` error and changes nothing.
-pub(crate) static INCREMENT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local current = redis.call('GET', KEYS[1])
-if current and not string.match(current, '^%-?%d+$') then
-  return redis.error_reply('NOTINTEGER the value is not a decimal integer')
-end
-local ok = pcall(redis.call, 'INCRBY', KEYS[1], ARGV[1])
-if not ok then
-  return redis.error_reply('NOTINTEGER the result is beyond a 64-bit integer')
-end
-if ARGV[3] ~= '' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-end
-local pttl = redis.call('PTTL', KEYS[1])
-if pttl > 0 then
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', pttl + tonumber(ARGV[4]))
-else
-  redis.call('SET', KEYS[2], ARGV[2])
-end
-return redis.call('GET', KEYS[1])
-",
-    )
-});
-
 /// KEYS: key, version key. ARGV: version, tombstone ttl in ms. Deletes the key and leaves its
 /// version as a tombstone; returns 1 when the key existed.
 pub(crate) static DELETE_VERSIONED: LazyLock<Script> = LazyLock::new(|| {

@@ -26,8 +26,6 @@ pub struct Capabilities {
     pub versioned: bool,
     /// Implements the lock operations.
     pub locks: bool,
-    /// Implements [`Backend::increment`], atomically on the server.
-    pub counters: bool,
 }
 
 impl Capabilities {
@@ -39,7 +37,6 @@ impl Capabilities {
             native_ttl: false,
             versioned: false,
             locks: false,
-            counters: false,
         }
     }
 
@@ -70,12 +67,6 @@ impl Capabilities {
     /// Sets [`locks`](Self::locks).
     pub const fn locks(mut self, yes: bool) -> Self {
         self.locks = yes;
-        self
-    }
-
-    /// Sets [`counters`](Self::counters).
-    pub const fn counters(mut self, yes: bool) -> Self {
-        self.counters = yes;
         self
     }
 }
@@ -397,27 +388,6 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         write: KeyWrite,
         options: WriteOptions,
     ) -> Result<WriteOutcome>;
-
-    /// Adds `delta` to the integer stored at `key` and returns the new value, atomically on the
-    /// server. A key that is absent, expired or deleted counts as 0. The value is stored as
-    /// decimal text (`get` reads `b"42"`). `ttl`, when given, becomes the key's TTL; `None`
-    /// keeps the TTL the key has (none for a new key). A value that is not a decimal integer,
-    /// or a result beyond `i64`, is [`Error::Rejected`](crate::Error::Rejected) and changes
-    /// nothing. A versioned backend stamps `options.version` as any write does. Optional
-    /// ([`Capabilities::counters`]).
-    async fn increment(
-        &self,
-        key: &str,
-        delta: i64,
-        ttl: Option<Duration>,
-        options: WriteOptions,
-    ) -> Result<i64> {
-        let _ = (key, delta, ttl, options);
-        Err(crate::Error::unsupported(
-            self.name(),
-            crate::Operation::Increment,
-        ))
-    }
 
     /// Takes a lock for `ttl` unless another holder has it. The same holder re-acquiring
     /// extends its lease and keeps its token; a new grant's token follows

@@ -22,8 +22,6 @@ pub enum Operation {
     Set,
     /// Remove one key.
     Delete,
-    /// Add to the integer at one key.
-    Increment,
     /// Take a lock.
     AcquireLock,
     /// Prolong a lock held by the caller.
@@ -41,7 +39,6 @@ impl Operation {
             Operation::Get => "get",
             Operation::Set => "set",
             Operation::Delete => "delete",
-            Operation::Increment => "increment",
             Operation::AcquireLock => "acquire_lock",
             Operation::ExtendLock => "extend_lock",
             Operation::ReleaseLock => "release_lock",

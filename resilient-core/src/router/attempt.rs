@@ -72,7 +72,6 @@ impl ResilientStorage {
     pub(super) fn eligible(&self, slot: &Slot, route: Route) -> bool {
         match route {
             Route::Data => true,
-            Route::Counter => slot.capabilities.counters,
             Route::Lock | Route::Release => lock_eligible(slot, self.inner.locks.local),
         }
     }
@@ -98,7 +97,7 @@ impl ResilientStorage {
         let prefer = prefer.filter(|&p| backends.get(p).is_some_and(|b| b.available));
         let mut candidates = Candidates::new();
         let pick = match (route, inner.locks.failover) {
-            (Route::Data | Route::Counter, _) => {
+            (Route::Data, _) => {
                 if let Some(p) = prefer {
                     candidates.push(p);
                 }
@@ -139,7 +138,7 @@ impl ResilientStorage {
     pub(super) fn views(&self, route: Route, now: Instant) -> [BackendView; MAX_BACKENDS] {
         let mut views = [BackendView::default(); MAX_BACKENDS];
         for (view, slot) in views.iter_mut().zip(&self.inner.slots) {
-            *view = slot.view(now, self.eligible(slot, route), route.data());
+            *view = slot.view(now, self.eligible(slot, route), route == Route::Data);
         }
         if route.locks()
             && let LockFailover::AfterOutage { delay } = self.inner.locks.failover

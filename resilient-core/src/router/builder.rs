@@ -361,7 +361,6 @@ impl StorageBuilder {
                     replay_wake,
                 },
                 versions: VersionClock::default(),
-                increments: super::writes::InFlight::default(),
                 slots,
                 strategy,
             }),

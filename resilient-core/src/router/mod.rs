@@ -46,8 +46,6 @@ const NONE: usize = usize::MAX;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     Data,
-    /// An increment: key-value, on backends with the `counters` capability.
-    Counter,
     /// Acquire and extend: calls that create or prolong leases.
     Lock,
     /// Release: goes to the backend that granted the lock even while lock authority moves.
@@ -57,11 +55,6 @@ enum Route {
 impl Route {
     fn locks(self) -> bool {
         matches!(self, Route::Lock | Route::Release)
-    }
-
-    /// A key-value route: a backend with writes still to replay does not serve it.
-    fn data(self) -> bool {
-        matches!(self, Route::Data | Route::Counter)
     }
 }
 
@@ -86,8 +79,6 @@ struct Inner {
     life: Lifecycle,
     /// Stamps every write, so versioned backends can refuse an older replayed one.
     versions: VersionClock,
-    /// Increments in flight on their first backend, by key shard (see `writes.rs`).
-    increments: writes::InFlight,
 }
 
 /// The settings every call reads.

@@ -288,17 +288,6 @@ impl ReplayLog {
         }
     }
 
-    /// The record of `key` with its version, if any. Lock-free when nothing is pending.
-    pub(crate) fn get_with_version(&self, key: &str) -> Option<(LoggedWrite, WriteVersion)> {
-        if self.pending() == 0 {
-            return None;
-        }
-        self.lock()
-            .map
-            .get(key)
-            .map(|r| (r.hint.clone(), r.version))
-    }
-
     /// The record of `key`, if any. Lock-free when nothing is pending.
     pub(crate) fn get(&self, key: &str) -> Option<LoggedWrite> {
         if self.pending() == 0 {

@@ -27,11 +27,10 @@ mod imp {
 
     use super::*;
 
-    const OPERATIONS: [Operation; 8] = [
+    const OPERATIONS: [Operation; 7] = [
         Operation::Get,
         Operation::Set,
         Operation::Delete,
-        Operation::Increment,
         Operation::AcquireLock,
         Operation::ExtendLock,
         Operation::ReleaseLock,

@@ -2,7 +2,6 @@
 //! then recorded for the backends that missed it (replayed when they recover) and copied down
 //! by the write policy (write-behind records, or write-through copies within the deadline).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,12 +11,11 @@ use tokio::time::Instant;
 use super::attempt::{bounded, settle};
 use super::replay_log::LoggedWrite;
 use super::slot::Slot;
-use super::{CallFuture, NONE, ResilientStorage, Route, WritePolicy};
-use crate::backend::{KeyWrite, WriteMode, WriteOptions, WriteOutcome, WriteVersion};
+use super::{CallFuture, ResilientStorage, Route, WritePolicy};
+use crate::backend::{KeyWrite, WriteOptions, WriteOutcome, WriteVersion};
 use crate::error::{Error, Operation, Result};
 use crate::events::StorageEvent;
 use crate::key::check_ttl;
-use crate::strategy::MAX_BACKENDS;
 
 impl ResilientStorage {
     /// Writes a key, with an optional TTL that replaces any earlier one.
@@ -82,91 +80,6 @@ impl ResilientStorage {
             .await;
         }
         Ok(())
-    }
-
-    /// Adds `delta` to the integer at `key` and returns the new value, atomically on the backend
-    /// that serves the call (Redis `INCRBY` in a script, one PostgreSQL statement, the memory
-    /// store's compute): concurrent increments from any number of processes on that backend
-    /// never lose one. A key that is absent, expired or deleted counts as 0; the value is stored
-    /// as decimal text, so [`get`](Self::get) reads `b"42"`. `ttl`, when given, becomes the key's
-    /// TTL; `None` keeps the one it has. A value that is not an integer, or a result beyond
-    /// `i64`, is [`Error::Rejected`] and changes nothing.
-    ///
-    /// Across a failover the counter moves as its value: the backend that serves the increment
-    /// holds the result, and the others get that result (with the write's version) as they get
-    /// any write: replayed to a backend above that missed it, copied to the shared ones below
-    /// under [`WritePolicy::WriteBehind`]. A backend with a write of this key still waiting to
-    /// reach it gets that write first, so an increment never adds to a value it missed. What a
-    /// split between processes can lose: two processes incrementing on two different backends
-    /// at once (one cut off from Redis) each count from their own value, and the replay keeps
-    /// the newer result, not the sum.
-    pub async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
-        let key = self.inner.policy.keys.full_key(key)?;
-        if let Some(ttl) = ttl {
-            check_ttl(ttl)?;
-        }
-        let key = &*key;
-        let written = Instant::now();
-        let version = self.inner.versions.next();
-        // Counted on the backend it is on: an increment waits for those of the same key on
-        // another backend (a failover or failback under way in this process) to be answered
-        // and recorded, so it adds to their results, not beside them.
-        let counted = Counted::new(self.inner.increments.shard(key));
-        let wait = WAIT_FOR_THE_REST.min(self.inner.policy.attempt_timeout / 4);
-        let (value, served) = self
-            .route(
-                Operation::Increment,
-                Route::Counter,
-                key,
-                None,
-                |index, b| {
-                    let counted = &counted;
-                    let slot = &self.inner.slots[index];
-                    Box::pin(async move {
-                        counted.move_to(index);
-                        counted.wait_for_the_rest(index, wait).await;
-                        if let Some((write, pending)) = slot.replay.get_with_version(key) {
-                            // Bring the backend up to date first: the increment adds to the value
-                            // this process last wrote, not to one the backend missed.
-                            let options = WriteOptions::new(pending).mode(WriteMode::IfNewer);
-                            b.write(key, write.replay_at(Instant::now()), options)
-                                .await?;
-                            slot.replay.forget(key, pending);
-                        }
-                        b.increment(key, delta, ttl, WriteOptions::new(version))
-                            .await
-                    })
-                },
-            )
-            .await?;
-        let hint = || LoggedWrite::Set {
-            value: Bytes::from(value.to_string()),
-            expires_at: ttl.and_then(|ttl| written.checked_add(ttl)),
-        };
-        self.hand_off(served, key, version, hint);
-        match self.inner.policy.write_policy {
-            WritePolicy::WriteBehind => self.copy_behind(served, key, version, hint),
-            WritePolicy::WriteThrough => {
-                self.write_through(
-                    served,
-                    key,
-                    version,
-                    written,
-                    |_| hint(),
-                    |slot| {
-                        let write = KeyWrite::Set {
-                            value: Bytes::from(value.to_string()),
-                            ttl,
-                        };
-                        slot.backend.write(key, write, WriteOptions::new(version))
-                    },
-                )
-                .await
-            }
-            _ => {}
-        }
-        drop(counted);
-        Ok(value)
     }
 
     /// Encodes a value as JSON and writes it.
@@ -399,79 +312,6 @@ impl ResilientStorage {
             } else {
                 self.record_missed(slot, key, hint(slot), version);
             }
-        }
-    }
-}
-
-/// Increments in flight, by key shard (64) and by the backend they are on.
-#[derive(Debug)]
-pub(super) struct InFlight([[AtomicUsize; MAX_BACKENDS]; 64]);
-
-impl Default for InFlight {
-    fn default() -> Self {
-        Self(std::array::from_fn(|_| {
-            std::array::from_fn(|_| AtomicUsize::new(0))
-        }))
-    }
-}
-
-impl InFlight {
-    fn shard(&self, key: &str) -> &[AtomicUsize; MAX_BACKENDS] {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut hasher);
-        &self.0[(hasher.finish() % 64) as usize]
-    }
-}
-
-/// One increment, counted on the backend it is on until it has its answer and its records
-/// (see [`ResilientStorage::increment`]). Dropping it, also by cancellation, leaves.
-struct Counted<'a> {
-    shard: &'a [AtomicUsize; MAX_BACKENDS],
-    on: AtomicUsize,
-}
-
-/// The longest an increment waits for those of the same key on other backends (and at most a
-/// quarter of the attempt timeout, inside which it waits): when a backend dies they fail fast;
-/// a frozen one holds them for their attempt timeout, which is not waited out.
-const WAIT_FOR_THE_REST: Duration = Duration::from_millis(100);
-
-impl<'a> Counted<'a> {
-    fn new(shard: &'a [AtomicUsize; MAX_BACKENDS]) -> Self {
-        Self {
-            shard,
-            on: AtomicUsize::new(NONE),
-        }
-    }
-
-    /// Counts this increment on backend `index` (and no longer on the one before).
-    fn move_to(&self, index: usize) {
-        let before = self.on.swap(index, Ordering::AcqRel);
-        if let Some(count) = self.shard.get(before) {
-            count.fetch_sub(1, Ordering::AcqRel);
-        }
-        self.shard[index].fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Waits until no increment of this shard is on another backend than `index`, or `wait`.
-    async fn wait_for_the_rest(&self, index: usize, wait: Duration) {
-        let give_up = Instant::now() + wait;
-        let elsewhere = || {
-            self.shard
-                .iter()
-                .enumerate()
-                .any(|(i, count)| i != index && count.load(Ordering::Acquire) > 0)
-        };
-        while elsewhere() && Instant::now() < give_up {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        if let Some(count) = self.shard.get(*self.on.get_mut()) {
-            count.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }

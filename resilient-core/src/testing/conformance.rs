@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::backend::{Backend, BackendExt, KeyWrite, LockOutcome, WriteOptions, WriteVersion};
+use crate::backend::{Backend, BackendExt, KeyWrite, LockOutcome, WriteVersion};
 use crate::key::MAX_KEY_LEN_BOUND;
 
 const SHORT_TTL: Duration = Duration::from_millis(300);
@@ -35,130 +35,11 @@ pub async fn run(backend: &dyn Backend) {
     } else {
         lock_calls_are_unsupported(backend, &p).await;
     }
-    if backend.capabilities().counters {
-        counters_add_atomically_and_refuse_non_integers(backend, &p).await;
-        counters_keep_or_take_a_ttl(backend, &p).await;
-    } else {
-        assert!(
-            matches!(
-                backend
-                    .increment(&format!("{p}no-counters"), 1, None, opts(1))
-                    .await,
-                Err(crate::Error::Unsupported { .. })
-            ),
-            "increment without the counters capability"
-        );
-    }
     if backend.capabilities().versioned {
         replays_never_overwrite_a_newer_write(backend, &p).await;
         deletes_and_expiries_keep_older_replays_out(backend, &p).await;
     }
     health_check_passes(backend).await;
-}
-
-fn opts(version: u64) -> WriteOptions {
-    WriteOptions::new(WriteVersion(version))
-}
-
-/// Backends with [`counters`](crate::Capabilities::counters): an increment adds to a decimal
-/// integer (absent or deleted counts as 0) and returns the sum, concurrent increments lose
-/// none, and a value that is not an integer or a sum beyond `i64` is refused without a change.
-pub async fn counters_add_atomically_and_refuse_non_integers(b: &dyn Backend, p: &str) {
-    let key = format!("{p}counter");
-    assert_eq!(
-        b.increment(&key, 5, None, opts(1))
-            .await
-            .expect("increment"),
-        5
-    );
-    assert_eq!(
-        b.increment(&key, -7, None, opts(2))
-            .await
-            .expect("increment"),
-        -2
-    );
-    assert_eq!(b.get(&key).await.expect("get").as_deref(), Some(&b"-2"[..]));
-    b.delete_versioned(&key, WriteVersion(3))
-        .await
-        .expect("delete");
-    assert_eq!(
-        b.increment(&key, 1, None, opts(4))
-            .await
-            .expect("increment"),
-        1,
-        "a deleted counter starts over"
-    );
-
-    let contended = format!("{p}counter:contended");
-    let tasks = (0..8).map(|_| async {
-        for _ in 0..25 {
-            b.increment(&contended, 1, None, opts(5))
-                .await
-                .expect("increment");
-        }
-    });
-    futures_util::future::join_all(tasks).await;
-    assert_eq!(
-        b.get(&contended).await.expect("get").as_deref(),
-        Some(&b"200"[..]),
-        "concurrent increments lost some"
-    );
-
-    let text = format!("{p}counter:text");
-    b.set(&text, Bytes::from_static(b"abc"), None)
-        .await
-        .expect("set");
-    let big = format!("{p}counter:big");
-    b.set(&big, Bytes::from(i64::MAX.to_string()), None)
-        .await
-        .expect("set");
-    for (key, before) in [(&text, "abc".to_owned()), (&big, i64::MAX.to_string())] {
-        let refused = b.increment(key, 1, None, opts(6)).await;
-        assert!(
-            matches!(refused, Err(crate::Error::Rejected { .. })),
-            "an increment of {before:?}: {refused:?}"
-        );
-        assert_eq!(
-            b.get(key).await.expect("get").as_deref(),
-            Some(before.as_bytes()),
-            "a refused increment changed the value"
-        );
-    }
-}
-
-/// Backends with [`counters`](crate::Capabilities::counters): a TTL given to an increment
-/// becomes the key's, and an increment without one keeps the time the key has left.
-pub async fn counters_keep_or_take_a_ttl(b: &dyn Backend, p: &str) {
-    let key = format!("{p}counter:ttl");
-    assert_eq!(
-        b.increment(&key, 1, Some(SHORT_TTL), opts(1))
-            .await
-            .expect("increment"),
-        1
-    );
-    assert_eq!(
-        b.increment(&key, 1, None, opts(2))
-            .await
-            .expect("increment"),
-        2
-    );
-    wait_until("the counter to expire", || async {
-        b.get(&key).await.expect("get").is_none()
-    })
-    .await;
-    assert_eq!(
-        b.increment(&key, 1, None, opts(3))
-            .await
-            .expect("increment"),
-        1,
-        "an expired counter starts over"
-    );
-    assert_eq!(
-        b.increment(&key, 1, Some(Duration::from_secs(3600)), opts(4))
-            .await
-            .expect("increment"),
-        2
-    );
 }
 
 fn put(value: &'static [u8], ttl: Option<Duration>) -> KeyWrite {

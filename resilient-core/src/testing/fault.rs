@@ -239,17 +239,6 @@ impl Backend for FaultBackend {
         answer(hold, self.inner.write(key, write, options).await).await
     }
 
-    async fn increment(
-        &self,
-        key: &str,
-        delta: i64,
-        ttl: Option<Duration>,
-        options: WriteOptions,
-    ) -> Result<i64> {
-        let hold = self.apply(Operation::Increment).await?;
-        answer(hold, self.inner.increment(key, delta, ttl, options).await).await
-    }
-
     async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {
         let hold = self.apply(Operation::AcquireLock).await?;
         answer(hold, self.inner.acquire_lock(name, holder, ttl).await).await
