@@ -129,14 +129,16 @@ struct Records {
 }
 
 impl Records {
-    /// Puts the record of `key` in place of the one there, keeping `bytes` true.
-    fn replace(&mut self, key: &str, record: Record) {
+    /// Puts the record of `key` in place of the one there, keeping `bytes` true; returns the
+    /// one it replaced.
+    fn replace(&mut self, key: &str, record: Record) -> Option<Record> {
         if let Some(old) = self.map.get_mut(key) {
             self.bytes = self.bytes - old.hint.cost(key) + record.hint.cost(key);
-            *old = record;
+            Some(std::mem::replace(old, record))
         } else {
             self.bytes += record.hint.cost(key);
             self.map.insert(key.to_owned(), record);
+            None
         }
     }
 }
@@ -244,14 +246,7 @@ impl ReplayLog {
         version: WriteVersion,
         hint: impl FnOnce() -> LoggedWrite,
     ) {
-        if self.pending() == 0 {
-            return;
-        }
-        let mut records = self.lock();
-        if records.map.get(key).is_some_and(|r| r.version <= version) {
-            let hint = hint();
-            records.replace(key, Record { hint, version });
-        }
+        let _ = self.supersede(key, version, hint);
     }
 
     /// [`refresh`](Self::refresh) that returns the record it replaced, so a write the backend
@@ -266,11 +261,13 @@ impl ReplayLog {
             return None;
         }
         let mut records = self.lock();
-        let old = records.map.get(key).filter(|r| r.version <= version)?;
-        let old = (old.hint.clone(), old.version);
+        if records.map.get(key).is_none_or(|r| r.version > version) {
+            return None;
+        }
         let hint = hint();
-        records.replace(key, Record { hint, version });
-        Some(old)
+        records
+            .replace(key, Record { hint, version })
+            .map(|old| (old.hint, old.version))
     }
 
     /// Puts back the record a refused write of `version` replaced, unless a newer write has
