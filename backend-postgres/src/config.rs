@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use resilient_core::url::{Secrets, percent_encode};
-use resilient_core::{BackendUrl, Error, Result};
+use resilient_core::{BackendUrl, Error, Result, UrlOptions};
 use sqlx::postgres::PgConnectOptions;
 
 /// Settings of a [`PostgresBackend`](crate::PostgresBackend).
@@ -100,8 +100,11 @@ impl PostgresConfig {
             ));
         }
         let mut secrets = Secrets::default();
-        let passthrough = Self::client_options(url, &mut secrets)?;
-        let mut config = Self::read_options(url)?;
+        // One pass over the options: sqlx's first, then ours; any left is unknown.
+        let mut options = url.options("postgres");
+        let passthrough = Self::client_options(&mut options, &mut secrets)?;
+        let mut config = Self::read_options(&mut options)?;
+        options.finish()?;
         if let Some(password) = url.password() {
             secrets.add(password);
             secrets.add(&percent_encode(password));
@@ -138,12 +141,10 @@ impl PostgresConfig {
         Ok(config)
     }
 
-    /// The options of the table, bounded; the client's options are read by
-    /// [`client_options`](Self::client_options), and anything else is an error.
-    fn read_options(url: &BackendUrl) -> Result<Self> {
+    /// The options of the table, bounded.
+    fn read_options(options: &mut UrlOptions) -> Result<Self> {
         let hour = Duration::from_secs(3600);
         let ms = Duration::from_millis(1);
-        let mut options = url.options("postgres");
         let synchronous_commit = options.string("synchronous_commit");
         if let Some(mode) = &synchronous_commit
             && !["on", "off", "local", "remote_write", "remote_apply"].contains(&mode.as_str())
@@ -194,19 +195,13 @@ impl PostgresConfig {
             connect: PgConnectOptions::new(),
             secrets: Secrets::default(),
         };
-        // The options sqlx reads are taken by `client_options`; this pass refuses the rest.
-        for name in CLIENT_OPTIONS {
-            let _ = options.string(name);
-        }
-        options.finish()?;
         Ok(config)
     }
 
     /// The query string of the options handed to sqlx: only those of [`CLIENT_OPTIONS`],
     /// re-encoded. `sslpassword` and `options` are refused by name: sqlx would log the first and
     /// this crate sets the second.
-    fn client_options(url: &BackendUrl, secrets: &mut Secrets) -> Result<String> {
-        let mut options = url.options("postgres");
+    fn client_options(options: &mut UrlOptions, secrets: &mut Secrets) -> Result<String> {
         for refused in ["sslpassword", "options"] {
             if options.string(refused).is_some() {
                 return Err(Error::config(

@@ -104,18 +104,18 @@ impl RedisConfig {
                 ));
             }
         };
-        let mut config = Self::read_options(url, cluster, tls)?;
+        let (mut config, protocol) = Self::read_options(url, cluster, tls)?;
         if let Some(password) = url.password() {
             config.secrets.add(password);
             config.secrets.add(&percent_encode(password));
         }
-        config.nodes = Self::nodes(url, cluster, tls)?;
+        config.nodes = Self::nodes(url, cluster, tls, protocol.as_deref())?;
         Ok(config)
     }
 
-    /// The options of the table; what the redis crate reads (`protocol`) is checked here and
-    /// forwarded by [`nodes`](Self::nodes).
-    fn read_options(url: &BackendUrl, cluster: bool, tls: bool) -> Result<Self> {
+    /// The options of the table, and the one the redis crate reads (`protocol`), checked here
+    /// and forwarded by [`nodes`](Self::nodes).
+    fn read_options(url: &BackendUrl, cluster: bool, tls: bool) -> Result<(Self, Option<String>)> {
         let hour = Duration::from_secs(3600);
         let ms = Duration::from_millis(1);
         let mut options = url.options("redis");
@@ -130,7 +130,8 @@ impl RedisConfig {
         if ca_cert.is_some() && !tls {
             return Err(Error::config("redis.ca_cert", "needs a rediss:// URL"));
         }
-        if let Some(protocol) = options.string("protocol")
+        let protocol = options.string("protocol");
+        if let Some(protocol) = &protocol
             && !["resp2", "resp3"].contains(&protocol.as_str())
         {
             return Err(Error::config("redis.protocol", "must be resp2 or resp3"));
@@ -164,12 +165,17 @@ impl RedisConfig {
             secrets: Secrets::default(),
         };
         options.finish()?;
-        Ok(config)
+        Ok((config, protocol))
     }
 
     /// One URL per node in the redis crate's form: credentials re-encoded, the database path,
     /// and the options it reads (`protocol`, the `#insecure` fragment of TLS).
-    fn nodes(url: &BackendUrl, cluster: bool, tls: bool) -> Result<Vec<String>> {
+    fn nodes(
+        url: &BackendUrl,
+        cluster: bool,
+        tls: bool,
+        protocol: Option<&str>,
+    ) -> Result<Vec<String>> {
         if url.hosts().is_empty() {
             return Err(Error::config("redis.url", "no host given"));
         }
@@ -204,9 +210,7 @@ impl RedisConfig {
                 ));
             }
         };
-        let query = url
-            .options("redis")
-            .string("protocol")
+        let query = protocol
             .map(|p| format!("?protocol={p}"))
             .unwrap_or_default();
         let scheme = if tls { "rediss" } else { "redis" };
