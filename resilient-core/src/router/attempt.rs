@@ -69,6 +69,12 @@ enum Tried<T> {
 }
 
 impl ResilientStorage {
+    /// Whether lock authority may move between backends (the opt-in failover): only then are
+    /// a lock backend's outages and answers tracked.
+    fn moves_lock_authority(&self) -> bool {
+        matches!(self.inner.locks.failover, LockFailover::AfterOutage { .. })
+    }
+
     pub(super) fn eligible(&self, slot: &Slot, route: Route) -> bool {
         match route {
             Route::Data => true,
@@ -291,7 +297,7 @@ impl ResilientStorage {
         let error = match result {
             Ok(Ok(value)) => {
                 permit.success_at(elapsed, end);
-                if route == Route::Lock {
+                if route == Route::Lock && self.moves_lock_authority() {
                     slot.lock_served(end);
                 }
                 slot.health.observe_latency(elapsed);
@@ -315,7 +321,7 @@ impl ResilientStorage {
                 }
             }
         };
-        if route.locks() {
+        if route.locks() && self.moves_lock_authority() {
             slot.lock_down(end);
         }
         tracing::warn!(backend = %slot.name, error = %error, "backend attempt failed");
