@@ -458,16 +458,6 @@ impl UrlOptions {
     }
 }
 
-/// Reads a URL option holding a duration (`250ms`, `2s`, `1m 30s`); the error names `field`.
-pub fn parse_duration(field: &str, value: &str) -> Result<Duration> {
-    let d = humantime::parse_duration(value)
-        .map_err(|e| Error::config(field, format!("{value:?} is not a duration: {e}")))?;
-    if d.is_zero() {
-        return Err(Error::config(field, "must not be zero"));
-    }
-    Ok(d)
-}
-
 /// Decodes `%XX` escapes; anything else passes through.
 pub fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
@@ -672,21 +662,6 @@ mod tests {
         assert!(secrets.appear_in("x s@cret"));
         assert_eq!(format!("{secrets:?}"), "Secrets(2 redacted)");
         assert_eq!(percent_decode("a%2"), "a%2");
-    }
-
-    #[test]
-    fn durations_parse_and_name_their_field() {
-        assert_eq!(
-            parse_duration("f", "250ms").unwrap(),
-            Duration::from_millis(250)
-        );
-        assert!(
-            parse_duration("x.timeout", "0s")
-                .unwrap_err()
-                .to_string()
-                .contains("x.timeout")
-        );
-        assert!(parse_duration("f", "soon").is_err());
     }
 
     #[test]
