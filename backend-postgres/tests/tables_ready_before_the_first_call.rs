@@ -38,7 +38,15 @@ async fn the_first_call_runs_no_ddl() {
         .psql("ALTER SYSTEM SET log_statement = 'all'")
         .unwrap();
     server.psql("SELECT pg_reload_conf()").unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A new session sees the setting once the server has reloaded it.
+    let start = Instant::now();
+    while server.psql("SHOW log_statement").unwrap().trim() != "all" {
+        assert!(
+            start.elapsed() < READY_WITHIN,
+            "the setting was not reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let backend = common::backend(&server.url());
     until_prepared(&backend).await;
     assert!(
