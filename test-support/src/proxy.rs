@@ -146,13 +146,16 @@ async fn accept_loop(
             continue;
         };
         tokio::select! {
+            // A mode change wins over a pending accept, so no connection is taken after
+            // `set_mode(Refuse)` returned.
+            biased;
+            changed = mode.changed() => if changed.is_err() { return },
             accepted = active.accept() => {
                 if let Ok((client, _)) = accepted {
                     *shared.connections.lock().unwrap_or_else(|p| p.into_inner()) += 1;
                     tokio::spawn(connection(client, upstream, shared.clone()));
                 }
             }
-            changed = mode.changed() => if changed.is_err() { return },
         }
     }
 }
@@ -160,6 +163,11 @@ async fn accept_loop(
 async fn connection(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) {
     let mut resets = shared.resets.subscribe();
     resets.borrow_and_update();
+    if *shared.mode.borrow() == ProxyMode::Refuse {
+        // Accepted just before the listener closed: refuse it like the kernel would.
+        let _ = client.set_zero_linger();
+        return;
+    }
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
     };
@@ -203,15 +211,18 @@ async fn pump(
     };
     loop {
         let n = tokio::select! {
-            read = from.read(&mut buffer) => match read {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            },
+            // A reset ordered before these bytes arrived wins over forwarding them: once
+            // `reset_all` has returned, nothing more passes on a connection it cut.
+            biased;
             _ = resets.changed() => {
                 linger_zero(&from);
                 writer.abort();
                 return;
             }
+            read = from.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
             _ = &mut writer => return,
         };
         let mut current = mode.borrow_and_update().clone();
