@@ -93,6 +93,8 @@ pub enum ErrorClass {
     Caller,
     /// Every candidate backend failed, or none was available, or the storage is shut down.
     Exhausted,
+    /// A cache-aside loader failed or timed out (the caller's code, not a backend).
+    Loader,
 }
 
 /// One failed attempt on one backend, as listed by [`Error::AllFailed`].
@@ -271,6 +273,20 @@ pub enum Error {
         /// The operation.
         operation: Operation,
     },
+    /// A [`get_or_load`](crate::ResilientStorage::get_or_load) loader failed (or panicked) and
+    /// there was no value to serve instead.
+    #[error("the loader failed: {source}")]
+    Loader {
+        /// The loader's error.
+        source: std::sync::Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// A [`get_or_load`](crate::ResilientStorage::get_or_load) loader did not finish within its
+    /// hard timeout and there was no value to serve instead.
+    #[error("the loader did not finish within {after:?}")]
+    LoadTimedOut {
+        /// The hard timeout.
+        after: Duration,
+    },
     /// The storage was shut down.
     #[error("storage is shut down")]
     Shutdown,
@@ -398,6 +414,7 @@ impl Error {
             | Error::DuplicateScheme { .. }
             | Error::Unsupported { .. }
             | Error::Serde { .. } => ErrorClass::Caller,
+            Error::Loader { .. } | Error::LoadTimedOut { .. } => ErrorClass::Loader,
         }
     }
 

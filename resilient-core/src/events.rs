@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::breaker::CircuitState;
 use crate::error::Operation;
 use crate::health::HealthState;
+use crate::router::StaleReason;
 
 /// Something an operator wants to know about, from [`ResilientStorage::subscribe`](crate::ResilientStorage::subscribe).
 ///
@@ -68,6 +69,16 @@ pub enum StorageEvent {
         backend: String,
         /// Records lost so far for it.
         lost: u64,
+    },
+    /// Fail-safe: [`get_or_load`](crate::ResilientStorage::get_or_load) served a value past its
+    /// TTL because fresh data could not be had. The key is not named (keys may be sensitive).
+    #[serde(rename_all = "camelCase")]
+    FailSafeServed {
+        /// Why.
+        reason: StaleReason,
+        /// How long ago the value was loaded.
+        #[serde(with = "humantime_serde")]
+        age: Duration,
     },
     /// Active health checks changed a backend's health state.
     #[serde(rename_all = "camelCase")]

@@ -41,10 +41,11 @@ pub use key::KeyPolicy;
 pub use registry::BackendFactory;
 pub use report::{BackendReport, HealthReport, OverallStatus};
 pub use router::{
-    BackendOptions, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_FAILBACK_DELAY,
-    DEFAULT_MAX_REPLAY_BYTES, DEFAULT_MAX_REPLAY_RECORDS, DEFAULT_MEMORY_TTL_CAP, LockFailover,
-    LockGuard, LockLost, LockOptions, MEMORY_FALLBACK_PRIORITY, ResilientStorage, StorageBuilder,
-    WritePolicy,
+    BackendOptions, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_FAIL_SAFE_MEMORY,
+    DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_FAILBACK_DELAY, DEFAULT_LOAD_TIMEOUT,
+    DEFAULT_MAX_REPLAY_BYTES, DEFAULT_MAX_REPLAY_RECORDS, DEFAULT_MEMORY_TTL_CAP, LoadOptions,
+    LoadSource, Loaded, LockFailover, LockGuard, LockLost, LockOptions, MEMORY_FALLBACK_PRIORITY,
+    ResilientStorage, StaleReason, StorageBuilder, WritePolicy,
 };
 pub use strategy::{SelectionStrategy, Strategy};
 pub use url::{BackendUrl, Host, UrlOptions};

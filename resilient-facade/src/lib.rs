@@ -21,7 +21,8 @@ pub mod http;
 pub mod prelude {
     pub use resilient_core::{
         Backend, BreakerConfig, Bytes, Error, FencingToken, HealthConfig, HealthReport,
-        HealthState, KeyPolicy, LockFailover, LockGrant, LockGuard, LockOptions, LockOutcome,
-        OverallStatus, ResilientStorage, StorageConfig, StorageEvent, Strategy, WritePolicy,
+        HealthState, KeyPolicy, LoadOptions, LoadSource, Loaded, LockFailover, LockGrant,
+        LockGuard, LockOptions, LockOutcome, OverallStatus, ResilientStorage, StaleReason,
+        StorageConfig, StorageEvent, Strategy, WritePolicy,
     };
 }

@@ -121,6 +121,8 @@ pub struct StorageConfig {
     /// Whether lock authority may leave the highest-priority lock backend: `"never"` (the
     /// default) or `{ after_outage = { delay = "30s" } }`; see [`LockFailover`].
     pub lock_failover: LockFailover,
+    /// Bytes of last known values kept in process memory for cache-aside fail-safe.
+    pub fail_safe_memory: u64,
 }
 
 impl Default for StorageConfig {
@@ -141,6 +143,7 @@ impl Default for StorageConfig {
             max_replay_records: DEFAULT_MAX_REPLAY_RECORDS,
             max_replay_bytes: DEFAULT_MAX_REPLAY_BYTES,
             lock_failover: LockFailover::Never,
+            fail_safe_memory: crate::DEFAULT_FAIL_SAFE_MEMORY,
         }
     }
 }
@@ -163,7 +166,8 @@ impl StorageConfig {
             .memory_ttl_cap(self.memory_ttl_cap)
             .max_replay_records(self.max_replay_records)
             .max_replay_bytes(self.max_replay_bytes)
-            .lock_failover(self.lock_failover);
+            .lock_failover(self.lock_failover)
+            .fail_safe_memory(self.fail_safe_memory);
         for (i, backend) in self.backends.into_iter().enumerate() {
             let mut options = BackendOptions::new(backend.priority).enabled(backend.enabled);
             options.name = backend.name;

@@ -147,6 +147,7 @@ pub struct StorageBuilder {
     max_replay_records: usize,
     max_replay_bytes: usize,
     lock_failover: LockFailover,
+    fail_safe_memory: u64,
 }
 
 impl Default for StorageBuilder {
@@ -169,6 +170,7 @@ impl Default for StorageBuilder {
             max_replay_records: DEFAULT_MAX_REPLAY_RECORDS,
             max_replay_bytes: DEFAULT_MAX_REPLAY_BYTES,
             lock_failover: LockFailover::Never,
+            fail_safe_memory: super::DEFAULT_FAIL_SAFE_MEMORY,
         }
     }
 }
@@ -307,6 +309,14 @@ impl StorageBuilder {
         self
     }
 
+    /// How many bytes of last known values [`get_or_load`](ResilientStorage::get_or_load) keeps
+    /// in process memory, to serve while every backend fails (fail-safe). Default 32 MiB; the
+    /// least recently used go first.
+    pub fn fail_safe_memory(mut self, max_bytes: u64) -> Self {
+        self.fail_safe_memory = max_bytes;
+        self
+    }
+
     /// Capacity of the event channel. Default 1,024; 1 to 1,048,576.
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity;
@@ -361,6 +371,7 @@ impl StorageBuilder {
                     replay_wake,
                 },
                 versions: VersionClock::default(),
+                cache: super::cache::CacheState::new(self.fail_safe_memory),
                 slots,
                 strategy,
             }),
@@ -466,6 +477,9 @@ impl StorageBuilder {
             self.memory_ttl_cap,
             limits::MILLISECOND..=crate::key::MAX_TTL,
         )?;
+        if self.fail_safe_memory == 0 {
+            return Err(Error::config("fail_safe_memory", "must not be zero"));
+        }
         if self.max_replay_bytes == 0 {
             return Err(Error::config("max_replay_bytes", "must not be zero"));
         }

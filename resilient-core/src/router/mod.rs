@@ -3,6 +3,7 @@
 
 mod attempt;
 mod builder;
+mod cache;
 mod guard;
 mod locks;
 mod reads;
@@ -25,6 +26,10 @@ pub use builder::{
     BackendOptions, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_FAILBACK_DELAY,
     DEFAULT_MAX_REPLAY_BYTES, DEFAULT_MAX_REPLAY_RECORDS, DEFAULT_MEMORY_TTL_CAP,
     MEMORY_FALLBACK_PRIORITY, StorageBuilder, WritePolicy,
+};
+pub use cache::{
+    DEFAULT_FAIL_SAFE_MEMORY, DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_LOAD_TIMEOUT, LoadOptions,
+    LoadSource, Loaded, StaleReason,
 };
 pub use guard::{LockGuard, LockLost, LockOptions};
 pub use locks::LockFailover;
@@ -79,6 +84,8 @@ struct Inner {
     life: Lifecycle,
     /// Stamps every write, so versioned backends can refuse an older replayed one.
     versions: VersionClock,
+    /// Cache-aside: loads in flight, throttled loaders, last known values.
+    cache: cache::CacheState,
 }
 
 /// The settings every call reads.

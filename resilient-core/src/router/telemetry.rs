@@ -103,6 +103,10 @@ mod imp {
             "resilient_storage_replay_lost_total",
             "Missed writes that could not be kept or replayed"
         );
+        describe_counter!(
+            "resilient_storage_cache_total",
+            "Cache-aside calls by outcome: hit, loaded, failed, or the reason a stale value was served"
+        );
     }
 
     impl BackendMetrics {
@@ -198,6 +202,10 @@ mod imp {
         )
         .increment(1);
     }
+
+    pub(crate) fn cache_outcome(outcome: &'static str) {
+        metrics::counter!("resilient_storage_cache_total", "outcome" => outcome).increment(1);
+    }
 }
 
 #[cfg(not(feature = "metrics"))]
@@ -238,6 +246,9 @@ mod imp {
 
     #[inline(always)]
     pub(crate) fn failover(_: Operation, _: &str, _: &str) {}
+
+    #[inline(always)]
+    pub(crate) fn cache_outcome(_: &'static str) {}
 }
 
-pub(crate) use imp::{BackendMetrics, failover};
+pub(crate) use imp::{BackendMetrics, cache_outcome, failover};

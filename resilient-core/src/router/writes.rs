@@ -12,7 +12,7 @@ use super::attempt::{bounded, settle};
 use super::replay_log::LoggedWrite;
 use super::slot::Slot;
 use super::{CallFuture, ResilientStorage, Route, WritePolicy};
-use crate::backend::{KeyWrite, WriteOptions, WriteOutcome, WriteVersion};
+use crate::backend::{KeyWrite, WriteMode, WriteOptions, WriteOutcome, WriteVersion};
 use crate::error::{Error, Operation, Result};
 use crate::events::StorageEvent;
 use crate::key::check_ttl;
@@ -25,7 +25,22 @@ impl ResilientStorage {
         value: impl Into<Bytes>,
         ttl: Option<Duration>,
     ) -> Result<()> {
-        let value = value.into();
+        let version = self.inner.versions.next();
+        self.set_with(key, value.into(), ttl, version, WriteMode::Overwrite)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`set`](Self::set) with a given version and mode. Under [`WriteMode::IfNewer`] a write
+    /// the serving backend refuses (a newer version is there) goes nowhere else.
+    pub(super) async fn set_with(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        version: WriteVersion,
+        mode: WriteMode,
+    ) -> Result<WriteOutcome> {
         let key = self.inner.policy.keys.full_key(key)?;
         self.inner.policy.keys.check_value(&value)?;
         if let Some(ttl) = ttl {
@@ -33,7 +48,7 @@ impl ResilientStorage {
         }
         let key = &*key;
         let written = Instant::now();
-        let version = self.inner.versions.next();
+        let options = WriteOptions::new(version).mode(mode);
         let hint = |ttl: Option<Duration>| LoggedWrite::Set {
             value: value.clone(),
             expires_at: ttl.and_then(|ttl| written.checked_add(ttl)),
@@ -45,10 +60,13 @@ impl ResilientStorage {
                     value: value.clone(),
                     ttl,
                 };
-                b.write(key, write, WriteOptions::new(version))
+                b.write(key, write, options)
             })
             .await;
-        let (_, served) = self.settled(key, version, superseded, routed)?;
+        let (outcome, served) = self.settled(key, version, superseded, routed)?;
+        if !outcome.applied {
+            return Ok(outcome);
+        }
         self.hand_off(served, key, version, || hint(ttl));
         if self.inner.policy.write_policy == WritePolicy::WriteBehind {
             self.copy_behind(served, key, version, || hint(ttl));
@@ -74,12 +92,12 @@ impl ResilientStorage {
                         value: value.clone(),
                         ttl: ttl_for(slot),
                     };
-                    slot.backend.write(key, write, WriteOptions::new(version))
+                    slot.backend.write(key, write, options)
                 },
             )
             .await;
         }
-        Ok(())
+        Ok(outcome)
     }
 
     /// Encodes a value as JSON and writes it.
