@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use resilient_core::{
-    Backend, Capabilities, Error, FencingToken, HealthProbe, KeyWrite, LockGrant, LockOutcome,
-    Operation, Result, WriteMode, WriteOptions, WriteOutcome, WriteVersion,
+    Backend, BatchWrite, Capabilities, Error, FencingToken, HealthProbe, KeyWrite, LockGrant,
+    LockOutcome, Operation, Result, WriteMode, WriteOptions, WriteOutcome, WriteVersion,
 };
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -256,6 +256,66 @@ impl Drop for PostgresBackend {
 }
 
 /// A version as PostgreSQL's bigint. Microseconds since 1970 fit until the year 294 247.
+/// The last write of each key in a batch (an upsert touches a row once per statement).
+fn last_per_key<'w, 'k>(writes: &'w [BatchWrite<'k>]) -> Vec<&'w BatchWrite<'k>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut last: Vec<_> = writes.iter().rev().filter(|w| seen.insert(w.key)).collect();
+    last.reverse();
+    last
+}
+
+impl PostgresBackend {
+    async fn set_many(&self, writes: &[BatchWrite<'_>]) -> Result<Vec<Result<WriteOutcome>>> {
+        let last = last_per_key(writes);
+        let mut keys = Vec::with_capacity(last.len());
+        let mut values = Vec::with_capacity(last.len());
+        let mut ttls = Vec::with_capacity(last.len());
+        let mut versions = Vec::with_capacity(last.len());
+        for write in last {
+            if let KeyWrite::Set { value, ttl } = &write.write {
+                keys.push(write.key);
+                values.push(value.as_ref());
+                ttls.push(ttl.map(millis));
+                versions.push(stored(write.options.version));
+            }
+        }
+        self.call(Operation::WriteMany, async {
+            sqlx::query(self.sql.set_many.clone())
+                .bind(&keys)
+                .bind(&values)
+                .bind(&ttls)
+                .bind(&versions)
+                .execute(&self.pool)
+                .await
+        })
+        .await?;
+        Ok(writes
+            .iter()
+            .map(|_| Ok(WriteOutcome::applied(false)))
+            .collect())
+    }
+
+    async fn delete_many(&self, writes: &[BatchWrite<'_>]) -> Result<Vec<Result<WriteOutcome>>> {
+        let last = last_per_key(writes);
+        let keys: Vec<&str> = last.iter().map(|w| w.key).collect();
+        let versions: Vec<i64> = last.iter().map(|w| stored(w.options.version)).collect();
+        let existed: Vec<String> = self
+            .call(Operation::WriteMany, async {
+                sqlx::query_scalar(self.sql.delete_many.clone())
+                    .bind(&keys)
+                    .bind(&versions)
+                    .fetch_all(&self.pool)
+                    .await
+            })
+            .await?;
+        let existed: std::collections::HashSet<&str> = existed.iter().map(String::as_str).collect();
+        Ok(writes
+            .iter()
+            .map(|w| Ok(WriteOutcome::applied(existed.contains(w.key))))
+            .collect())
+    }
+}
+
 fn stored(version: WriteVersion) -> i64 {
     i64::try_from(version.0).unwrap_or(i64::MAX)
 }
@@ -336,6 +396,51 @@ impl Backend for PostgresBackend {
             })
             .await?;
         Ok(value.map(Bytes::from))
+    }
+
+    /// One statement: `key = ANY($1)`.
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Result<Option<Bytes>>>> {
+        let rows: Vec<(String, Vec<u8>)> = self
+            .call(Operation::GetMany, async {
+                sqlx::query_as(self.sql.get_many.clone())
+                    .bind(keys)
+                    .fetch_all(&self.pool)
+                    .await
+            })
+            .await?;
+        let found: std::collections::HashMap<String, Bytes> = rows
+            .into_iter()
+            .map(|(key, value)| (key, Bytes::from(value)))
+            .collect();
+        Ok(keys
+            .iter()
+            .map(|key| Ok(found.get(*key).cloned()))
+            .collect())
+    }
+
+    /// One statement for a batch of plain sets (`unnest`) or of plain deletes; a batch that
+    /// mixes them, or holds replays, one statement per write.
+    async fn write_many(&self, writes: Vec<BatchWrite<'_>>) -> Result<Vec<Result<WriteOutcome>>> {
+        let plain = writes
+            .iter()
+            .all(|w| w.options.mode == WriteMode::Overwrite);
+        let sets = writes
+            .iter()
+            .all(|w| matches!(w.write, KeyWrite::Set { .. }));
+        let deletes = writes.iter().all(|w| matches!(w.write, KeyWrite::Delete));
+        match (plain, sets, deletes) {
+            (true, true, _) => self.set_many(&writes).await,
+            (true, _, true) => self.delete_many(&writes).await,
+            _ => {
+                let mut answers = Vec::with_capacity(writes.len());
+                for write in writes {
+                    answers.push(Ok(self
+                        .write(write.key, write.write, write.options)
+                        .await?));
+                }
+                Ok(answers)
+            }
+        }
     }
 
     async fn write(

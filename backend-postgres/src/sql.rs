@@ -10,6 +10,9 @@ use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 pub(crate) struct Statements {
     pub(crate) ddl: Vec<SqlStr>,
     pub(crate) get: SqlStr,
+    pub(crate) get_many: SqlStr,
+    pub(crate) set_many: SqlStr,
+    pub(crate) delete_many: SqlStr,
     pub(crate) set_versioned: SqlStr,
     pub(crate) delete_versioned: SqlStr,
     pub(crate) replay_set: SqlStr,
@@ -75,6 +78,32 @@ impl Statements {
             get: sql(format!(
                 "SELECT value FROM {values} WHERE key = $1 AND value IS NOT NULL \
                  AND (expires_at IS NULL OR expires_at > now())"
+            )),
+            // $1: the keys; the live ones come back with their values.
+            get_many: sql(format!(
+                "SELECT key, value FROM {values} WHERE key = ANY($1) AND value IS NOT NULL \
+                 AND (expires_at IS NULL OR expires_at > now())"
+            )),
+            // set_versioned for arrays of distinct keys, values, TTLs in ms (NULL: none), versions.
+            set_many: sql(format!(
+                "INSERT INTO {values} (key, value, expires_at, version) \
+                 SELECT k, v, now() + t * interval '1 millisecond', ver \
+                 FROM unnest($1::text[], $2::bytea[], $3::float8[], $4::int8[]) AS u(k, v, t, ver) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
+                   expires_at = EXCLUDED.expires_at, version = EXCLUDED.version"
+            )),
+            // delete_versioned for arrays of distinct keys and versions; the keys that held a
+            // live value come back.
+            delete_many: sql(format!(
+                "WITH old AS (\
+                   SELECT key FROM {values} WHERE key = ANY($1) AND value IS NOT NULL \
+                   AND (expires_at IS NULL OR expires_at > now()) FOR UPDATE), \
+                 tombstones AS (\
+                   INSERT INTO {values} (key, value, expires_at, version) \
+                   SELECT k, NULL, now(), ver FROM unnest($1::text[], $2::int8[]) AS u(k, ver) \
+                   ON CONFLICT (key) DO UPDATE SET value = NULL, expires_at = now(), \
+                     version = EXCLUDED.version) \
+                 SELECT key FROM old"
             )),
             // $4: the version.
             set_versioned: sql(format!(

@@ -11,8 +11,8 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, RedisFuture, RedisResult, TlsCertificates, Value};
 use resilient_core::{
-    Backend, Capabilities, Error, FencingToken, HealthProbe, KeyWrite, LockGrant, LockOutcome,
-    Operation, Result, WriteMode, WriteOptions, WriteOutcome, WriteVersion,
+    Backend, BatchWrite, Capabilities, Error, FencingToken, HealthProbe, KeyWrite, LockGrant,
+    LockOutcome, Operation, Result, WriteMode, WriteOptions, WriteOutcome, WriteVersion,
 };
 use tokio::sync::OnceCell;
 
@@ -76,6 +76,7 @@ impl std::fmt::Debug for Link {
 }
 
 /// One connection handle, standalone or cluster, cheap to clone per call.
+#[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
@@ -419,6 +420,229 @@ fn millis(ttl: Duration) -> Vec<u8> {
     ttl.as_millis().max(1).to_string().into_bytes()
 }
 
+/// One write of a batch as a script call.
+struct ScriptCall {
+    script: &'static redis::Script,
+    keys: [Vec<u8>; 2],
+    args: Vec<Vec<u8>>,
+    kind: CallKind,
+}
+
+/// How a script call's reply reads as a [`WriteOutcome`].
+#[derive(Clone, Copy)]
+enum CallKind {
+    Set,
+    Delete,
+    Replay,
+}
+
+/// The positions of a batch grouped by Cluster slot (one group for a single server), so each
+/// group goes to one node as one MGET or pipeline.
+fn slot_groups(cluster: bool, keys: impl Iterator<Item = Vec<u8>>) -> Vec<Vec<usize>> {
+    if !cluster {
+        let all: Vec<usize> = keys.enumerate().map(|(i, _)| i).collect();
+        // An empty MGET or pipeline is an error, not an empty answer.
+        return if all.is_empty() {
+            Vec::new()
+        } else {
+            vec![all]
+        };
+    }
+    let mut groups: std::collections::HashMap<redis::cluster_routing::Slot, Vec<usize>> =
+        std::collections::HashMap::new();
+    for (i, key) in keys.enumerate() {
+        groups
+            .entry(redis::cluster_routing::Slot::for_key(&key))
+            .or_default()
+            .push(i);
+    }
+    groups.into_values().collect()
+}
+
+/// A batch's answers, key by key, or the failure of the whole call.
+type Answers<T> = Result<Vec<Result<T>>>;
+
+/// Answers of the groups put back in batch order; the call fails as a whole only when every
+/// group failed (the server, or every node, is out of reach), so the router fails the whole
+/// batch over. Otherwise a failed group's keys each get a transient error of their own.
+fn regroup<T>(
+    name: &str,
+    operation: Operation,
+    len: usize,
+    groups: Vec<(Vec<usize>, Answers<T>)>,
+) -> Answers<T> {
+    if groups.iter().all(|(_, answers)| answers.is_err()) {
+        if let Some((_, Err(error))) = groups.into_iter().next() {
+            return Err(error);
+        }
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<Option<Result<T>>> = (0..len).map(|_| None).collect();
+    for (positions, answers) in groups {
+        match answers {
+            Ok(answers) => {
+                for (i, answer) in positions.into_iter().zip(answers) {
+                    out[i] = Some(answer);
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                for i in positions {
+                    out[i] = Some(Err(Error::backend(name, operation, &message)));
+                }
+            }
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(Error::backend(name, operation, "no reply"))))
+        .collect())
+}
+
+impl RedisBackend {
+    /// One MGET of the keys at `positions`.
+    async fn mget(
+        &self,
+        keys: &[Vec<u8>],
+        positions: &[usize],
+    ) -> Result<Vec<Result<Option<Bytes>>>> {
+        let mut cmd = redis::cmd("MGET");
+        for &i in positions {
+            cmd.arg(&keys[i]);
+        }
+        let values: Vec<Option<Vec<u8>>> = self.query(Operation::GetMany, &cmd).await?;
+        if values.len() != positions.len() {
+            return Err(bad_reply(
+                &self.config,
+                Operation::GetMany,
+                "MGET answered another number of keys",
+            ));
+        }
+        Ok(values.into_iter().map(|v| Ok(v.map(Bytes::from))).collect())
+    }
+
+    /// The script call a write of a batch makes, as [`write`](Backend::write) would.
+    fn script_call(&self, write: &BatchWrite<'_>) -> Result<ScriptCall> {
+        let (data, version_key) = self.versioned_keys(write.key);
+        let version = write.options.version.to_string().into_bytes();
+        let tombstone = millis(self.config.tombstone_ttl);
+        let (script, args, kind): (&'static redis::Script, Vec<Vec<u8>>, CallKind) =
+            match (&write.write, write.options.mode) {
+                (KeyWrite::Set { value, ttl }, WriteMode::IfNewer) => {
+                    let (ttl, version_ttl) = self.ttls(*ttl);
+                    let args = vec![
+                        version,
+                        tombstone,
+                        b"set".to_vec(),
+                        value.to_vec(),
+                        ttl,
+                        version_ttl,
+                    ];
+                    (&scripts::REPLAY, args, CallKind::Replay)
+                }
+                (KeyWrite::Delete, WriteMode::IfNewer) => (
+                    &scripts::REPLAY,
+                    vec![version, tombstone, b"del".to_vec()],
+                    CallKind::Replay,
+                ),
+                (KeyWrite::Set { value, ttl }, _) => {
+                    let (ttl, version_ttl) = self.ttls(*ttl);
+                    (
+                        &scripts::SET_VERSIONED,
+                        vec![value.to_vec(), version, ttl, version_ttl],
+                        CallKind::Set,
+                    )
+                }
+                (KeyWrite::Delete, _) => (
+                    &scripts::DELETE_VERSIONED,
+                    vec![version, tombstone],
+                    CallKind::Delete,
+                ),
+                _ => return Err(Error::unsupported(&self.config.name, Operation::WriteMany)),
+            };
+        Ok(ScriptCall {
+            script,
+            keys: [data, version_key],
+            args,
+            kind,
+        })
+    }
+
+    /// The script calls at `positions` as one pipeline (EVALSHA each; scripts the server does
+    /// not have are loaded and only those calls sent again).
+    async fn pipeline(
+        &self,
+        calls: &[ScriptCall],
+        positions: &[usize],
+    ) -> Result<Vec<Result<WriteOutcome>>> {
+        let operation = Operation::WriteMany;
+        let link = Self::current(&self.data);
+        let in_flight = InFlight(&self.data_suspect);
+        let send = |conn: &Conn, positions: &[usize]| {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &i in positions {
+                let call = &calls[i];
+                pipe.cmd("EVALSHA").arg(call.script.get_hash()).arg(2);
+                pipe.arg(&call.keys[0]).arg(&call.keys[1]);
+                for arg in &call.args {
+                    pipe.arg(arg);
+                }
+            }
+            let mut conn = conn.clone();
+            async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
+        };
+        let run = async {
+            let mut conn = link.conn().await?;
+            let mut replies = send(&conn, positions).await?;
+            let missing: Vec<usize> = (0..replies.len())
+                .filter(|&j| matches!(&replies[j], Value::ServerError(e) if e.code() == "NOSCRIPT"))
+                .collect();
+            if !missing.is_empty() {
+                for &j in &missing {
+                    calls[positions[j]]
+                        .script
+                        .prepare_invoke()
+                        .load_async(&mut conn)
+                        .await?;
+                }
+                let again: Vec<usize> = missing.iter().map(|&j| positions[j]).collect();
+                let retried = send(&conn, &again).await?;
+                for (j, reply) in missing.into_iter().zip(retried) {
+                    replies[j] = reply;
+                }
+            }
+            Ok::<_, redis::RedisError>(replies)
+        };
+        let result = run.await;
+        std::mem::forget(in_flight);
+        let replies = result.map_err(|e| self.failed(operation, e))?;
+        if replies.len() != positions.len() {
+            return Err(bad_reply(
+                &self.config,
+                operation,
+                "a pipeline answered another number of calls",
+            ));
+        }
+        Ok(positions
+            .iter()
+            .zip(replies)
+            .map(|(&i, reply)| match reply {
+                Value::ServerError(error) => Err(self.failed(operation, error.into())),
+                reply => {
+                    let count = u64::from_redis_value(reply).unwrap_or(0);
+                    Ok(match calls[i].kind {
+                        CallKind::Set => WriteOutcome::applied(false),
+                        CallKind::Delete => WriteOutcome::applied(count > 0),
+                        CallKind::Replay if count > 0 => WriteOutcome::applied(false),
+                        CallKind::Replay => WriteOutcome::superseded(),
+                    })
+                }
+            })
+            .collect())
+    }
+}
+
 #[async_trait]
 impl Backend for RedisBackend {
     fn name(&self) -> &str {
@@ -464,6 +688,43 @@ impl Backend for RedisBackend {
             .query(Operation::Get, redis::cmd("GET").arg(self.data_key(key)))
             .await?;
         Ok(value.map(Bytes::from))
+    }
+
+    /// One MGET, or one per Cluster slot group sent at once.
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Result<Option<Bytes>>>> {
+        let data: Vec<Vec<u8>> = keys.iter().map(|key| self.data_key(key)).collect();
+        let groups = slot_groups(self.config.cluster, data.iter().cloned());
+        let answers = futures_util::future::join_all(
+            groups.iter().map(|positions| self.mget(&data, positions)),
+        )
+        .await;
+        regroup(
+            &self.config.name,
+            Operation::GetMany,
+            keys.len(),
+            groups.into_iter().zip(answers).collect(),
+        )
+    }
+
+    /// One pipeline of script calls, or one per Cluster slot group sent at once.
+    async fn write_many(&self, writes: Vec<BatchWrite<'_>>) -> Result<Vec<Result<WriteOutcome>>> {
+        let calls = writes
+            .iter()
+            .map(|write| self.script_call(write))
+            .collect::<Result<Vec<_>>>()?;
+        let groups = slot_groups(self.config.cluster, calls.iter().map(|c| c.keys[0].clone()));
+        let answers = futures_util::future::join_all(
+            groups
+                .iter()
+                .map(|positions| self.pipeline(&calls, positions)),
+        )
+        .await;
+        regroup(
+            &self.config.name,
+            Operation::WriteMany,
+            writes.len(),
+            groups.into_iter().zip(answers).collect(),
+        )
     }
 
     async fn write(

@@ -243,6 +243,29 @@ impl WriteOptions {
     }
 }
 
+/// One write of a [`Backend::write_many`] batch: the arguments of one [`Backend::write`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchWrite<'a> {
+    /// The key.
+    pub key: &'a str,
+    /// The value to set, or the delete.
+    pub write: KeyWrite,
+    /// Its version and mode.
+    pub options: WriteOptions,
+}
+
+impl<'a> BatchWrite<'a> {
+    /// One write of a batch.
+    pub fn new(key: &'a str, write: KeyWrite, options: WriteOptions) -> Self {
+        Self {
+            key,
+            write,
+            options,
+        }
+    }
+}
+
 /// What a [`Backend::write`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -388,6 +411,36 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         write: KeyWrite,
         options: WriteOptions,
     ) -> Result<WriteOutcome>;
+
+    /// Reads several keys at once: one answer per key, in order. An `Err` for the whole call
+    /// says the backend failed (the router fails the batch over to the next backend); an `Err`
+    /// in the vector fails over that key alone (a Redis Cluster node down, say). The default
+    /// reads one key after another and fails the call at the first error: override it with
+    /// one round trip (MGET, `= ANY($1)`).
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Result<Option<Bytes>>>> {
+        let mut answers = Vec::with_capacity(keys.len());
+        for key in keys {
+            answers.push(Ok(self.get(key).await?));
+        }
+        Ok(answers)
+    }
+
+    /// Writes or deletes several keys, each as [`write`](Self::write) would: one answer per
+    /// write, in order, errors as for [`get_many`](Self::get_many). Not atomic: each write
+    /// stands alone. The default writes one after another and fails the call at the first
+    /// error: override it with one round trip (a pipeline, one statement).
+    async fn write_many(&self, writes: Vec<BatchWrite<'_>>) -> Result<Vec<Result<WriteOutcome>>> {
+        let mut answers = Vec::with_capacity(writes.len());
+        for BatchWrite {
+            key,
+            write,
+            options,
+        } in writes
+        {
+            answers.push(Ok(self.write(key, write, options).await?));
+        }
+        Ok(answers)
+    }
 
     /// Takes a lock for `ttl` unless another holder has it. The same holder re-acquiring
     /// extends its lease and keeps its token; a new grant's token follows

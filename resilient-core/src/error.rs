@@ -30,6 +30,10 @@ pub enum Operation {
     ReleaseLock,
     /// A health check.
     HealthCheck,
+    /// Read several keys at once.
+    GetMany,
+    /// Write or delete several keys at once.
+    WriteMany,
 }
 
 impl Operation {
@@ -43,6 +47,8 @@ impl Operation {
             Operation::ExtendLock => "extend_lock",
             Operation::ReleaseLock => "release_lock",
             Operation::HealthCheck => "health_check",
+            Operation::GetMany => "get_many",
+            Operation::WriteMany => "write_many",
         }
     }
 }

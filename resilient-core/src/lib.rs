@@ -27,8 +27,8 @@ pub mod url;
 
 pub use async_trait::async_trait;
 pub use backend::{
-    Backend, BackendExt, Capabilities, FencingToken, HealthProbe, KeyWrite, LockGrant, LockOutcome,
-    WriteMode, WriteOptions, WriteOutcome, WriteVersion, rules,
+    Backend, BackendExt, BatchWrite, Capabilities, FencingToken, HealthProbe, KeyWrite, LockGrant,
+    LockOutcome, WriteMode, WriteOptions, WriteOutcome, WriteVersion, rules,
 };
 pub use breaker::{BreakerConfig, CircuitBreaker, CircuitState};
 pub use bytes::Bytes;

@@ -2,6 +2,7 @@
 //! attempt under its breaker, its timeout and the call's deadline.
 
 mod attempt;
+mod batch;
 mod builder;
 mod cache;
 mod guard;

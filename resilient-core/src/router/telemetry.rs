@@ -27,7 +27,7 @@ mod imp {
 
     use super::*;
 
-    const OPERATIONS: [Operation; 7] = [
+    const OPERATIONS: [Operation; 9] = [
         Operation::Get,
         Operation::Set,
         Operation::Delete,
@@ -35,6 +35,8 @@ mod imp {
         Operation::ExtendLock,
         Operation::ReleaseLock,
         Operation::HealthCheck,
+        Operation::GetMany,
+        Operation::WriteMany,
     ];
 
     fn slot_of(operation: Operation) -> usize {

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::backend::{Backend, BackendExt, KeyWrite, LockOutcome, WriteVersion};
+use crate::backend::{
+    Backend, BackendExt, BatchWrite, KeyWrite, LockOutcome, WriteMode, WriteOptions, WriteOutcome,
+    WriteVersion,
+};
 use crate::key::MAX_KEY_LEN_BOUND;
 
 const SHORT_TTL: Duration = Duration::from_millis(300);
@@ -25,6 +28,7 @@ pub async fn run(backend: &dyn Backend) {
     set_overwrites_and_delete_reports_existence(backend, &p).await;
     ttl_expires_keys(backend, &p).await;
     a_new_set_replaces_the_ttl(backend, &p).await;
+    batches_answer_key_by_key_in_order(backend, &p).await;
     if backend.capabilities().locks {
         locks_are_exclusive_and_owner_checked(backend, &p).await;
         contended_locks_have_one_holder_at_a_time(backend, &p).await;
@@ -36,6 +40,7 @@ pub async fn run(backend: &dyn Backend) {
         lock_calls_are_unsupported(backend, &p).await;
     }
     if backend.capabilities().versioned {
+        batched_replays_follow_versions(backend, &p).await;
         replays_never_overwrite_a_newer_write(backend, &p).await;
         deletes_and_expiries_keep_older_replays_out(backend, &p).await;
     }
@@ -47,6 +52,142 @@ fn put(value: &'static [u8], ttl: Option<Duration>) -> KeyWrite {
         value: Bytes::from_static(value),
         ttl,
     }
+}
+
+/// Batches: one answer per key in order, for keys in every Cluster slot shape (braces
+/// included), repeated keys, missing keys, a batch of sets, one of deletes, one that mixes
+/// them, and an empty one. A TTL in a batch expires as a single set's does.
+pub async fn batches_answer_key_by_key_in_order(b: &dyn Backend, p: &str) {
+    let keys: Vec<String> = ["a", "b{x}", "{y}c", "d{}", "é{ü}", "f"]
+        .iter()
+        .map(|k| format!("{p}batch:{k}"))
+        .collect();
+    fn set<'k>(key: &'k str, value: &'static [u8], ttl: Option<Duration>) -> BatchWrite<'k> {
+        BatchWrite::new(key, put(value, ttl), WriteOptions::new(WriteVersion(0)))
+    }
+    let writes = keys.iter().map(|k| set(k, b"one", None)).collect();
+    let answers = b.write_many(writes).await.expect("write_many of sets");
+    assert_eq!(answers.len(), keys.len(), "one answer per set");
+    assert!(answers.iter().all(|a| a.as_ref().is_ok_and(|o| o.applied)));
+    // Mixed: a new value, a delete of a live key, a delete of a missing key, a short TTL, and
+    // the same key twice (the last write wins).
+    let missing = format!("{p}batch:missing");
+    let mixed = vec![
+        set(&keys[0], b"two", None),
+        BatchWrite::new(
+            &keys[1],
+            KeyWrite::Delete,
+            WriteOptions::new(WriteVersion(0)),
+        ),
+        BatchWrite::new(
+            &missing,
+            KeyWrite::Delete,
+            WriteOptions::new(WriteVersion(0)),
+        ),
+        set(&keys[2], b"brief", Some(SHORT_TTL)),
+        set(&keys[3], b"first", None),
+        set(&keys[3], b"last", None),
+    ];
+    let answers = b
+        .write_many(mixed)
+        .await
+        .expect("write_many of a mixed batch");
+    let existed: Vec<_> = answers
+        .iter()
+        .map(|a| {
+            a.as_ref()
+                .map(|o| o.existed)
+                .expect("every write of the batch applies")
+        })
+        .collect();
+    assert_eq!(&existed[1..3], &[true, false], "deletes report existence");
+    let deletes: Vec<_> = [&keys[4], &keys[5], &missing]
+        .into_iter()
+        .map(|k| BatchWrite::new(k, KeyWrite::Delete, WriteOptions::new(WriteVersion(0))))
+        .collect();
+    let answers = b.write_many(deletes).await.expect("write_many of deletes");
+    let existed: Vec<_> = answers
+        .into_iter()
+        .map(|a| a.expect("delete").existed)
+        .collect();
+    assert_eq!(
+        existed,
+        [true, true, false],
+        "a batch of deletes reports existence"
+    );
+    let asked = [
+        &keys[0], &missing, &keys[1], &keys[2], &keys[3], &keys[0], &keys[4],
+    ];
+    let asked: Vec<&str> = asked.iter().map(|k| k.as_str()).collect();
+    let values: Vec<Option<Bytes>> = b
+        .get_many(&asked)
+        .await
+        .expect("get_many")
+        .into_iter()
+        .map(|v| v.expect("get_many answer"))
+        .collect();
+    let expected: [Option<&[u8]>; 7] = [
+        Some(b"two"),
+        None,
+        None,
+        Some(b"brief"),
+        Some(b"last"),
+        Some(b"two"),
+        None,
+    ];
+    assert_eq!(
+        values.iter().map(Option::as_deref).collect::<Vec<_>>(),
+        expected,
+        "get_many answers key by key, in order"
+    );
+    assert!(b.get_many(&[]).await.expect("empty get_many").is_empty());
+    assert!(
+        b.write_many(Vec::new())
+            .await
+            .expect("empty write_many")
+            .is_empty()
+    );
+    wait_until("a batched TTL to expire", || async {
+        b.get(&keys[2]).await.expect("get").is_none()
+    })
+    .await;
+}
+
+/// Versioned backends: a batch of replays applies each by the version rule, as one replay
+/// would.
+pub async fn batched_replays_follow_versions(b: &dyn Backend, p: &str) {
+    let v = WriteVersion;
+    let (older, newer) = (format!("{p}batch:v-older"), format!("{p}batch:v-newer"));
+    for key in [&older, &newer] {
+        b.set_versioned(key, Bytes::from_static(b"stored"), None, v(100))
+            .await
+            .expect("set_versioned");
+    }
+    fn replay(key: &str, version: u64) -> BatchWrite<'_> {
+        BatchWrite::new(
+            key,
+            put(b"replayed", None),
+            WriteOptions::new(WriteVersion(version)).mode(WriteMode::IfNewer),
+        )
+    }
+    let answers = b
+        .write_many(vec![replay(&older, 50), replay(&newer, 200)])
+        .await
+        .expect("write_many of replays");
+    let outcomes: Vec<WriteOutcome> = answers.into_iter().map(|a| a.expect("replay")).collect();
+    assert_eq!(
+        outcomes.iter().map(|o| o.applied).collect::<Vec<_>>(),
+        [false, true],
+        "an older replay in a batch is refused, a newer one applies"
+    );
+    assert_eq!(
+        b.get(&older).await.expect("get").as_deref(),
+        Some(&b"stored"[..])
+    );
+    assert_eq!(
+        b.get(&newer).await.expect("get").as_deref(),
+        Some(&b"replayed"[..])
+    );
 }
 
 /// Backends without [`locks`](crate::Capabilities::locks): every lock call is a typed
