@@ -438,7 +438,7 @@ enum CallKind {
 
 /// The positions of a batch grouped by Cluster slot (one group for a single server), so each
 /// group goes to one node as one MGET or pipeline.
-fn slot_groups(cluster: bool, keys: impl Iterator<Item = Vec<u8>>) -> Vec<Vec<usize>> {
+fn slot_groups<'k>(cluster: bool, keys: impl Iterator<Item = &'k [u8]>) -> Vec<Vec<usize>> {
     if !cluster {
         let all: Vec<usize> = keys.enumerate().map(|(i, _)| i).collect();
         // An empty MGET or pipeline is an error, not an empty answer.
@@ -452,7 +452,7 @@ fn slot_groups(cluster: bool, keys: impl Iterator<Item = Vec<u8>>) -> Vec<Vec<us
         std::collections::HashMap::new();
     for (i, key) in keys.enumerate() {
         groups
-            .entry(redis::cluster_routing::Slot::for_key(&key))
+            .entry(redis::cluster_routing::Slot::for_key(key))
             .or_default()
             .push(i);
     }
@@ -469,8 +469,12 @@ fn regroup<T>(
     name: &str,
     operation: Operation,
     len: usize,
-    groups: Vec<(Vec<usize>, Answers<T>)>,
+    mut groups: Vec<(Vec<usize>, Answers<T>)>,
 ) -> Answers<T> {
+    // One group holding every key in order (a single server): its answers as they are.
+    if groups.len() == 1 && groups[0].0.iter().enumerate().all(|(i, &p)| i == p) {
+        return groups.pop().map_or(Ok(Vec::new()), |(_, answers)| answers);
+    }
     if groups.iter().all(|(_, answers)| answers.is_err()) {
         if let Some((_, Err(error))) = groups.into_iter().next() {
             return Err(error);
@@ -503,12 +507,12 @@ impl RedisBackend {
     /// One MGET of the keys at `positions`.
     async fn mget(
         &self,
-        keys: &[Vec<u8>],
+        keys: &[std::borrow::Cow<'_, [u8]>],
         positions: &[usize],
     ) -> Result<Vec<Result<Option<Bytes>>>> {
         let mut cmd = redis::cmd("MGET");
         for &i in positions {
-            cmd.arg(&keys[i]);
+            cmd.arg(&*keys[i]);
         }
         let values: Vec<Option<Vec<u8>>> = self.query(Operation::GetMany, &cmd).await?;
         if values.len() != positions.len() {
@@ -692,8 +696,15 @@ impl Backend for RedisBackend {
 
     /// One MGET, or one per Cluster slot group sent at once.
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Result<Option<Bytes>>>> {
-        let data: Vec<Vec<u8>> = keys.iter().map(|key| self.data_key(key)).collect();
-        let groups = slot_groups(self.config.cluster, data.iter().cloned());
+        // Without a prefix the keys go as they are: no copy per key.
+        let data: Vec<std::borrow::Cow<'_, [u8]>> = keys
+            .iter()
+            .map(|key| match self.config.prefix.is_empty() {
+                true => std::borrow::Cow::Borrowed(key.as_bytes()),
+                false => std::borrow::Cow::Owned(self.data_key(key)),
+            })
+            .collect();
+        let groups = slot_groups(self.config.cluster, data.iter().map(|k| &**k));
         let answers = futures_util::future::join_all(
             groups.iter().map(|positions| self.mget(&data, positions)),
         )
@@ -712,7 +723,10 @@ impl Backend for RedisBackend {
             .iter()
             .map(|write| self.script_call(write))
             .collect::<Result<Vec<_>>>()?;
-        let groups = slot_groups(self.config.cluster, calls.iter().map(|c| c.keys[0].clone()));
+        let groups = slot_groups(
+            self.config.cluster,
+            calls.iter().map(|c| c.keys[0].as_slice()),
+        );
         let answers = futures_util::future::join_all(
             groups
                 .iter()

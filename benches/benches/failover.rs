@@ -259,6 +259,29 @@ async fn interleaved() {
         },
     )
     .await;
+    let keys: Vec<String> = (0..100).map(|i| format!("batch:{i}")).collect();
+    let items = keys.iter().map(|k| (k.as_str(), vec![7_u8; 100]));
+    storage.set_many(items, None).await.unwrap();
+    ab(
+        "redis_get_many_100",
+        || async {
+            let values = storage.get_many(&keys).await.unwrap();
+            assert!(values.iter().all(|v| v.as_ref().is_ok_and(Option::is_some)));
+        },
+        || {
+            let mut conn = raw.clone();
+            let keys = &keys;
+            async move {
+                let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                    .arg(keys)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                assert!(values.iter().all(Option::is_some));
+            }
+        },
+    )
+    .await;
     storage.shutdown().await;
 
     let postgres = PostgresServer::start().expect("postgres");
@@ -282,6 +305,26 @@ async fn interleaved() {
                 .fetch_one(&pool)
                 .await
                 .unwrap();
+        },
+    )
+    .await;
+    let items = keys.iter().map(|k| (k.as_str(), vec![7_u8; 100]));
+    storage.set_many(items, None).await.unwrap();
+    let many_sql = "SELECT key, value FROM \"public\".\"resilient_kv\" WHERE key = ANY($1) \
+                    AND value IS NOT NULL AND (expires_at IS NULL OR expires_at > now())";
+    ab(
+        "postgres_get_many_100",
+        || async {
+            let values = storage.get_many(&keys).await.unwrap();
+            assert!(values.iter().all(|v| v.as_ref().is_ok_and(Option::is_some)));
+        },
+        || async {
+            let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(many_sql)
+                .bind(&keys)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            assert_eq!(rows.len(), 100);
         },
     )
     .await;

@@ -337,12 +337,179 @@ fn default_set(c: &mut Criterion) {
     });
 }
 
+/// Batches of 100 keys against 100 gets one after another through the storage. (Against one
+/// raw MGET and one raw `= ANY($1)` query: interleaved, in `failover.rs`.)
+fn batches(c: &mut Criterion) {
+    let redis = RedisServer::start().expect("redis-server for the benchmarks");
+    let postgres = PostgresServer::start().expect("postgres for the benchmarks");
+    let rt = runtime();
+    let keys: Vec<String> = (0..100).map(|i| format!("batch:{i}")).collect();
+    let value = Bytes::from(vec![7_u8; 100]);
+    let (on_redis, on_postgres) = rt.block_on(async {
+        let on_redis = storage_over(&redis.url(), false).await;
+        let on_postgres = storage_over(&postgres.url(), false).await;
+        for storage in [&on_redis, &on_postgres] {
+            let items = keys.iter().map(|k| (k.as_str(), value.clone()));
+            for written in storage.set_many(items, None).await.unwrap() {
+                written.unwrap();
+            }
+        }
+        (on_redis, on_postgres)
+    });
+    let keys = &keys;
+    let read_all = |storage: &ResilientStorage| {
+        let storage = storage.clone();
+        async move {
+            let values = storage.get_many(keys).await.unwrap();
+            assert!(values.iter().all(|v| v.as_ref().is_ok_and(Option::is_some)));
+        }
+    };
+    let one_by_one = |storage: &ResilientStorage| {
+        let storage = storage.clone();
+        async move {
+            for key in keys {
+                storage.get(key).await.unwrap().unwrap();
+            }
+        }
+    };
+    let mut group = c.benchmark_group("redis_get_many_vs_100_gets");
+    group.bench_function("resilient", |b| {
+        b.to_async(&rt).iter(|| read_all(&on_redis))
+    });
+    group.bench_function("baseline", |b| {
+        b.to_async(&rt).iter(|| one_by_one(&on_redis))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("postgres_get_many_vs_100_gets");
+    group.bench_function("resilient", |b| {
+        b.to_async(&rt).iter(|| read_all(&on_postgres))
+    });
+    group.bench_function("baseline", |b| {
+        b.to_async(&rt).iter(|| one_by_one(&on_postgres))
+    });
+    group.finish();
+    rt.block_on(async {
+        on_redis.shutdown().await;
+        on_postgres.shutdown().await;
+    });
+}
+
+/// Cache-aside on the memory default: a hit against a plain get, and 1,000 concurrent callers
+/// of one missing key (one load of 100 µs) against moka's `get_with`, the single-flight cache
+/// API of the memory store's own library.
+fn cache_aside(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let storage = rt.block_on(async { ResilientStorage::builder().build().await.unwrap() });
+    let options = LoadOptions::new(Duration::from_secs(3600));
+    let value = Bytes::from(vec![7_u8; 100]);
+    rt.block_on(async {
+        let loaded = value.clone();
+        storage
+            .get_or_load("hit", &options, move || async move {
+                Ok::<_, std::io::Error>(loaded)
+            })
+            .await
+            .unwrap();
+        storage.set("plain", value.clone(), None).await.unwrap();
+    });
+    let mut group = c.benchmark_group("cache_aside_hit");
+    group.bench_function("resilient", |b| {
+        b.to_async(&rt).iter(|| async {
+            storage
+                .get_or_load("hit", &options, || async {
+                    Err::<Bytes, _>(std::io::Error::other("not called on a hit"))
+                })
+                .await
+                .unwrap()
+        })
+    });
+    group.bench_function("baseline", |b| {
+        b.to_async(&rt)
+            .iter(|| async { storage.get("plain").await.unwrap().unwrap() })
+    });
+    group.finish();
+
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let loads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let resilient_keys = std::sync::atomic::AtomicU64::new(0);
+    let moka: moka::future::Cache<String, Bytes> = moka::future::Cache::new(1_000_000);
+    let mut group = c.benchmark_group("single_flight_1000_callers");
+    group.sample_size(20);
+    group.bench_function("resilient", |b| {
+        b.to_async(&rt).iter(|| async {
+            let key = format!(
+                "miss:{}",
+                next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            resilient_keys.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let callers: Vec<_> = (0..1000)
+                .map(|_| {
+                    let (storage, options, key, loads, value) = (
+                        storage.clone(),
+                        options.clone(),
+                        key.clone(),
+                        loads.clone(),
+                        value.clone(),
+                    );
+                    tokio::spawn(async move {
+                        storage
+                            .get_or_load(&key, &options, move || async move {
+                                loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_micros(100)).await;
+                                Ok::<_, std::io::Error>(value)
+                            })
+                            .await
+                            .unwrap()
+                    })
+                })
+                .collect();
+            for caller in callers {
+                caller.await.unwrap();
+            }
+        })
+    });
+    group.bench_function("baseline", |b| {
+        b.to_async(&rt).iter(|| async {
+            let key = format!(
+                "miss:{}",
+                next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            let callers: Vec<_> = (0..1000)
+                .map(|_| {
+                    let (moka, key, value) = (moka.clone(), key.clone(), value.clone());
+                    tokio::spawn(async move {
+                        moka.get_with(key, async move {
+                            tokio::time::sleep(Duration::from_micros(100)).await;
+                            value
+                        })
+                        .await
+                    })
+                })
+                .collect();
+            for caller in callers {
+                caller.await.unwrap();
+            }
+        })
+    });
+    group.finish();
+    let keys = resilient_keys.load(std::sync::atomic::Ordering::Relaxed);
+    let loads = loads.load(std::sync::atomic::Ordering::Relaxed);
+    println!("single flight: {loads} loads for {keys} keys of 1,000 concurrent callers each");
+    assert_eq!(loads, keys, "one load per key however many callers");
+    rt.block_on(async { storage.shutdown().await });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(50);
-    targets = memory, breaker, routing, redis, postgres, default_set
+    targets = memory, breaker, routing, redis, postgres, default_set, batches, cache_aside
 }
 criterion_main!(benches);

@@ -380,6 +380,26 @@ const GROUPS: &[(&str, &str, Goal)] = &[
         "set under the default write-behind policy, Redis + PostgreSQL, vs a Redis-only storage",
         Goal::AtMost(1.15),
     ),
+    (
+        "redis_get_many_vs_100_gets",
+        "Redis get_many of 100 keys, throughput vs 100 gets one after another",
+        Goal::ThroughputAtLeast(20.0),
+    ),
+    (
+        "postgres_get_many_vs_100_gets",
+        "PostgreSQL get_many of 100 keys, throughput vs 100 gets one after another",
+        Goal::ThroughputAtLeast(20.0),
+    ),
+    (
+        "cache_aside_hit",
+        "get_or_load hit on the memory default vs a plain get",
+        Goal::AtMost(1.3),
+    ),
+    (
+        "single_flight_1000_callers",
+        "1,000 concurrent get_or_load of one missing key (one load) vs moka get_with",
+        Goal::AtMost(2.0),
+    ),
 ];
 
 #[derive(Clone, Copy)]
@@ -448,6 +468,16 @@ fn summary(target: &Path) -> Result<String, String> {
             "postgres_get",
             "PostgreSQL get (interleaved A/B, median of 30 rounds)",
             1.05,
+        ),
+        (
+            "redis_get_many_100",
+            "Redis get_many of 100 keys vs one raw MGET (interleaved A/B, median of 30 rounds)",
+            1.1,
+        ),
+        (
+            "postgres_get_many_100",
+            "PostgreSQL get_many of 100 keys vs one raw `= ANY($1)` (interleaved A/B, median of 30 rounds)",
+            1.1,
         ),
     ] {
         let figures = custom(target, &format!("interleaved_{name}"))?;
@@ -540,7 +570,12 @@ mod tests {
             }
         }
         let custom = |name: &str| target.join(format!("criterion/resilient-custom/{name}.json"));
-        for name in ["interleaved_redis_get", "interleaved_postgres_get"] {
+        for name in [
+            "interleaved_redis_get",
+            "interleaved_postgres_get",
+            "interleaved_redis_get_many_100",
+            "interleaved_postgres_get_many_100",
+        ] {
             write(
                 custom(name),
                 serde_json::json!({"median_ratio": 1.01, "resilient_us": 50.5, "baseline_us": 50.0}),

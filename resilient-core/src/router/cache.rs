@@ -469,7 +469,7 @@ impl ResilientStorage {
         E: Into<BoxError>,
     {
         options.validate()?;
-        let full = self.inner.policy.keys.full_key(key)?.into_owned();
+        let full = self.inner.policy.keys.full_key(key)?;
         let cache = &self.inner.cache;
         let fail_safe = options.fail_safe.is_some();
         let (stored, read_failed) = match self.get(key).await {
@@ -480,7 +480,7 @@ impl ResilientStorage {
                 (None, true)
             }
         };
-        let local = fail_safe.then(|| cache.last_known.get(&full)).flatten();
+        let local = fail_safe.then(|| cache.last_known.get(&*full)).flatten();
         let now = cache.clock.now();
         // This process's copy stands in for the storage only while the storage fails: after a
         // miss (the key deleted to invalidate it, say) it is never served as fresh.
@@ -496,7 +496,7 @@ impl ResilientStorage {
                     .as_ref()
                     .is_none_or(|l| l.loaded_at != entry.loaded_at)
             {
-                cache.last_known.insert(full.clone(), entry.clone());
+                cache.last_known.insert(full.to_string(), entry.clone());
             }
             if let Some(share) = options.eager_refresh
                 && entry.loaded_at != 0
@@ -690,6 +690,10 @@ impl ResilientStorage {
                 FleetTurn::Ours(name, holder) => lease = Some((name, holder)),
                 FleetTurn::Alone => {}
             }
+        } else if let Some(entry) = self.fresh_since(key, seen).await {
+            // A caller that missed just before the last flight stored its value and left the
+            // map starts this one: the value is there now, so no second load.
+            return Ok(entry);
         }
         let load = async move {
             loader()
