@@ -256,11 +256,12 @@ impl Drop for PostgresBackend {
 }
 
 /// A version as PostgreSQL's bigint. Microseconds since 1970 fit until the year 294 247.
-/// The last write of each key in a batch (an upsert touches a row once per statement).
+/// The last write of each key in a batch (an upsert touches a row once per statement), in
+/// key order (the order the statements lock rows in).
 fn last_per_key<'w, 'k>(writes: &'w [BatchWrite<'k>]) -> Vec<&'w BatchWrite<'k>> {
     let mut seen = std::collections::HashSet::new();
     let mut last: Vec<_> = writes.iter().rev().filter(|w| seen.insert(w.key)).collect();
-    last.reverse();
+    last.sort_unstable_by_key(|w| w.key);
     last
 }
 
@@ -308,10 +309,12 @@ impl PostgresBackend {
                     .await
             })
             .await?;
-        let existed: std::collections::HashSet<&str> = existed.iter().map(String::as_str).collect();
+        // A key deleted twice in one batch existed for the first delete only, as in a pipeline.
+        let mut existed: std::collections::HashSet<&str> =
+            existed.iter().map(String::as_str).collect();
         Ok(writes
             .iter()
-            .map(|w| Ok(WriteOutcome::applied(existed.contains(w.key))))
+            .map(|w| Ok(WriteOutcome::applied(existed.remove(w.key))))
             .collect())
     }
 }
@@ -398,23 +401,26 @@ impl Backend for PostgresBackend {
         Ok(value.map(Bytes::from))
     }
 
-    /// One statement: `key = ANY($1)`.
+    /// One statement: the keys joined to their rows, in order.
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Result<Option<Bytes>>>> {
-        let rows: Vec<(String, Vec<u8>)> = self
+        let values: Vec<Option<Vec<u8>>> = self
             .call(Operation::GetMany, async {
-                sqlx::query_as(self.sql.get_many.clone())
+                sqlx::query_scalar(self.sql.get_many.clone())
                     .bind(keys)
                     .fetch_all(&self.pool)
                     .await
             })
             .await?;
-        let found: std::collections::HashMap<String, Bytes> = rows
+        if values.len() != keys.len() {
+            return Err(Error::backend(
+                &self.config.name,
+                Operation::GetMany,
+                "a batch read answered another number of keys",
+            ));
+        }
+        Ok(values
             .into_iter()
-            .map(|(key, value)| (key, Bytes::from(value)))
-            .collect();
-        Ok(keys
-            .iter()
-            .map(|key| Ok(found.get(*key).cloned()))
+            .map(|value| Ok(value.map(Bytes::from)))
             .collect())
     }
 

@@ -79,16 +79,19 @@ impl Statements {
                 "SELECT value FROM {values} WHERE key = $1 AND value IS NOT NULL \
                  AND (expires_at IS NULL OR expires_at > now())"
             )),
-            // $1: the keys; the live ones come back with their values.
+            // $1: the keys; one row per key, in their order: the value, or NULL.
             get_many: sql(format!(
-                "SELECT key, value FROM {values} WHERE key = ANY($1) AND value IS NOT NULL \
-                 AND (expires_at IS NULL OR expires_at > now())"
+                "SELECT v.value FROM unnest($1::text[]) WITH ORDINALITY AS k(key, n) \
+                 LEFT JOIN {values} v ON v.key = k.key AND v.value IS NOT NULL \
+                 AND (v.expires_at IS NULL OR v.expires_at > now()) ORDER BY k.n"
             )),
             // set_versioned for arrays of distinct keys, values, TTLs in ms (NULL: none), versions.
+            // Rows are taken in key order, so two batches over the same keys cannot deadlock.
             set_many: sql(format!(
                 "INSERT INTO {values} (key, value, expires_at, version) \
                  SELECT k, v, now() + t * interval '1 millisecond', ver \
                  FROM unnest($1::text[], $2::bytea[], $3::float8[], $4::int8[]) AS u(k, v, t, ver) \
+                 ORDER BY k \
                  ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
                    expires_at = EXCLUDED.expires_at, version = EXCLUDED.version"
             )),
@@ -97,10 +100,11 @@ impl Statements {
             delete_many: sql(format!(
                 "WITH old AS (\
                    SELECT key FROM {values} WHERE key = ANY($1) AND value IS NOT NULL \
-                   AND (expires_at IS NULL OR expires_at > now()) FOR UPDATE), \
+                   AND (expires_at IS NULL OR expires_at > now()) ORDER BY key FOR UPDATE), \
                  tombstones AS (\
                    INSERT INTO {values} (key, value, expires_at, version) \
                    SELECT k, NULL, now(), ver FROM unnest($1::text[], $2::int8[]) AS u(k, ver) \
+                   ORDER BY k \
                    ON CONFLICT (key) DO UPDATE SET value = NULL, expires_at = now(), \
                      version = EXCLUDED.version) \
                  SELECT key FROM old"

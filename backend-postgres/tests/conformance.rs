@@ -233,3 +233,41 @@ fn both_postgres_schemes_are_registered() {
     );
     resilient_backend_postgres::register().expect("registering again is a no-op");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_over_the_same_keys_in_opposite_orders_never_deadlock() {
+    use resilient_core::{BatchWrite, WriteOptions};
+    let server = PostgresServer::start().unwrap();
+    let backend = common::backend(&server.url());
+    let keys: Vec<String> = (0..50).map(|i| format!("deadlock:{i}")).collect();
+    let run = |reversed: bool| {
+        let (backend, keys) = (backend.clone(), keys.clone());
+        tokio::spawn(async move {
+            for round in 0..40_u64 {
+                let mut order: Vec<&String> = keys.iter().collect();
+                if reversed {
+                    order.reverse();
+                }
+                let delete = round % 3 == 2;
+                let batch = order
+                    .iter()
+                    .map(|key| {
+                        let write = match delete {
+                            true => KeyWrite::Delete,
+                            false => KeyWrite::Set {
+                                value: Bytes::from(round.to_string()),
+                                ttl: None,
+                            },
+                        };
+                        BatchWrite::new(key, write, WriteOptions::new(WriteVersion(round)))
+                    })
+                    .collect();
+                let answers = backend.write_many(batch).await.expect("no deadlock");
+                assert!(answers.iter().all(Result::is_ok));
+            }
+        })
+    };
+    let (a, b) = (run(false), run(true));
+    a.await.unwrap();
+    b.await.unwrap();
+}

@@ -634,7 +634,12 @@ impl RedisBackend {
             .map(|(&i, reply)| match reply {
                 Value::ServerError(error) => Err(self.failed(operation, error.into())),
                 reply => {
-                    let count = u64::from_redis_value(reply).unwrap_or(0);
+                    let count = match calls[i].kind {
+                        CallKind::Set => 0,
+                        _ => u64::from_redis_value(reply).map_err(|_| {
+                            bad_reply(&self.config, operation, "a script answered without a count")
+                        })?,
+                    };
                     Ok(match calls[i].kind {
                         CallKind::Set => WriteOutcome::applied(false),
                         CallKind::Delete => WriteOutcome::applied(count > 0),

@@ -192,6 +192,24 @@ async fn only_the_keys_a_backend_fails_alone_fail_over() {
     assert_eq!(values[0].as_deref(), Some(&b"b1"[..]));
     assert_eq!(values[1].as_deref(), Some(&b"g"[..]));
     assert_eq!(values[2].as_deref(), Some(&b"g2"[..]));
+    // A read the primary fails alone goes to PostgreSQL, with no replay record to answer it.
+    postgres
+        .write(
+            "bad-2",
+            KeyWrite::Set {
+                value: Bytes::from_static(b"only-on-postgres"),
+                ttl: None,
+            },
+            WriteOptions::new(resilient_core::WriteVersion(1)),
+        )
+        .await
+        .unwrap();
+    let values = storage.get_many(&["good", "bad-2"]).await.unwrap();
+    assert_eq!(values[0].as_ref().unwrap().as_deref(), Some(&b"g"[..]));
+    assert_eq!(
+        values[1].as_ref().unwrap().as_deref(),
+        Some(&b"only-on-postgres"[..])
+    );
     let deleted = storage.delete_many(&["bad-1", "good"]).await.unwrap();
     assert_eq!(
         deleted.into_iter().map(Result::unwrap).collect::<Vec<_>>(),

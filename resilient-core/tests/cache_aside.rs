@@ -60,6 +60,16 @@ async fn storage() -> (ResilientStorage, Arc<resilient_core::testing::FaultBacke
     (builder(&[&redis]).build().await.unwrap(), redis)
 }
 
+/// Ages come from the wall clock (moved on with tokio's paused clock): equal to within the
+/// microseconds between reading the two clocks.
+fn assert_age(age: Duration, expected: Duration) {
+    let off = age.abs_diff(expected);
+    assert!(
+        off < Duration::from_millis(1),
+        "age {age:?}, expected {expected:?}"
+    );
+}
+
 fn text(loaded: &resilient_core::Loaded) -> &str {
     std::str::from_utf8(&loaded.value).unwrap()
 }
@@ -134,7 +144,7 @@ async fn a_value_is_loaded_again_once_its_ttl_has_passed() {
         .get_or_load("k", &options, source.loader(Duration::ZERO))
         .await
         .unwrap();
-    assert_eq!(first.age, Duration::ZERO);
+    assert_age(first.age, Duration::ZERO);
     advance(Duration::from_secs(9)).await;
     let cached = storage
         .get_or_load("k", &options, source.loader(Duration::ZERO))
@@ -144,8 +154,8 @@ async fn a_value_is_loaded_again_once_its_ttl_has_passed() {
         (text(&cached), cached.source),
         ("value-1", LoadSource::Cached)
     );
-    assert_eq!(cached.age, Duration::from_secs(9));
-    advance(Duration::from_secs(1)).await;
+    assert_age(cached.age, Duration::from_secs(9));
+    advance(Duration::from_millis(1001)).await;
     let reloaded = storage
         .get_or_load("k", &options, source.loader(Duration::ZERO))
         .await
@@ -187,7 +197,7 @@ async fn fail_safe_serves_the_stale_value_while_the_loader_fails_and_throttles_i
         .unwrap();
     assert_eq!(text(&stale), "value-1");
     assert_eq!(stale.source, LoadSource::Stale(StaleReason::LoaderFailed));
-    assert_eq!(stale.age, Duration::from_secs(11));
+    assert_age(stale.age, Duration::from_secs(11));
     assert!(stale.is_stale());
     assert_eq!(source.runs(), 2);
     assert!(drain(&mut events).iter().any(|e| matches!(
@@ -230,7 +240,7 @@ async fn past_the_maximum_staleness_the_loaders_error_is_returned() {
         .await
         .unwrap();
     source.fail(true);
-    advance(TTL + Duration::from_secs(60)).await;
+    advance(TTL + Duration::from_secs(60) + Duration::from_millis(1)).await;
     let error = storage
         .get_or_load("k", &options, source.loader(Duration::ZERO))
         .await
@@ -245,7 +255,7 @@ async fn past_the_maximum_staleness_the_loaders_error_is_returned() {
         .await
         .unwrap();
     source.fail(true);
-    advance(TTL).await;
+    advance(TTL + Duration::from_millis(1)).await;
     assert!(
         storage
             .get_or_load("other", &plain, source.loader(Duration::ZERO))
@@ -387,7 +397,7 @@ async fn eager_refresh_reloads_in_the_background_and_answers_at_once() {
         (text(&refreshed), refreshed.source),
         ("value-2", LoadSource::Cached)
     );
-    assert_eq!(refreshed.age, Duration::from_millis(100));
+    assert_age(refreshed.age, Duration::from_millis(100));
     assert_eq!(source.runs(), 2);
 }
 
@@ -419,7 +429,7 @@ async fn two_processes_sharing_the_storage_load_a_key_once_with_fleet_single_fli
     // The lock authority out of reach: each process loads on its own rather than failing.
     redis.inject(Fault::Fail);
     postgres.inject(Fault::Fail);
-    advance(TTL).await;
+    advance(TTL + Duration::from_millis(1)).await;
     let alone = a
         .get_or_load("k", &options, source.loader(Duration::ZERO))
         .await
@@ -525,4 +535,128 @@ async fn typed_values_round_trip_through_json() {
         .await
         .unwrap();
     assert_eq!((again.name.as_str(), source), ("Ada", LoadSource::Cached));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_loader_is_throttled_for_eager_refresh_too() {
+    let (storage, _) = storage().await;
+    let source = Source::default();
+    let options = LoadOptions::new(TTL)
+        .eager_refresh(0.5)
+        .fail_safe(Duration::from_secs(3600))
+        .fail_safe_throttle(Duration::from_secs(30));
+    storage
+        .get_or_load("k", &options, source.loader(Duration::ZERO))
+        .await
+        .unwrap();
+    source.fail(true);
+    advance(Duration::from_secs(6)).await;
+    for _ in 0..20 {
+        let current = storage
+            .get_or_load("k", &options, source.loader(Duration::ZERO))
+            .await
+            .unwrap();
+        assert_eq!(
+            (text(&current), current.source),
+            ("value-1", LoadSource::Cached)
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(source.runs(), 2, "one failed refresh, then the throttle");
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_the_hard_timeout_a_stale_value_is_served() {
+    let (storage, _) = storage().await;
+    let source = Source::default();
+    let options = LoadOptions::new(TTL)
+        .fail_safe(Duration::from_secs(3600))
+        .hard_timeout(Duration::from_secs(1));
+    storage
+        .get_or_load("k", &options, source.loader(Duration::ZERO))
+        .await
+        .unwrap();
+    advance(Duration::from_secs(11)).await;
+    let start = Instant::now();
+    let stale = storage
+        .get_or_load("k", &options, source.loader(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(stale.source, LoadSource::Stale(StaleReason::LoaderTimedOut));
+    assert_eq!(text(&stale), "value-1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plain_value_is_not_kept_as_a_fail_safe_copy() {
+    let (storage, redis) = storage().await;
+    let source = Source::default();
+    let options = LoadOptions::new(TTL).fail_safe(Duration::from_secs(3600));
+    storage.set("p", "plain", None).await.unwrap();
+    let plain = storage
+        .get_or_load("p", &options, source.loader(Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!((text(&plain), plain.source), ("plain", LoadSource::Cached));
+    // Without a TTL of its own, the plain value has no freshness to serve it by during an
+    // outage: the loader is asked.
+    redis.inject(Fault::Fail);
+    let loaded = storage
+        .get_or_load("p", &options, source.loader(Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(
+        (text(&loaded), loaded.source),
+        ("value-1", LoadSource::Loaded)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_loaded_value_too_large_to_store_is_an_error_and_long_keys_still_share_a_fleet_load() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let keys = resilient_core::KeyPolicy::default()
+        .max_value_len(100)
+        .max_key_len(64);
+    let a = builder(&[&redis, &postgres])
+        .keys(keys.clone())
+        .build()
+        .await
+        .unwrap();
+    let b = builder(&[&redis, &postgres])
+        .keys(keys)
+        .build()
+        .await
+        .unwrap();
+    let error = a
+        .get_or_load("big", &LoadOptions::new(TTL), || async {
+            Ok::<_, std::io::Error>(vec![1_u8; 90])
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::ValueTooLarge { size: 90, max: 80 }),
+        "{error}"
+    );
+    // A key of the maximum length: its load lock gets a fixed-size name.
+    let long = "k".repeat(64);
+    let source = Source::default();
+    let options = LoadOptions::new(TTL).fleet_single_flight(Duration::from_secs(5));
+    let callers: Vec<_> = [a, b]
+        .into_iter()
+        .cycle()
+        .take(20)
+        .map(|storage| {
+            let (source, options, long) = (source.clone(), options.clone(), long.clone());
+            tokio::spawn(async move {
+                storage
+                    .get_or_load(&long, &options, source.loader(Duration::from_secs(1)))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    assert_eq!(source.runs(), 1);
 }

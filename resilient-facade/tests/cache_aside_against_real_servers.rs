@@ -1,8 +1,10 @@
 //! Cache-aside against real servers, with `ResilientStorage::builder()` and two URLs: two
 //! thousand concurrent callers of one missing key in two storages sharing Redis and PostgreSQL
 //! cause one load with fleet single flight (and one per storage without it), and fail-safe
-//! serves the last known value while both servers are killed. A load that ends after a newer
-//! write (a `set`, or another process's load that began later) does not overwrite it.
+//! serves this process's copy of the last known value while both servers are killed (the
+//! memory fallback then answers reads with a miss, so the copy is what is left). A load that
+//! ends after a newer write (a `set`, or another process's load that began later) does not
+//! overwrite it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -183,14 +183,33 @@ impl ResilientStorage {
         prefer: Option<usize>,
         call: impl Fn(usize, &'a dyn Backend) -> CallFuture<'a, T>,
     ) -> Result<(T, usize)> {
+        self.route_within(operation, route, key, prefer, None, call)
+            .await
+    }
+
+    /// [`route`](Self::route) within a deadline the caller set (a batch's passes share one),
+    /// instead of one from now.
+    pub(super) async fn route_within<'a, T>(
+        &'a self,
+        operation: Operation,
+        route: Route,
+        key: &str,
+        prefer: Option<usize>,
+        deadline: Option<Instant>,
+        call: impl Fn(usize, &'a dyn Backend) -> CallFuture<'a, T>,
+    ) -> Result<(T, usize)> {
         let span = tracing::info_span!("storage", operation = operation.as_str());
         if span.is_disabled() {
             // No subscriber wants it: skip the span's enter and exit on every poll.
-            return self.attempts(operation, route, prefer, call).await;
+            return self
+                .attempts(operation, route, prefer, deadline, call)
+                .await;
         }
         async {
             tracing::debug!(key, "operation");
-            let result = self.attempts(operation, route, prefer, call).await;
+            let result = self
+                .attempts(operation, route, prefer, deadline, call)
+                .await;
             if let Err(error) = &result {
                 tracing::debug!(%error, "operation failed");
             }
@@ -205,6 +224,7 @@ impl ResilientStorage {
         operation: Operation,
         route: Route,
         prefer: Option<usize>,
+        deadline: Option<Instant>,
         call: impl Fn(usize, &'a dyn Backend) -> CallFuture<'a, T>,
     ) -> Result<(T, usize)> {
         let inner = &self.inner;
@@ -212,7 +232,7 @@ impl ResilientStorage {
             return Err(Error::Shutdown);
         }
         let start = Instant::now();
-        let deadline = start + inner.policy.deadline;
+        let deadline = deadline.unwrap_or(start + inner.policy.deadline);
         let (views, candidates) = self.candidates(route, start, prefer);
         if candidates.is_empty() {
             return Err(self.unavailable(operation, route));

@@ -201,7 +201,9 @@ impl ResilientStorage {
             Ok(answers) => answers,
             Err(error) => {
                 if error.is_caller_error() {
-                    for (item, old) in items.iter().zip(superseded) {
+                    // Last first, so a key the batch holds twice gets back the record it had
+                    // before the batch.
+                    for (item, old) in items.iter().zip(superseded).rev() {
                         self.unsupersede(&item.key, item.version, old);
                     }
                 }
@@ -210,11 +212,10 @@ impl ResilientStorage {
         };
         let mut out = Vec::with_capacity(items.len());
         let mut through = Vec::new();
+        let mut refused = Vec::new();
         for ((item, old), (answer, served)) in items.iter().zip(superseded).zip(answers) {
             match (&answer, served) {
-                (Err(error), _) if error.is_caller_error() => {
-                    self.unsupersede(&item.key, item.version, old);
-                }
+                (Err(error), _) if error.is_caller_error() => refused.push((item, old)),
                 (Ok(_), Some(served)) => {
                     self.hand_off(served, &item.key, item.version, || item.hint());
                     match self.inner.policy.write_policy {
@@ -228,6 +229,10 @@ impl ResilientStorage {
                 _ => {}
             }
             out.push((item.position, answer));
+        }
+        // Last first, as above.
+        for (item, old) in refused.into_iter().rev() {
+            self.unsupersede(&item.key, item.version, old);
         }
         if !through.is_empty() {
             let start = items[0].written;
@@ -280,11 +285,18 @@ impl ResilientStorage {
             (0..count).map(|_| None).collect();
         let mut pending: Vec<usize> = (0..count).collect();
         let mut prefer = None;
+        // Every pass within the one deadline of the call.
+        let deadline = Instant::now() + self.inner.policy.deadline;
         for pass in 0..self.inner.slots.len() {
             let routed = self
-                .route(operation, Route::Data, "batch", prefer, |index, backend| {
-                    call(index, backend, &pending)
-                })
+                .route_within(
+                    operation,
+                    Route::Data,
+                    "batch",
+                    prefer,
+                    Some(deadline),
+                    |index, backend| call(index, backend, &pending),
+                )
                 .await;
             let (part, served) = match routed {
                 Ok(routed) => routed,

@@ -302,13 +302,20 @@ enum LoadFailure {
     Failed(Arc<dyn std::error::Error + Send + Sync>),
     TimedOut(Duration),
     Panicked,
+    /// The loaded value (with its envelope) is larger than the key policy allows.
+    TooLarge {
+        size: usize,
+        max: usize,
+    },
 }
 
 impl LoadFailure {
     fn reason(&self) -> StaleReason {
         match self {
             LoadFailure::TimedOut(_) => StaleReason::LoaderTimedOut,
-            LoadFailure::Failed(_) | LoadFailure::Panicked => StaleReason::LoaderFailed,
+            LoadFailure::Failed(_) | LoadFailure::Panicked | LoadFailure::TooLarge { .. } => {
+                StaleReason::LoaderFailed
+            }
         }
     }
 
@@ -319,6 +326,7 @@ impl LoadFailure {
             LoadFailure::Panicked => Error::Loader {
                 source: Arc::new(std::io::Error::other("the loader panicked")),
             },
+            LoadFailure::TooLarge { size, max } => Error::ValueTooLarge { size, max },
         }
     }
 }
@@ -379,25 +387,29 @@ impl CacheState {
     }
 }
 
-/// Wall-clock microseconds that advance with tokio's clock: envelopes carry wall time (other
-/// processes read them), and tests that pause tokio's clock move this one too.
+/// Wall-clock microseconds, read afresh each time (envelopes carry wall time that other
+/// processes read, so a clock step or a suspended machine is followed), moved on by however
+/// far tokio's clock has run ahead of the real one: tests that pause and advance tokio's clock
+/// move this one too. Outside such tests the two run together and the correction is zero.
 #[derive(Debug)]
 struct Clock {
-    wall_at_start: u64,
-    start: Instant,
+    tokio_start: Instant,
+    real_start: std::time::Instant,
 }
 
 impl Clock {
     fn new() -> Self {
         Self {
-            wall_at_start: crate::backend::rules::now_micros(),
-            start: Instant::now(),
+            tokio_start: Instant::now(),
+            real_start: std::time::Instant::now(),
         }
     }
 
     fn now(&self) -> u64 {
-        self.wall_at_start
-            .saturating_add(micros(self.start.elapsed()))
+        let tokio = i128::from(micros(self.tokio_start.elapsed()));
+        let real = i128::from(micros(self.real_start.elapsed()));
+        let wall = i128::from(crate::backend::rules::now_micros());
+        u64::try_from((wall + tokio - real).max(0)).unwrap_or(u64::MAX)
     }
 }
 
@@ -490,8 +502,10 @@ impl ResilientStorage {
         }
         .filter(|entry| entry.fresh(now));
         if let Some(entry) = fresh {
+            // A value without an envelope (a plain `set`) has no TTL to keep a copy by.
             if fail_safe
                 && !read_failed
+                && entry.loaded_at != 0
                 && local
                     .as_ref()
                     .is_none_or(|l| l.loaded_at != entry.loaded_at)
@@ -509,7 +523,8 @@ impl ResilientStorage {
                 let due = entry
                     .loaded_at
                     .saturating_add((micros(options.ttl) as f64 * share) as u64);
-                if now >= due {
+                // A failing loader is left alone for the throttle, eager refresh included.
+                if now >= due && !cache.throttled(&full, Instant::now()) {
                     drop(self.flight(key, &full, options, Some(entry.loaded_at), loader));
                 }
             }
@@ -703,6 +718,18 @@ impl ResilientStorage {
         };
         let loaded = tokio::time::timeout(options.hard_timeout, load).await;
         let result = match loaded {
+            Ok(Ok(value)) if value.len().saturating_add(HEADER) > self.max_value_len() => {
+                let max = self.max_value_len().saturating_sub(HEADER);
+                tracing::warn!(
+                    size = value.len(),
+                    max,
+                    "cache-aside: the loaded value is too large to store"
+                );
+                Err(LoadFailure::TooLarge {
+                    size: value.len(),
+                    max,
+                })
+            }
             Ok(Ok(value)) => {
                 let now = cache.clock.now();
                 let entry = Entry {
@@ -755,7 +782,11 @@ impl ResilientStorage {
         seen: Option<u64>,
         max_wait: Duration,
     ) -> FleetTurn {
-        let name = format!("{key}#load");
+        // Long keys get a fixed-size name, so the lock name stays within the key policy.
+        let mut name = format!("{key}#load");
+        if self.inner.policy.keys.full_key(&name).is_err() {
+            name = format!("#load:{:016x}", fnv1a(key.as_bytes()));
+        }
         let holder = format!("load-{:032x}", fastrand::u128(..));
         let lease = options.hard_timeout.saturating_add(Duration::from_secs(1));
         let give_up = Instant::now() + max_wait;
@@ -788,12 +819,23 @@ impl ResilientStorage {
         }
     }
 
+    fn max_value_len(&self) -> usize {
+        self.inner.policy.keys.max_value_len
+    }
+
     /// A fresh value of `key` other than the one loaded at `seen`.
     async fn fresh_since(&self, key: &str, seen: Option<u64>) -> Option<Entry> {
         let entry = Entry::decode(self.get(key).await.ok()??);
         let now = self.inner.cache.clock.now();
         (entry.fresh(now) && Some(entry.loaded_at) != seen).then_some(entry)
     }
+}
+
+/// FNV-1a, 64 bits: the same in every process and build, unlike std's hashers.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 enum FleetTurn {

@@ -140,6 +140,39 @@ pub async fn batches_answer_key_by_key_in_order(b: &dyn Backend, p: &str) {
         expected,
         "get_many answers key by key, in order"
     );
+    // A key twice in a batch of sets (the last wins) and in one of deletes (it existed for the
+    // first only).
+    let twice = vec![
+        set(&keys[5], b"first", None),
+        set(&keys[4], b"other", None),
+        set(&keys[5], b"second", None),
+    ];
+    let answers = b
+        .write_many(twice)
+        .await
+        .expect("write_many with a repeated key");
+    assert!(answers.iter().all(|a| a.as_ref().is_ok_and(|o| o.applied)));
+    assert_eq!(
+        b.get(&keys[5]).await.expect("get").as_deref(),
+        Some(&b"second"[..]),
+        "the last write of a key repeated in a batch wins"
+    );
+    let twice: Vec<_> = [&keys[5], &keys[4], &keys[5]]
+        .into_iter()
+        .map(|k| BatchWrite::new(k, KeyWrite::Delete, WriteOptions::new(WriteVersion(0))))
+        .collect();
+    let existed: Vec<bool> = b
+        .write_many(twice)
+        .await
+        .expect("write_many of repeated deletes")
+        .into_iter()
+        .map(|a| a.expect("delete").existed)
+        .collect();
+    assert_eq!(
+        existed,
+        [true, true, false],
+        "a repeated delete existed once"
+    );
     assert!(b.get_many(&[]).await.expect("empty get_many").is_empty());
     assert!(
         b.write_many(Vec::new())
