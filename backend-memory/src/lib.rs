@@ -23,8 +23,9 @@ use moka::notification::RemovalCause;
 use moka::policy::{EvictionPolicy, Expiry};
 use resilient_core::key::MAX_TTL;
 use resilient_core::{
-    Backend, BackendUrl, Bytes, Capabilities, Error, FencingToken, HealthProbe, KeyWrite,
-    LockGrant, LockOutcome, Operation, Result, WriteOptions, WriteOutcome, async_trait, rules,
+    AtomicOp, AtomicOutcome, Backend, BackendUrl, Bytes, Capabilities, Error, FencingToken,
+    HealthProbe, KeyWrite, LockGrant, LockOutcome, Operation, Result, Unknown, WriteOptions,
+    WriteOutcome, async_trait, rules,
 };
 use tokio::time::Instant;
 
@@ -266,6 +267,76 @@ impl MemoryBackend {
     }
 }
 
+impl MemoryBackend {
+    /// What `op` makes of the live entry `current`: the outcome, and the entry to store.
+    fn decide(
+        &self,
+        key: &str,
+        current: Option<&Entry>,
+        op: AtomicOp,
+        now: Instant,
+    ) -> Result<(AtomicOutcome, Option<Entry>)> {
+        let rejected = |message: &str| Error::Rejected {
+            backend: self.config.name.clone(),
+            operation: Operation::Atomic,
+            message: message.to_owned(),
+        };
+        let remaining =
+            |entry: &Entry| entry.expires_at.map(|at| at.saturating_duration_since(now));
+        let entry = |value: Bytes, ttl: Option<Duration>| Entry {
+            value,
+            ttl,
+            expires_at: ttl.map(|ttl| deadline(now, ttl)),
+        };
+        let (applied, value, ttl) = match op {
+            AtomicOp::Increment { delta, ttl } => {
+                let count = match current {
+                    None => 0,
+                    Some(e) => std::str::from_utf8(&e.value)
+                        .ok()
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .ok_or_else(|| rejected("the value is not an integer"))?,
+                };
+                let sum = count
+                    .checked_add(delta)
+                    .ok_or_else(|| rejected("the sum is beyond a 64-bit integer"))?;
+                let ttl = current.map_or(ttl, remaining);
+                (true, Bytes::from(sum.to_string()), ttl)
+            }
+            AtomicOp::SetIfAbsent { value, ttl } => match current {
+                Some(e) => (false, e.value.clone(), remaining(e)),
+                None => (true, value, ttl),
+            },
+            AtomicOp::CompareAndSet {
+                expected,
+                value,
+                ttl,
+            } => match (current, expected) {
+                (None, None) => (true, value, ttl),
+                (Some(e), Some(expected)) if e.value == expected => (true, value, ttl),
+                (Some(e), _) => (false, e.value.clone(), remaining(e)),
+                (None, Some(_)) => {
+                    return Ok((
+                        AtomicOutcome::new(false, None, resilient_core::WriteVersion(0), None),
+                        None,
+                    ));
+                }
+            },
+            _ => return Err(Error::unsupported(&self.config.name, Operation::Atomic)),
+        };
+        if applied && weight(key, &value) > self.config.max_bytes {
+            return Err(rejected("the entry does not fit in the store"));
+        }
+        let outcome = AtomicOutcome::new(
+            applied,
+            Some(value.clone()),
+            resilient_core::WriteVersion(0),
+            ttl,
+        );
+        Ok((outcome, applied.then(|| entry(value, ttl))))
+    }
+}
+
 fn weight(key: &str, value: &[u8]) -> u64 {
     key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD
 }
@@ -286,7 +357,10 @@ impl Backend for MemoryBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new().native_ttl(true).locks(true)
+        Capabilities::new()
+            .native_ttl(true)
+            .locks(true)
+            .atomic(true)
     }
 
     async fn health_check(&self) -> Result<HealthProbe> {
@@ -318,6 +392,41 @@ impl Backend for MemoryBackend {
             KeyWrite::Delete => self.remove(key).await.map(WriteOutcome::applied),
             _ => Err(Error::unsupported(&self.config.name, Operation::Set)),
         }
+    }
+
+    // One entry computed at a time per key (moka's `and_compute_with`). The store loses its
+    // data only with the process, so a key it does not hold is absent.
+    async fn atomic(
+        &self,
+        key: &str,
+        op: AtomicOp,
+        _unknown: Unknown,
+        options: WriteOptions,
+    ) -> Result<AtomicOutcome> {
+        let now = Instant::now();
+        let mut answer = None;
+        self.cache
+            .entry(key.to_owned())
+            .and_compute_with(|current| {
+                let live = current.map(|e| e.into_value()).filter(|e| e.live(now));
+                let decided = self.decide(key, live.as_ref(), op, now);
+                let put = decided.as_ref().ok().and_then(|(_, entry)| entry.clone());
+                answer = Some(decided.map(|(outcome, _)| outcome));
+                std::future::ready(match put {
+                    Some(entry) => moka::ops::compute::Op::Put(entry),
+                    None => moka::ops::compute::Op::Nop,
+                })
+            })
+            .await;
+        let mut outcome = answer.unwrap_or_else(|| {
+            Err(Error::backend(
+                &self.config.name,
+                Operation::Atomic,
+                "not computed",
+            ))
+        })?;
+        outcome.version = options.version;
+        Ok(outcome)
     }
 
     async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {

@@ -8,8 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use resilient_core::{
-    Backend, BatchWrite, Capabilities, Error, FencingToken, HealthProbe, KeyWrite, LockGrant,
-    LockOutcome, Operation, Result, WriteMode, WriteOptions, WriteOutcome, WriteVersion,
+    AtomicOp, AtomicOutcome, Backend, BatchWrite, Capabilities, Error, FencingToken, HealthProbe,
+    KeyWrite, LockGrant, LockOutcome, Operation, Result, Unknown, WriteMode, WriteOptions,
+    WriteOutcome, WriteVersion,
 };
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -319,6 +320,22 @@ impl PostgresBackend {
     }
 }
 
+/// A row an atomic operation answers: the live value (or NULL), the version, the TTL left in ms.
+type AnswerRow = (Option<Vec<u8>>, i64, Option<f64>);
+
+fn answer(applied: bool, (value, version, ttl): AnswerRow) -> AtomicOutcome {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let ttl = ttl
+        .filter(|ms| *ms > 0.0 && ms.is_finite())
+        .map(|ms| Duration::from_millis(ms.ceil() as u64));
+    AtomicOutcome::new(
+        applied,
+        value.map(Bytes::from),
+        WriteVersion(u64::try_from(version).unwrap_or(0)),
+        ttl,
+    )
+}
+
 fn stored(version: WriteVersion) -> i64 {
     i64::try_from(version.0).unwrap_or(i64::MAX)
 }
@@ -366,6 +383,7 @@ impl Backend for PostgresBackend {
             .durable(true)
             .versioned(true)
             .locks(true)
+            .atomic(true)
     }
 
     async fn health_check(&self) -> Result<HealthProbe> {
@@ -482,6 +500,83 @@ impl Backend for PostgresBackend {
                 .map(WriteOutcome::applied),
             _ => Err(Error::unsupported(&self.config.name, Operation::Set)),
         }
+    }
+
+    /// One statement; a refused set-if-absent or compare-and-set reads what it found with a
+    /// second. Durable, so a key it does not know is absent (`unknown` does not apply).
+    async fn atomic(
+        &self,
+        key: &str,
+        op: AtomicOp,
+        _unknown: Unknown,
+        options: WriteOptions,
+    ) -> Result<AtomicOutcome> {
+        let operation = Operation::Atomic;
+        let version = stored(options.version);
+        let row: Option<AnswerRow> = match op {
+            AtomicOp::Increment { delta, ttl } => {
+                self.call(operation, async {
+                    sqlx::query_as(self.sql.increment.clone())
+                        .bind(key)
+                        .bind(delta)
+                        .bind(ttl.map(millis))
+                        .bind(version)
+                        .fetch_optional(&self.pool)
+                        .await
+                })
+                .await?
+            }
+            AtomicOp::SetIfAbsent { value, ttl }
+            | AtomicOp::CompareAndSet {
+                expected: None,
+                value,
+                ttl,
+            } => {
+                self.call(operation, async {
+                    sqlx::query_as(self.sql.insert_if_absent.clone())
+                        .bind(key)
+                        .bind(value.as_ref())
+                        .bind(ttl.map(millis))
+                        .bind(version)
+                        .fetch_optional(&self.pool)
+                        .await
+                })
+                .await?
+            }
+            AtomicOp::CompareAndSet {
+                expected: Some(expected),
+                value,
+                ttl,
+            } => {
+                self.call(operation, async {
+                    sqlx::query_as(self.sql.compare_and_set.clone())
+                        .bind(key)
+                        .bind(value.as_ref())
+                        .bind(ttl.map(millis))
+                        .bind(version)
+                        .bind(expected.as_ref())
+                        .fetch_optional(&self.pool)
+                        .await
+                })
+                .await?
+            }
+            _ => return Err(Error::unsupported(&self.config.name, operation)),
+        };
+        if let Some(row) = row {
+            return Ok(answer(true, row));
+        }
+        let found: Option<AnswerRow> = self
+            .call(operation, async {
+                sqlx::query_as(self.sql.current.clone())
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await
+            })
+            .await?;
+        Ok(found.map_or_else(
+            || AtomicOutcome::new(false, None, WriteVersion(0), None),
+            |row| answer(false, row),
+        ))
     }
 
     async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {

@@ -11,6 +11,10 @@ pub(crate) struct Statements {
     pub(crate) ddl: Vec<SqlStr>,
     pub(crate) get: SqlStr,
     pub(crate) get_many: SqlStr,
+    pub(crate) increment: SqlStr,
+    pub(crate) insert_if_absent: SqlStr,
+    pub(crate) compare_and_set: SqlStr,
+    pub(crate) current: SqlStr,
     pub(crate) set_many: SqlStr,
     pub(crate) delete_many: SqlStr,
     pub(crate) set_versioned: SqlStr,
@@ -39,6 +43,11 @@ impl Statements {
         // A TTL travels as milliseconds (float8, exact up to 2^53) and expiry is computed on the
         // server's clock: `now()` is the statement's transaction time.
         let expiry = "now() + $3::float8 * interval '1 millisecond'";
+        // A row without a live value: a tombstone or an expired value.
+        let dead = "t.value IS NULL OR (t.expires_at IS NOT NULL AND t.expires_at <= now())";
+        let answer = "CASE WHEN t.value IS NOT NULL AND (t.expires_at IS NULL OR t.expires_at > now()) \
+                      THEN t.value END, t.version, \
+                      (extract(epoch FROM t.expires_at - now()) * 1000)::float8";
         let next_token = format!(
             "setval('{fence}', GREATEST(nextval('{fence}'), \
              (extract(epoch FROM clock_timestamp()) * 1000000)::bigint))"
@@ -79,6 +88,36 @@ impl Statements {
                 "SELECT value FROM {values} WHERE key = $1 AND value IS NOT NULL \
                  AND (expires_at IS NULL OR expires_at > now())"
             )),
+            // Atomic operations: one statement each; every one answers the key's live value (or
+            // NULL), its version and its remaining TTL in ms (NULL: none). A write's version is
+            // the larger of the one asked and one more than the stored one.
+            // $1 key, $2 delta, $3 TTL of a key this creates, $4 version.
+            increment: sql(format!(
+                "INSERT INTO {values} AS t (key, value, expires_at, version) \
+                 VALUES ($1, convert_to($2::int8::text, 'UTF8'), {expiry}, $4) \
+                 ON CONFLICT (key) DO UPDATE SET \
+                   value = convert_to((CASE WHEN {dead} THEN 0 \
+                     ELSE convert_from(t.value, 'UTF8')::int8 END + $2::int8)::text, 'UTF8'), \
+                   expires_at = CASE WHEN {dead} THEN EXCLUDED.expires_at ELSE t.expires_at END, \
+                   version = GREATEST(t.version + 1, EXCLUDED.version) \
+                 RETURNING {answer}"
+            )),
+            // $1 key, $2 value, $3 TTL, $4 version; no row when a live value is there.
+            insert_if_absent: sql(format!(
+                "INSERT INTO {values} AS t (key, value, expires_at, version) \
+                 VALUES ($1, $2, {expiry}, $4) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
+                   expires_at = EXCLUDED.expires_at, version = GREATEST(t.version + 1, EXCLUDED.version) \
+                 WHERE {dead} RETURNING {answer}"
+            )),
+            // $1 key, $2 value, $3 TTL, $4 version, $5 expected; no row when it does not match.
+            compare_and_set: sql(format!(
+                "UPDATE {values} AS t SET value = $2, expires_at = {expiry}, \
+                   version = GREATEST(t.version + 1, $4) \
+                 WHERE key = $1 AND NOT ({dead}) AND value = $5 RETURNING {answer}"
+            )),
+            // $1 key: what a refused operation found.
+            current: sql(format!("SELECT {answer} FROM {values} AS t WHERE key = $1")),
             // $1: the keys; one row per key, in their order: the value, or NULL.
             get_many: sql(format!(
                 "SELECT v.value FROM unnest($1::text[]) WITH ORDINALITY AS k(key, n) \

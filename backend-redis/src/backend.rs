@@ -11,8 +11,9 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, RedisFuture, RedisResult, TlsCertificates, Value};
 use resilient_core::{
-    Backend, BatchWrite, Capabilities, Error, FencingToken, HealthProbe, KeyWrite, LockGrant,
-    LockOutcome, Operation, Result, WriteMode, WriteOptions, WriteOutcome, WriteVersion,
+    AtomicOp, AtomicOutcome, Backend, BatchWrite, Capabilities, Error, FencingToken, HealthProbe,
+    KeyWrite, LockGrant, LockOutcome, Operation, Result, Unknown, WriteMode, WriteOptions,
+    WriteOutcome, WriteVersion,
 };
 use tokio::sync::OnceCell;
 
@@ -504,6 +505,49 @@ fn regroup<T>(
 }
 
 impl RedisBackend {
+    /// The reply of `scripts::ATOMIC`.
+    fn atomic_outcome(&self, reply: Vec<Value>) -> Result<AtomicOutcome> {
+        let operation = Operation::Atomic;
+        let bad = || bad_reply(&self.config, operation, "an atomic operation's reply");
+        let mut fields = reply.into_iter();
+        let status = fields
+            .next()
+            .and_then(|v| i64::from_redis_value(v).ok())
+            .ok_or_else(bad)?;
+        match status {
+            2 => return Ok(AtomicOutcome::unknown()),
+            -1 => {
+                let message = fields
+                    .next()
+                    .and_then(|v| String::from_redis_value(v).ok())
+                    .unwrap_or_default();
+                return Err(Error::Rejected {
+                    backend: self.config.name.clone(),
+                    operation,
+                    message: self.config.secrets.scrub(&message),
+                });
+            }
+            _ => {}
+        }
+        let mut next = || fields.next().ok_or_else(bad);
+        let has_value = i64::from_redis_value(next()?).map_err(|_| bad())? == 1;
+        let value = Vec::<u8>::from_redis_value(next()?).map_err(|_| bad())?;
+        let version = String::from_redis_value(next()?)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(bad)?;
+        let pttl = i64::from_redis_value(next()?).map_err(|_| bad())?;
+        Ok(AtomicOutcome::new(
+            status == 1,
+            has_value.then(|| Bytes::from(value)),
+            WriteVersion(version),
+            u64::try_from(pttl)
+                .ok()
+                .filter(|&ms| ms > 0)
+                .map(Duration::from_millis),
+        ))
+    }
+
     /// One MGET of the keys at `positions`.
     async fn mget(
         &self,
@@ -672,6 +716,7 @@ impl Backend for RedisBackend {
             .native_ttl(true)
             .versioned(true)
             .locks(true)
+            .atomic(true)
     }
 
     async fn health_check(&self) -> Result<HealthProbe> {
@@ -764,6 +809,55 @@ impl Backend for RedisBackend {
                 .map(WriteOutcome::applied),
             _ => Err(Error::unsupported(&self.config.name, Operation::Set)),
         }
+    }
+
+    /// One script (`scripts::ATOMIC`) over the key and its version key.
+    async fn atomic(
+        &self,
+        key: &str,
+        op: AtomicOp,
+        unknown: Unknown,
+        options: WriteOptions,
+    ) -> Result<AtomicOutcome> {
+        let operation = Operation::Atomic;
+        let (data, version_key) = self.versioned_keys(key);
+        let (mode, seed): (&[u8], Option<Bytes>) = match unknown {
+            Unknown::Ask => (b"ask", None),
+            Unknown::Seed(seed) => (b"seed", seed),
+            _ => (b"absent", None),
+        };
+        let ttl_arg = |ttl: Option<Duration>| ttl.map(millis).unwrap_or_default();
+        let (name, ttl, arg, expected): (&[u8], _, Bytes, Option<Bytes>) = match op {
+            AtomicOp::Increment { delta, ttl } => {
+                (b"incr", ttl_arg(ttl), Bytes::from(delta.to_string()), None)
+            }
+            AtomicOp::SetIfAbsent { value, ttl } => (b"nx", ttl_arg(ttl), value, None),
+            AtomicOp::CompareAndSet {
+                expected,
+                value,
+                ttl,
+            } => (b"cas", ttl_arg(ttl), value, expected),
+            _ => return Err(Error::unsupported(&self.config.name, operation)),
+        };
+        let version = options.version.to_string();
+        let tombstone = millis(self.config.tombstone_ttl);
+        let flag = |present: bool| -> &[u8] { if present { b"1" } else { b"0" } };
+        let args: [&[u8]; 10] = [
+            name,
+            version.as_bytes(),
+            &tombstone,
+            mode,
+            flag(seed.is_some()),
+            seed.as_deref().unwrap_or_default(),
+            &ttl,
+            &arg,
+            flag(expected.is_some()),
+            expected.as_deref().unwrap_or_default(),
+        ];
+        let reply: Vec<Value> = self
+            .script(operation, &scripts::ATOMIC, &[&data, &version_key], &args)
+            .await?;
+        self.atomic_outcome(reply)
     }
 
     async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {

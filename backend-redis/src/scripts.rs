@@ -124,3 +124,80 @@ return 1
 ",
     )
 });
+
+/// KEYS: key, version key. ARGV: op (`incr`, `nx`, `cas`), version asked, tombstone ttl in ms,
+/// unknown-key mode (`absent`, `ask`, `seed`), seed present (`1`/`0`), seed value, ttl in ms or
+/// empty, delta or value, expected present (`1`/`0`), expected value.
+///
+/// A key with neither a value nor a version is unknown: under `ask` nothing changes and `{2}`
+/// comes back; under `seed` the seed (if present) is stored first. A write is stamped with the
+/// larger of the version asked and one more than the stored one. Returns `{status, has value,
+/// value, version, pttl}` (status 1 written, 0 refused), or `{-1, message}` when the value is
+/// not an integer or the sum overflows. INCRBY does the arithmetic, exactly, in 64 bits.
+pub(crate) static ATOMIC: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local stored = redis.call('GET', KEYS[2])
+local current = redis.call('GET', KEYS[1])
+if not stored and not current then
+  if ARGV[4] == 'ask' then
+    return {2}
+  end
+  if ARGV[4] == 'seed' and ARGV[5] == '1' then
+    redis.call('SET', KEYS[1], ARGV[6])
+    current = ARGV[6]
+  end
+end
+local version = tonumber(ARGV[2])
+if stored and tonumber(stored) + 1 > version then
+  version = tonumber(stored) + 1
+end
+local vs = string.format('%d', version)
+local function version_ttl()
+  local t = redis.call('PTTL', KEYS[1])
+  if t > 0 then
+    redis.call('SET', KEYS[2], vs, 'PX', t + tonumber(ARGV[3]))
+  else
+    redis.call('SET', KEYS[2], vs)
+  end
+  return t
+end
+local function refused()
+  local t = redis.call('PTTL', KEYS[1])
+  if current then
+    return {0, 1, current, stored or '0', t}
+  end
+  return {0, 0, '', stored or '0', t}
+end
+local function store(value)
+  if ARGV[7] == '' then
+    redis.call('SET', KEYS[1], value)
+  else
+    redis.call('SET', KEYS[1], value, 'PX', ARGV[7])
+  end
+  return {1, 1, value, vs, version_ttl()}
+end
+if ARGV[1] == 'incr' then
+  local n = redis.pcall('INCRBY', KEYS[1], ARGV[8])
+  if type(n) == 'table' and n.err then
+    return {-1, n.err}
+  end
+  if not current and ARGV[7] ~= '' then
+    redis.call('PEXPIRE', KEYS[1], ARGV[7])
+  end
+  return {1, 1, redis.call('GET', KEYS[1]), vs, version_ttl()}
+elseif ARGV[1] == 'nx' then
+  if current then
+    return refused()
+  end
+  return store(ARGV[8])
+else
+  local matches = (ARGV[9] == '0' and not current) or (ARGV[9] == '1' and current == ARGV[10])
+  if not matches then
+    return refused()
+  end
+  return store(ARGV[8])
+end
+",
+    )
+});

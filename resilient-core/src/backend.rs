@@ -26,6 +26,8 @@ pub struct Capabilities {
     pub versioned: bool,
     /// Implements the lock operations.
     pub locks: bool,
+    /// Implements [`Backend::atomic`] (increment, set-if-absent, compare-and-set).
+    pub atomic: bool,
 }
 
 impl Capabilities {
@@ -37,6 +39,7 @@ impl Capabilities {
             native_ttl: false,
             versioned: false,
             locks: false,
+            atomic: false,
         }
     }
 
@@ -68,6 +71,108 @@ impl Capabilities {
     pub const fn locks(mut self, yes: bool) -> Self {
         self.locks = yes;
         self
+    }
+
+    /// Sets [`atomic`](Self::atomic).
+    pub const fn atomic(mut self, yes: bool) -> Self {
+        self.atomic = yes;
+        self
+    }
+}
+
+/// An atomic read-modify-write of one key, for [`Backend::atomic`]. Values are bytes; an
+/// increment reads and writes the integer as ASCII decimal (`"42"`), as Redis's INCRBY does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AtomicOp {
+    /// Adds `delta` to the integer the key holds (no live value counts as 0) and stores the
+    /// sum. `ttl` is set when this creates the key; an existing key keeps its TTL. A value that
+    /// is not an integer, or a sum beyond `i64`, is the caller's error (`Error::Rejected`).
+    Increment {
+        /// What to add (negative to subtract).
+        delta: i64,
+        /// The TTL of a key this creates.
+        ttl: Option<Duration>,
+    },
+    /// Writes `value` only when the key holds no live value.
+    SetIfAbsent {
+        /// The value.
+        value: Bytes,
+        /// Its TTL (`None`: none).
+        ttl: Option<Duration>,
+    },
+    /// Writes `value` only when the key holds exactly `expected` (`None`: no live value).
+    CompareAndSet {
+        /// The value the key must hold.
+        expected: Option<Bytes>,
+        /// The value to write.
+        value: Bytes,
+        /// Its TTL (`None`: none).
+        ttl: Option<Duration>,
+    },
+}
+
+/// How [`Backend::atomic`] treats a key it knows nothing of: no value, no version, no tombstone.
+/// A server that restarted empty cannot tell such a key from one never written, so the router
+/// asks a backend that may still hold it before a count starts again from zero.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unknown {
+    /// As absent.
+    Absent,
+    /// Change nothing and answer with [`AtomicOutcome::unknown`] set.
+    Ask,
+    /// Store `value` (nothing for `None`) as the key's current value first, then apply the
+    /// operation; a key the backend does know is left as it is.
+    Seed(Option<Bytes>),
+}
+
+/// What [`Backend::atomic`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AtomicOutcome {
+    /// The operation wrote (an increment always does; a set-if-absent or compare-and-set when
+    /// its condition held).
+    pub applied: bool,
+    /// The key's value after the call: the new sum, the value written, or the value that made
+    /// the condition fail (`None`: no live value).
+    pub value: Option<Bytes>,
+    /// The version the key holds after a write: the larger of the one asked and one more than
+    /// the one stored, so versions follow the order the backend applied writes (a backend that
+    /// is not versioned answers the one asked).
+    pub version: WriteVersion,
+    /// The time the key has left after the call (`None`: no TTL).
+    pub ttl: Option<Duration>,
+    /// Under [`Unknown::Ask`]: the key was unknown, and nothing changed.
+    pub unknown: bool,
+}
+
+impl AtomicOutcome {
+    /// An outcome with `unknown` unset.
+    pub fn new(
+        applied: bool,
+        value: Option<Bytes>,
+        version: WriteVersion,
+        ttl: Option<Duration>,
+    ) -> Self {
+        Self {
+            applied,
+            value,
+            version,
+            ttl,
+            unknown: false,
+        }
+    }
+
+    /// The answer to [`Unknown::Ask`] for a key the backend knows nothing of.
+    pub fn unknown() -> Self {
+        Self {
+            applied: false,
+            value: None,
+            version: WriteVersion(0),
+            ttl: None,
+            unknown: true,
+        }
     }
 }
 
@@ -440,6 +545,24 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
             answers.push(Ok(self.write(key, write, options).await?));
         }
         Ok(answers)
+    }
+
+    /// Applies `op` to `key` atomically (one script, one statement, one locked update), with
+    /// `options.version` as the version asked (see [`AtomicOutcome::version`]) and `unknown`
+    /// saying what to do with a key the backend knows nothing of. Optional
+    /// ([`Capabilities::atomic`]).
+    async fn atomic(
+        &self,
+        key: &str,
+        op: AtomicOp,
+        unknown: Unknown,
+        options: WriteOptions,
+    ) -> Result<AtomicOutcome> {
+        let _ = (key, op, unknown, options);
+        Err(crate::Error::unsupported(
+            self.name(),
+            crate::Operation::Atomic,
+        ))
     }
 
     /// Takes a lock for `ttl` unless another holder has it. The same holder re-acquiring

@@ -34,6 +34,8 @@ pub enum Operation {
     GetMany,
     /// Write or delete several keys at once.
     WriteMany,
+    /// An atomic read-modify-write of one key: increment, set-if-absent, compare-and-set.
+    Atomic,
 }
 
 impl Operation {
@@ -49,6 +51,7 @@ impl Operation {
             Operation::HealthCheck => "health_check",
             Operation::GetMany => "get_many",
             Operation::WriteMany => "write_many",
+            Operation::Atomic => "atomic",
         }
     }
 }

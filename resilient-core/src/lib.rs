@@ -27,8 +27,9 @@ pub mod url;
 
 pub use async_trait::async_trait;
 pub use backend::{
-    Backend, BackendExt, BatchWrite, Capabilities, FencingToken, HealthProbe, KeyWrite, LockGrant,
-    LockOutcome, WriteMode, WriteOptions, WriteOutcome, WriteVersion, rules,
+    AtomicOp, AtomicOutcome, Backend, BackendExt, BatchWrite, Capabilities, FencingToken,
+    HealthProbe, KeyWrite, LockGrant, LockOutcome, Unknown, WriteMode, WriteOptions, WriteOutcome,
+    WriteVersion, rules,
 };
 pub use breaker::{BreakerConfig, CircuitBreaker, CircuitState};
 pub use bytes::Bytes;

@@ -78,6 +78,7 @@ impl ResilientStorage {
     pub(super) fn eligible(&self, slot: &Slot, route: Route) -> bool {
         match route {
             Route::Data => true,
+            Route::Atomic => self.inner.atomics.eligible(slot),
             Route::Lock | Route::Release => lock_eligible(slot, self.inner.locks.local),
         }
     }
@@ -103,7 +104,7 @@ impl ResilientStorage {
         let prefer = prefer.filter(|&p| backends.get(p).is_some_and(|b| b.available));
         let mut candidates = Candidates::new();
         let pick = match (route, inner.locks.failover) {
-            (Route::Data, _) => {
+            (Route::Data | Route::Atomic, _) => {
                 if let Some(p) = prefer {
                     candidates.push(p);
                 }
@@ -144,7 +145,7 @@ impl ResilientStorage {
     pub(super) fn views(&self, route: Route, now: Instant) -> [BackendView; MAX_BACKENDS] {
         let mut views = [BackendView::default(); MAX_BACKENDS];
         for (view, slot) in views.iter_mut().zip(&self.inner.slots) {
-            *view = slot.view(now, self.eligible(slot, route), route == Route::Data);
+            *view = slot.view(now, self.eligible(slot, route), route.data());
         }
         if route.locks()
             && let LockFailover::AfterOutage { delay } = self.inner.locks.failover

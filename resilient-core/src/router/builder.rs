@@ -372,6 +372,7 @@ impl StorageBuilder {
                 },
                 versions: VersionClock::default(),
                 cache: super::cache::CacheState::new(self.fail_safe_memory),
+                atomics: super::atomic::Turns::new(&slots),
                 slots,
                 strategy,
             }),

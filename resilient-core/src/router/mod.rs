@@ -1,6 +1,7 @@
 //! [`ResilientStorage`]: validates input, asks the strategy for candidates, and runs each
 //! attempt under its breaker, its timeout and the call's deadline.
 
+mod atomic;
 mod attempt;
 mod batch;
 mod builder;
@@ -56,11 +57,20 @@ enum Route {
     Lock,
     /// Release: goes to the backend that granted the lock even while lock authority moves.
     Release,
+    /// Increment, set-if-absent, compare-and-set: key-value calls on backends that implement
+    /// them, shared ones only while any is configured (a count kept in this process alone would
+    /// start again from zero).
+    Atomic,
 }
 
 impl Route {
     fn locks(self) -> bool {
         matches!(self, Route::Lock | Route::Release)
+    }
+
+    /// Calls on key-value data: a backend still replaying missed writes takes none.
+    fn data(self) -> bool {
+        matches!(self, Route::Data | Route::Atomic)
     }
 }
 
@@ -87,6 +97,8 @@ struct Inner {
     versions: VersionClock,
     /// Cache-aside: loads in flight, throttled loaders, last known values.
     cache: cache::CacheState,
+    /// Atomic operations on one key take turns in this process.
+    atomics: atomic::Turns,
 }
 
 /// The settings every call reads.

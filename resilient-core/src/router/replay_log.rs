@@ -293,6 +293,17 @@ impl ReplayLog {
         self.lock().map.get(key).map(|r| r.hint.clone())
     }
 
+    /// The record of `key` with its version, if any. Lock-free when nothing is pending.
+    pub(crate) fn get_versioned(&self, key: &str) -> Option<(LoggedWrite, WriteVersion)> {
+        if self.pending() == 0 {
+            return None;
+        }
+        self.lock()
+            .map
+            .get(key)
+            .map(|r| (r.hint.clone(), r.version))
+    }
+
     /// Every record, with its version, for one replay pass.
     pub(crate) fn pass(&self) -> Vec<(String, LoggedWrite, WriteVersion)> {
         self.lock()

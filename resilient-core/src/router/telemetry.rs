@@ -27,7 +27,7 @@ mod imp {
 
     use super::*;
 
-    const OPERATIONS: [Operation; 9] = [
+    const OPERATIONS: [Operation; 10] = [
         Operation::Get,
         Operation::Set,
         Operation::Delete,
@@ -37,6 +37,7 @@ mod imp {
         Operation::HealthCheck,
         Operation::GetMany,
         Operation::WriteMany,
+        Operation::Atomic,
     ];
 
     fn slot_of(operation: Operation) -> usize {

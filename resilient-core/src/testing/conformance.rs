@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::backend::{
-    Backend, BackendExt, BatchWrite, KeyWrite, LockOutcome, WriteMode, WriteOptions, WriteOutcome,
-    WriteVersion,
+    AtomicOp, AtomicOutcome, Backend, BackendExt, BatchWrite, KeyWrite, LockOutcome, Unknown,
+    WriteMode, WriteOptions, WriteOutcome, WriteVersion,
 };
 use crate::key::MAX_KEY_LEN_BOUND;
 
@@ -29,6 +29,9 @@ pub async fn run(backend: &dyn Backend) {
     ttl_expires_keys(backend, &p).await;
     a_new_set_replaces_the_ttl(backend, &p).await;
     batches_answer_key_by_key_in_order(backend, &p).await;
+    if backend.capabilities().atomic {
+        atomic_operations_are_exact(backend, &p).await;
+    }
     if backend.capabilities().locks {
         locks_are_exclusive_and_owner_checked(backend, &p).await;
         contended_locks_have_one_holder_at_a_time(backend, &p).await;
@@ -184,6 +187,188 @@ pub async fn batches_answer_key_by_key_in_order(b: &dyn Backend, p: &str) {
         b.get(&keys[2]).await.expect("get").is_none()
     })
     .await;
+}
+
+/// Backends with [`atomic`](crate::Capabilities::atomic): increments add exactly and keep a
+/// TTL set at creation, refuse a value that is not an integer and a sum beyond `i64`;
+/// set-if-absent and compare-and-set write only when their condition holds and answer what
+/// they found; versions grow with each write; an unknown key is asked about only by a backend
+/// that can lose its data, and a seed continues from the value it gives.
+pub async fn atomic_operations_are_exact(b: &dyn Backend, p: &str) {
+    async fn run(b: &dyn Backend, key: &str, op: AtomicOp, version: u64) -> AtomicOutcome {
+        b.atomic(
+            key,
+            op,
+            Unknown::Absent,
+            WriteOptions::new(WriteVersion(version)),
+        )
+        .await
+        .expect("atomic")
+    }
+    fn incr(delta: i64) -> AtomicOp {
+        AtomicOp::Increment { delta, ttl: None }
+    }
+    let value = |o: &AtomicOutcome| o.value.as_deref().map(<[u8]>::to_vec);
+    let counter = format!("{p}atomic:counter");
+    let first = run(b, &counter, incr(5), 10).await;
+    assert!(first.applied);
+    assert_eq!(
+        value(&first).as_deref(),
+        Some(&b"5"[..]),
+        "an absent key counts as 0"
+    );
+    let second = run(b, &counter, incr(-7), 10).await;
+    assert_eq!(value(&second).as_deref(), Some(&b"-2"[..]));
+    assert_eq!(
+        b.get(&counter).await.expect("get").as_deref(),
+        Some(&b"-2"[..])
+    );
+    if b.capabilities().versioned {
+        assert!(
+            second.version > first.version,
+            "a versioned backend stamps each write above the last ({:?}, {:?})",
+            first.version,
+            second.version
+        );
+    }
+    for (stored, delta, what) in [
+        (&b"not a number"[..], 1, "a value that is not an integer"),
+        (i64::MAX.to_string().as_bytes(), 1, "a sum beyond i64"),
+    ] {
+        let key = format!("{p}atomic:bad");
+        b.set(&key, Bytes::copy_from_slice(stored), None)
+            .await
+            .expect("set");
+        let error = b
+            .atomic(
+                &key,
+                incr(delta),
+                Unknown::Absent,
+                WriteOptions::new(WriteVersion(1)),
+            )
+            .await
+            .expect_err(what);
+        assert!(error.is_caller_error(), "{what}: {error}");
+        assert_eq!(
+            b.get(&key).await.expect("get").as_deref(),
+            Some(stored),
+            "{what}"
+        );
+    }
+    // A TTL given at creation holds; a later increment keeps it.
+    let brief = format!("{p}atomic:brief");
+    let created = run(
+        b,
+        &brief,
+        AtomicOp::Increment {
+            delta: 1,
+            ttl: Some(SHORT_TTL),
+        },
+        1,
+    )
+    .await;
+    assert!(
+        created.ttl.is_some_and(|t| t <= SHORT_TTL),
+        "{:?}",
+        created.ttl
+    );
+    let kept = run(
+        b,
+        &brief,
+        AtomicOp::Increment {
+            delta: 1,
+            ttl: None,
+        },
+        2,
+    )
+    .await;
+    assert!(kept.ttl.is_some(), "an increment keeps the key's TTL");
+    wait_until("an incremented key to expire", || async {
+        b.get(&brief).await.expect("get").is_none()
+    })
+    .await;
+    // Set-if-absent and compare-and-set.
+    let flag = format!("{p}atomic:flag");
+    let nx = |value: &'static [u8]| AtomicOp::SetIfAbsent {
+        value: Bytes::from_static(value),
+        ttl: None,
+    };
+    assert!(run(b, &flag, nx(b"first"), 1).await.applied);
+    let refused = run(b, &flag, nx(b"second"), 2).await;
+    assert!(!refused.applied);
+    assert_eq!(
+        value(&refused).as_deref(),
+        Some(&b"first"[..]),
+        "answers what it found"
+    );
+    let cas = |expected: Option<&'static [u8]>, value: &'static [u8]| AtomicOp::CompareAndSet {
+        expected: expected.map(Bytes::from_static),
+        value: Bytes::from_static(value),
+        ttl: None,
+    };
+    assert!(!run(b, &flag, cas(Some(b"wrong"), b"x"), 3).await.applied);
+    assert!(!run(b, &flag, cas(None, b"x"), 3).await.applied);
+    assert!(
+        run(b, &flag, cas(Some(b"first"), b"third"), 4)
+            .await
+            .applied
+    );
+    assert_eq!(
+        b.get(&flag).await.expect("get").as_deref(),
+        Some(&b"third"[..])
+    );
+    let fresh = format!("{p}atomic:fresh");
+    assert!(run(b, &fresh, cas(None, b"made"), 5).await.applied);
+    // A key never written: asked about only where data can be lost; a seed then continues it.
+    let unknown = format!("{p}atomic:unknown");
+    let asked = b
+        .atomic(
+            &unknown,
+            incr(2),
+            Unknown::Ask,
+            WriteOptions::new(WriteVersion(1)),
+        )
+        .await
+        .expect("atomic under Ask");
+    if asked.unknown {
+        assert!(
+            !b.capabilities().durable,
+            "a durable backend knows its keys"
+        );
+        assert_eq!(
+            b.get(&unknown).await.expect("get"),
+            None,
+            "Ask changes nothing"
+        );
+        let seeded = b
+            .atomic(
+                &unknown,
+                incr(2),
+                Unknown::Seed(Some(Bytes::from_static(b"40"))),
+                WriteOptions::new(WriteVersion(2)),
+            )
+            .await
+            .expect("atomic under Seed");
+        assert_eq!(
+            value(&seeded).as_deref(),
+            Some(&b"42"[..]),
+            "a seed is continued"
+        );
+    }
+    let known = b
+        .atomic(
+            &counter,
+            incr(1),
+            Unknown::Seed(Some(Bytes::from_static(b"1000"))),
+            WriteOptions::new(WriteVersion(20)),
+        )
+        .await
+        .expect("atomic");
+    assert_eq!(
+        value(&known).as_deref(),
+        Some(&b"-1"[..]),
+        "a known key ignores a seed"
+    );
 }
 
 /// Versioned backends: a batch of replays applies each by the version rule, as one replay

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::backend::{
-    Backend, Capabilities, HealthProbe, KeyWrite, LockGrant, LockOutcome, WriteOptions,
-    WriteOutcome,
+    AtomicOp, AtomicOutcome, Backend, BatchWrite, Capabilities, HealthProbe, KeyWrite, LockGrant,
+    LockOutcome, Unknown, WriteOptions, WriteOutcome,
 };
 use crate::error::{Error, Operation, Result};
 
@@ -237,6 +237,27 @@ impl Backend for FaultBackend {
         };
         let hold = self.apply(operation).await?;
         answer(hold, self.inner.write(key, write, options).await).await
+    }
+
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Result<Option<Bytes>>>> {
+        let hold = self.apply(Operation::GetMany).await?;
+        answer(hold, self.inner.get_many(keys).await).await
+    }
+
+    async fn write_many(&self, writes: Vec<BatchWrite<'_>>) -> Result<Vec<Result<WriteOutcome>>> {
+        let hold = self.apply(Operation::WriteMany).await?;
+        answer(hold, self.inner.write_many(writes).await).await
+    }
+
+    async fn atomic(
+        &self,
+        key: &str,
+        op: AtomicOp,
+        unknown: Unknown,
+        options: WriteOptions,
+    ) -> Result<AtomicOutcome> {
+        let hold = self.apply(Operation::Atomic).await?;
+        answer(hold, self.inner.atomic(key, op, unknown, options).await).await
     }
 
     async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {

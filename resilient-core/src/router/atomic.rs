@@ -1,0 +1,301 @@
+//! Atomic operations on one key: [`increment`](ResilientStorage::increment),
+//! [`set_if_absent`](ResilientStorage::set_if_absent) and
+//! [`compare_and_set`](ResilientStorage::compare_and_set).
+//!
+//! Across failover an atomic operation's result travels as a value with a version, like any
+//! write: the backend that applied it stamps it with one more than the version it held (or the
+//! storage's clock, if larger), so the newest result is the one replayed. Before the operation
+//! runs on a backend, the key's write that backend has yet to get (a replay record or a
+//! write-behind copy) is sent to it, and this process's operations on one key take turns, so
+//! each starts from the latest value. A backend that is not durable (Redis) and knows nothing
+//! of the key is asked nothing until the next shared backend (PostgreSQL) has said what it
+//! holds: a Redis restarted empty continues a count instead of starting it again. Atomic
+//! operations never go to a process-local store while a shared backend is configured.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::attempt::{bounded, settle};
+use super::replay_log::LoggedWrite;
+use super::slot::Slot;
+use super::{ResilientStorage, Route, WritePolicy};
+use crate::backend::{
+    AtomicOp, AtomicOutcome, Backend, BackendExt, KeyWrite, Unknown, WriteOptions, WriteVersion,
+};
+use crate::error::{Error, Operation, Result};
+use crate::key::check_ttl;
+
+/// Turns per key for this process's atomic operations, and which backends take them.
+#[derive(Debug)]
+pub(super) struct Turns {
+    stripes: Box<[tokio::sync::Mutex<()>]>,
+    /// Some backend that implements atomic operations is shared.
+    shared: bool,
+}
+
+impl Turns {
+    pub(super) fn new(slots: &[Arc<Slot>]) -> Self {
+        Self {
+            stripes: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
+            shared: slots
+                .iter()
+                .any(|s| s.capabilities.atomic && s.capabilities.shared),
+        }
+    }
+
+    pub(super) fn eligible(&self, slot: &Slot) -> bool {
+        slot.capabilities.atomic && (slot.capabilities.shared || !self.shared)
+    }
+
+    async fn turn(&self, key: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let index = usize::try_from(hash % self.stripes.len() as u64).unwrap_or(0);
+        self.stripes[index].lock().await
+    }
+}
+
+impl ResilientStorage {
+    /// Adds `delta` (negative to subtract) to the integer at `key` and returns the sum; a key
+    /// with no live value counts as 0. `ttl` is set when this creates the key; an existing key
+    /// keeps its TTL. The value is stored as ASCII decimal, so `get` reads `"42"` and
+    /// `get_json::<i64>` reads 42. A value that is not an integer, or a sum beyond `i64`, is
+    /// [`Error::Rejected`].
+    ///
+    /// Exact within one process across failover, a Redis restarted empty, and a Redis that
+    /// returns (see the module docs of the router and README "Atomic operations"); what a
+    /// split between processes can lose is written there too.
+    ///
+    /// ```
+    /// # async fn example(storage: resilient_core::ResilientStorage) -> resilient_core::Result<()> {
+    /// let visits = storage.increment("visits:/home", 1, None).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
+        let outcome = self.atomic(key, AtomicOp::Increment { delta, ttl }).await?;
+        let served = self.last_served_backend().unwrap_or_default();
+        outcome
+            .value
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                Error::backend(
+                    served,
+                    Operation::Atomic,
+                    "an increment answered no integer",
+                )
+            })
+    }
+
+    /// Writes `value` only when `key` holds no live value; true when it wrote.
+    pub async fn set_if_absent(
+        &self,
+        key: &str,
+        value: impl Into<Bytes>,
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        let op = AtomicOp::SetIfAbsent {
+            value: value.into(),
+            ttl,
+        };
+        Ok(self.atomic(key, op).await?.applied)
+    }
+
+    /// Writes `value` only when `key` holds exactly `expected` (`None`: no live value); true
+    /// when it wrote.
+    pub async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: impl Into<Bytes>,
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        let op = AtomicOp::CompareAndSet {
+            expected: expected.map(Bytes::copy_from_slice),
+            value: value.into(),
+            ttl,
+        };
+        Ok(self.atomic(key, op).await?.applied)
+    }
+
+    /// Validates, takes this process's turn on the key, runs `op` on the first backend that
+    /// answers (asking the next shared one first when that backend does not know the key),
+    /// then records the result for the backends that missed it, as a write.
+    async fn atomic(&self, key: &str, op: AtomicOp) -> Result<AtomicOutcome> {
+        let full = self.inner.policy.keys.full_key(key)?;
+        let keys = &self.inner.policy.keys;
+        let ttl = match &op {
+            AtomicOp::Increment { ttl, .. } => *ttl,
+            AtomicOp::SetIfAbsent { value, ttl } => {
+                keys.check_value(value)?;
+                *ttl
+            }
+            AtomicOp::CompareAndSet {
+                expected,
+                value,
+                ttl,
+            } => {
+                keys.check_value(value)?;
+                if let Some(expected) = expected {
+                    keys.check_value(expected)?;
+                }
+                *ttl
+            }
+        };
+        if let Some(ttl) = ttl {
+            check_ttl(ttl)?;
+        }
+        let full = &*full;
+        let _turn = self.inner.atomics.turn(full).await;
+        let version = self.inner.versions.next();
+        let (mut outcome, mut served) = self
+            .route(Operation::Atomic, Route::Atomic, full, None, |index, b| {
+                let unknown = match self.seed_source(index).is_some() {
+                    true => Unknown::Ask,
+                    false => Unknown::Absent,
+                };
+                Box::pin(self.attempt_atomic(index, b, full, op.clone(), unknown, version))
+            })
+            .await?;
+        if outcome.unknown {
+            // The backend does not know the key (a Redis restarted empty, or a key never
+            // written): what the next shared backend holds is its value.
+            let seed = self.seed(served, full).await?;
+            (outcome, served) = self
+                .route(
+                    Operation::Atomic,
+                    Route::Atomic,
+                    full,
+                    Some(served),
+                    |index, b| {
+                        let unknown = Unknown::Seed(seed.clone());
+                        Box::pin(self.attempt_atomic(index, b, full, op.clone(), unknown, version))
+                    },
+                )
+                .await?;
+            if outcome.unknown {
+                return Err(Error::backend(
+                    &self.inner.slots[served].name,
+                    Operation::Atomic,
+                    "asked about a key it was told the value of",
+                ));
+            }
+        }
+        if outcome.applied {
+            self.spread(served, full, &outcome).await;
+        }
+        Ok(outcome)
+    }
+
+    /// One attempt on backend `index`: the key's write it has yet to get first, then `op`.
+    async fn attempt_atomic(
+        &self,
+        index: usize,
+        backend: &dyn Backend,
+        key: &str,
+        op: AtomicOp,
+        unknown: Unknown,
+        version: WriteVersion,
+    ) -> Result<AtomicOutcome> {
+        let slot = &self.inner.slots[index];
+        if let Some((record, recorded)) = slot.replay.get_versioned(key) {
+            backend
+                .replay_write(key, record.replay_at(Instant::now()), recorded)
+                .await?;
+        }
+        backend
+            .atomic(key, op, unknown, WriteOptions::new(version))
+            .await
+    }
+
+    /// The shared backend below `served` that holds a copy of every write under the write
+    /// policy (the one reads go behind a miss to), if `served` can lose its data.
+    fn seed_source(&self, served: usize) -> Option<&Arc<Slot>> {
+        let inner = &self.inner;
+        let slot = inner.slots.get(served)?;
+        if slot.capabilities.durable || !inner.policy.read_behind {
+            return None;
+        }
+        inner.slots[served + 1..]
+            .iter()
+            .find(|s| s.capabilities.shared)
+    }
+
+    /// What the seed source of `served` holds for `key`: its record first, then a read within
+    /// the attempt timeout. Unreachable, the call fails: starting a count again from zero
+    /// would lose it.
+    async fn seed(&self, served: usize, key: &str) -> Result<Option<Bytes>> {
+        let Some(slot) = self.seed_source(served) else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        if let Some(record) = slot.replay.get(key) {
+            return Ok(record.read(now));
+        }
+        let unreachable = |why: String| Error::NoBackendAvailable {
+            operation: Operation::Atomic,
+            reasons: format!(
+                "[{}] does not know the key (restarted empty?) and [{}], which may hold it, {why}",
+                self.inner.slots[served].name, slot.name
+            ),
+        };
+        let permit = slot
+            .breaker
+            .try_acquire_at(now)
+            .map_err(|_| unreachable("has its circuit open".into()))?;
+        let result = bounded(self.inner.policy.attempt_timeout, slot.backend.get(key)).await;
+        let elapsed = now.elapsed();
+        let outcome = settle(permit, &result, elapsed);
+        slot.metrics.attempt(Operation::Get, outcome, elapsed);
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(unreachable(format!("failed: {error}"))),
+            Err(_) => Err(unreachable("did not answer in time".into())),
+        }
+    }
+
+    /// An applied result, as a write of its value and version: recorded for the backends
+    /// above the one that served it, and copied by the write policy.
+    async fn spread(&self, served: usize, key: &str, outcome: &AtomicOutcome) {
+        let written = Instant::now();
+        let value = outcome.value.clone().unwrap_or_default();
+        let expires_at = outcome.ttl.and_then(|ttl| written.checked_add(ttl));
+        let hint = || LoggedWrite::Set {
+            value: value.clone(),
+            expires_at,
+        };
+        self.hand_off(served, key, outcome.version, hint);
+        match self.inner.policy.write_policy {
+            WritePolicy::WriteBehind => self.copy_behind(served, key, outcome.version, hint),
+            WritePolicy::WriteThrough => {
+                let ttl = outcome.ttl;
+                self.write_through(
+                    served,
+                    key,
+                    outcome.version,
+                    written,
+                    |_| hint(),
+                    |slot| {
+                        let write = KeyWrite::Set {
+                            value: value.clone(),
+                            ttl,
+                        };
+                        slot.backend.write(
+                            key,
+                            write,
+                            WriteOptions::new(outcome.version)
+                                .mode(crate::backend::WriteMode::IfNewer),
+                        )
+                    },
+                )
+                .await;
+            }
+            _ => {}
+        }
+    }
+}
