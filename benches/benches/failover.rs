@@ -259,6 +259,25 @@ async fn interleaved() {
         },
     )
     .await;
+    // An increment through the storage is a script that also stores the key's version.
+    ab(
+        "redis_increment",
+        || async {
+            storage.increment("count", 1, None).await.unwrap();
+        },
+        || {
+            let mut conn = raw.clone();
+            async move {
+                redis::cmd("INCRBY")
+                    .arg("raw-count")
+                    .arg(1)
+                    .query_async::<i64>(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        },
+    )
+    .await;
     let keys: Vec<String> = (0..100).map(|i| format!("batch:{i}")).collect();
     let items = keys.iter().map(|k| (k.as_str(), vec![7_u8; 100]));
     storage.set_many(items, None).await.unwrap();

@@ -12,7 +12,10 @@
 //! - `GET /health/storage/ready`: the same report; 503 only when no backend can serve (for a
 //!   load balancer or readiness probe).
 //! - `GET /metrics`: Prometheus text format.
-//! - `GET /visits`: counts its own calls in the storage key `visits` and returns the count.
+//! - `GET /visits`: notes the time in `last-visit` (a plain write, which fails over to the
+//!   memory store), counts the call in `visits` (an atomic increment) and returns the count;
+//!   503 while no shared backend is reachable (a count is never kept in one process's memory,
+//!   where it would start again).
 //!
 //! Arguments and environment:
 //! - the first argument is a configuration file (optional; without it, the defaults: the
@@ -68,19 +71,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Counts visits in the storage. Read-modify-write without a lock: good enough for a counter in
-/// an example, not for money.
+/// Notes the last visit and counts visits in the storage: one atomic increment, exact across
+/// processes and failover.
 async fn visits(State(app): State<App>) -> Result<String, (StatusCode, String)> {
     let unavailable = |e: Error| (StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    app.storage
+        .set("last-visit", now.to_string(), None)
+        .await
+        .map_err(unavailable)?;
     let count = app
         .storage
-        .get_json::<u64>("visits")
-        .await
-        .map_err(unavailable)?
-        .unwrap_or(0)
-        + 1;
-    app.storage
-        .set_json("visits", &count, None)
+        .increment("visits", 1, None)
         .await
         .map_err(unavailable)?;
     Ok(count.to_string())

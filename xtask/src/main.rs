@@ -475,6 +475,11 @@ fn summary(target: &Path) -> Result<String, String> {
             1.1,
         ),
         (
+            "redis_increment",
+            "Redis increment (script: count and version) vs one raw INCRBY (interleaved A/B, median of 30 rounds)",
+            1.3,
+        ),
+        (
             "postgres_get_many_100",
             "PostgreSQL get_many of 100 keys vs one raw `= ANY($1)` (interleaved A/B, median of 30 rounds)",
             1.1,
@@ -574,6 +579,7 @@ mod tests {
             "interleaved_redis_get",
             "interleaved_postgres_get",
             "interleaved_redis_get_many_100",
+            "interleaved_redis_increment",
             "interleaved_postgres_get_many_100",
         ] {
             write(

@@ -213,17 +213,20 @@ impl ResilientStorage {
             .await
     }
 
-    /// The shared backend below `served` that holds a copy of every write under the write
-    /// policy (the one reads go behind a miss to), if `served` can lose its data.
+    /// The backend below `served` that holds a copy of every write under the write policy,
+    /// if `served` can lose its data: the next shared one (where reads go behind a miss), or
+    /// under [`WritePolicy::WriteThrough`] the next one of any kind (the memory store's copies
+    /// live up to `memory_ttl_cap`).
     fn seed_source(&self, served: usize) -> Option<&Arc<Slot>> {
         let inner = &self.inner;
         let slot = inner.slots.get(served)?;
-        if slot.capabilities.durable || !inner.policy.read_behind {
+        if slot.capabilities.durable {
             return None;
         }
+        let through = inner.policy.write_policy == WritePolicy::WriteThrough;
         inner.slots[served + 1..]
             .iter()
-            .find(|s| s.capabilities.shared)
+            .find(|s| through || (inner.policy.read_behind && s.capabilities.shared))
     }
 
     /// What the seed source of `served` holds for `key`: its record first, then a read within
