@@ -7,8 +7,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use resilient_backend_memory::MemoryConfig;
 use resilient_core::{
-    BackendUrl, BreakerConfig, Error, HealthConfig, LockFailover, LockOptions, LockOutcome,
-    ResilientStorage, StorageBuilder, StorageConfig,
+    BackendUrl, BreakerConfig, Error, HealthConfig, LoadOptions, LockFailover, LockOptions,
+    LockOutcome, ResilientStorage, StorageBuilder, StorageConfig,
 };
 
 /// The durations users get wrong: the extremes, the tiny, and anything at all.
@@ -63,6 +63,35 @@ async fn exercise(storage: &ResilientStorage, d: Duration) {
         }
     }
     storage.delete("k").await.unwrap();
+    let caller = |e: Error| assert!(e.is_caller_error(), "{e:?}");
+    for delta in [i64::MAX, 1, i64::MIN] {
+        if let Err(e) = storage.increment("n", delta, Some(d)).await {
+            caller(e);
+        }
+    }
+    if let Err(e) = storage.set_if_absent("x", "v", Some(d)).await {
+        caller(e);
+    }
+    if let Err(e) = storage.compare_and_set("x", Some(b"v"), "w", Some(d)).await {
+        caller(e);
+    }
+    match storage.set_many([("a", "1"), ("", "2")], Some(d)).await {
+        Ok(answers) => assert!(answers[1].as_ref().is_err_and(Error::is_caller_error)),
+        Err(e) => caller(e),
+    }
+    let _ = storage.get_many(&["a", "", "b"]).await.unwrap();
+    let options = LoadOptions::new(d)
+        .fail_safe(d)
+        .soft_timeout(d)
+        .hard_timeout(d)
+        .eager_refresh(0.5)
+        .fleet_single_flight(d);
+    if let Err(e) = storage
+        .get_or_load("c", &options, || async { Ok::<_, std::io::Error>("v") })
+        .await
+    {
+        caller(e);
+    }
     match storage.acquire_lock("l", "h", d).await {
         Ok(LockOutcome::Acquired(_)) => assert!(storage.release_lock("l", "h").await.unwrap()),
         Ok(other) => panic!("a free lock: {other:?}"),
