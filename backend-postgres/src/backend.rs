@@ -513,7 +513,7 @@ impl Backend for PostgresBackend {
     ) -> Result<AtomicOutcome> {
         let operation = Operation::Atomic;
         let version = stored(options.version);
-        let row: Option<AnswerRow> = match op {
+        let row: Result<Option<AnswerRow>> = match op {
             AtomicOp::Increment { delta, ttl } => {
                 self.call(operation, async {
                     sqlx::query_as(self.sql.increment.clone())
@@ -524,7 +524,7 @@ impl Backend for PostgresBackend {
                         .fetch_optional(&self.pool)
                         .await
                 })
-                .await?
+                .await
             }
             AtomicOp::SetIfAbsent { value, ttl }
             | AtomicOp::CompareAndSet {
@@ -541,7 +541,7 @@ impl Backend for PostgresBackend {
                         .fetch_optional(&self.pool)
                         .await
                 })
-                .await?
+                .await
             }
             AtomicOp::CompareAndSet {
                 expected: Some(expected),
@@ -558,10 +558,20 @@ impl Backend for PostgresBackend {
                         .fetch_optional(&self.pool)
                         .await
                 })
-                .await?
+                .await
             }
             _ => return Err(Error::unsupported(&self.config.name, operation)),
         };
+        let row = row.map_err(|error| match error {
+            // PostgreSQL's message quotes the stored value: say what, not which.
+            Error::Rejected { .. } => Error::Rejected {
+                backend: self.config.name.clone(),
+                operation,
+                message: "the value is not an integer, or the sum is beyond a 64-bit integer"
+                    .to_owned(),
+            },
+            other => other,
+        })?;
         if let Some(row) = row {
             return Ok(answer(true, row));
         }

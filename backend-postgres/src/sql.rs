@@ -46,7 +46,7 @@ impl Statements {
         // A row without a live value: a tombstone or an expired value.
         let dead = "t.value IS NULL OR (t.expires_at IS NOT NULL AND t.expires_at <= now())";
         let answer = "CASE WHEN t.value IS NOT NULL AND (t.expires_at IS NULL OR t.expires_at > now()) \
-                      THEN t.value END, t.version, \
+                      THEN t.value END, COALESCE(t.version, 0), \
                       (extract(epoch FROM t.expires_at - now()) * 1000)::float8";
         let next_token = format!(
             "setval('{fence}', GREATEST(nextval('{fence}'), \

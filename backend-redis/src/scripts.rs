@@ -130,7 +130,8 @@ return 1
 /// empty, delta or value, expected present (`1`/`0`), expected value.
 ///
 /// A key with neither a value nor a version is unknown: under `ask` nothing changes and `{2}`
-/// comes back; under `seed` the seed (if present) is stored first. A write is stamped with the
+/// comes back; under `seed` the seed (if present) is stored first, with the call's TTL (the seed
+/// stands for a key the server lost, whose TTL it lost too). A write is stamped with the
 /// larger of the version asked and one more than the stored one. Returns `{status, has value,
 /// value, version, pttl}` (status 1 written, 0 refused), or `{-1, message}` when the value is
 /// not an integer or the sum overflows. INCRBY does the arithmetic, exactly, in 64 bits.
@@ -144,7 +145,11 @@ if not stored and not current then
     return {2}
   end
   if ARGV[4] == 'seed' and ARGV[5] == '1' then
-    redis.call('SET', KEYS[1], ARGV[6])
+    if ARGV[7] == '' then
+      redis.call('SET', KEYS[1], ARGV[6])
+    else
+      redis.call('SET', KEYS[1], ARGV[6], 'PX', ARGV[7])
+    end
     current = ARGV[6]
   end
 end

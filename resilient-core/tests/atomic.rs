@@ -265,3 +265,27 @@ async fn set_if_absent_and_compare_and_set_fail_over_as_writes() {
             .is_caller_error()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn atomic_calls_follow_priority_whatever_the_strategy_and_never_fail_over_under_selected() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let spread = builder(&[&redis, &postgres])
+        .strategy(resilient_core::Strategy::RoundRobin)
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        spread.increment("visits", 1, None).await.unwrap();
+    }
+    assert_eq!(direct(&*redis, "visits").await.as_deref(), Some(&b"10"[..]));
+    let selected = builder(&[&redis, &postgres])
+        .write_policy(resilient_core::WritePolicy::Selected)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(selected.increment("other", 1, None).await.unwrap(), 1);
+    redis.inject(Fault::Fail);
+    // No copy below Redis to go on from: the call fails instead of counting from 0 elsewhere.
+    assert!(selected.increment("other", 1, None).await.is_err());
+    assert_eq!(direct(&*postgres, "other").await, None);
+}

@@ -31,7 +31,7 @@ use crate::key::check_ttl;
 /// Turns per key for this process's atomic operations, and which backends take them.
 #[derive(Debug)]
 pub(super) struct Turns {
-    stripes: Box<[tokio::sync::Mutex<()>]>,
+    stripes: Box<[Arc<tokio::sync::Mutex<()>>]>,
     /// Some backend that implements atomic operations is shared.
     shared: bool,
 }
@@ -39,7 +39,9 @@ pub(super) struct Turns {
 impl Turns {
     pub(super) fn new(slots: &[Arc<Slot>]) -> Self {
         Self {
-            stripes: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
+            stripes: (0..256)
+                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
+                .collect(),
             shared: slots
                 .iter()
                 .any(|s| s.capabilities.atomic && s.capabilities.shared),
@@ -50,12 +52,12 @@ impl Turns {
         slot.capabilities.atomic && (slot.capabilities.shared || !self.shared)
     }
 
-    async fn turn(&self, key: &str) -> tokio::sync::MutexGuard<'_, ()> {
+    async fn turn(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
         });
         let index = usize::try_from(hash % self.stripes.len() as u64).unwrap_or(0);
-        self.stripes[index].lock().await
+        self.stripes[index].clone().lock_owned().await
     }
 }
 
@@ -150,28 +152,54 @@ impl ResilientStorage {
         if let Some(ttl) = ttl {
             check_ttl(ttl)?;
         }
-        let full = &*full;
-        let _turn = self.inner.atomics.turn(full).await;
+        // In a task of its own: a caller that gives up (its future dropped) does not leave a
+        // result applied but not recorded, nor the key's turn given up while the call runs.
+        let (storage, full) = (self.clone(), full.into_owned());
+        tokio::spawn(async move { storage.atomic_in_turn(&full, op).await })
+            .await
+            .map_err(|_| Error::backend("storage", Operation::Atomic, "the call's task failed"))?
+    }
+
+    /// [`atomic`](Self::atomic) once validated: everything within one deadline.
+    async fn atomic_in_turn(&self, full: &str, op: AtomicOp) -> Result<AtomicOutcome> {
+        let deadline = Instant::now() + self.inner.policy.deadline;
+        let Ok(_turn) = tokio::time::timeout_at(deadline, self.inner.atomics.turn(full)).await
+        else {
+            return Err(Error::DeadlineExceeded {
+                operation: Operation::Atomic,
+                deadline: self.inner.policy.deadline,
+                attempts: crate::error::Attempts::default(),
+            });
+        };
         let version = self.inner.versions.next();
+        let within = Some(deadline);
         let (mut outcome, mut served) = self
-            .route(Operation::Atomic, Route::Atomic, full, None, |index, b| {
-                let unknown = match self.seed_source(index).is_some() {
-                    true => Unknown::Ask,
-                    false => Unknown::Absent,
-                };
-                Box::pin(self.attempt_atomic(index, b, full, op.clone(), unknown, version))
-            })
+            .route_within(
+                Operation::Atomic,
+                Route::Atomic,
+                full,
+                None,
+                within,
+                |index, b| {
+                    let unknown = match self.seed_source(index).is_some() {
+                        true => Unknown::Ask,
+                        false => Unknown::Absent,
+                    };
+                    Box::pin(self.attempt_atomic(index, b, full, op.clone(), unknown, version))
+                },
+            )
             .await?;
         if outcome.unknown {
             // The backend does not know the key (a Redis restarted empty, or a key never
             // written): what the next shared backend holds is its value.
             let seed = self.seed(served, full).await?;
             (outcome, served) = self
-                .route(
+                .route_within(
                     Operation::Atomic,
                     Route::Atomic,
                     full,
                     Some(served),
+                    within,
                     |index, b| {
                         let unknown = Unknown::Seed(seed.clone());
                         Box::pin(self.attempt_atomic(index, b, full, op.clone(), unknown, version))
@@ -213,33 +241,50 @@ impl ResilientStorage {
             .await
     }
 
-    /// The backend below `served` that holds a copy of every write under the write policy,
-    /// if `served` can lose its data: the next shared one (where reads go behind a miss), or
-    /// under [`WritePolicy::WriteThrough`] the next one of any kind (the memory store's copies
-    /// live up to `memory_ttl_cap`).
-    fn seed_source(&self, served: usize) -> Option<&Arc<Slot>> {
+    /// The backends below `served` that hold a copy of every write under the write policy,
+    /// in order, if `served` can lose its data: shared ones (where reads go behind a miss),
+    /// and under [`WritePolicy::WriteThrough`] process-local ones too (the memory store's
+    /// copies live up to `memory_ttl_cap`).
+    fn seed_sources(&self, served: usize) -> impl Iterator<Item = &Arc<Slot>> {
         let inner = &self.inner;
-        let slot = inner.slots.get(served)?;
-        if slot.capabilities.durable {
-            return None;
-        }
+        let lossy = inner
+            .slots
+            .get(served)
+            .is_some_and(|slot| !slot.capabilities.durable);
         let through = inner.policy.write_policy == WritePolicy::WriteThrough;
-        inner.slots[served + 1..]
+        inner
+            .slots
+            .get(served + 1..)
+            .unwrap_or_default()
             .iter()
-            .find(|s| through || (inner.policy.read_behind && s.capabilities.shared))
+            .filter(move |s| {
+                lossy && (through || (inner.policy.read_behind && s.capabilities.shared))
+            })
     }
 
-    /// What the seed source of `served` holds for `key`: its record first, then a read within
-    /// the attempt timeout. Unreachable, the call fails: starting a count again from zero
-    /// would lose it.
+    fn seed_source(&self, served: usize) -> Option<&Arc<Slot>> {
+        self.seed_sources(served).next()
+    }
+
+    /// What the copies below `served` hold for `key`, each its record first, then a read
+    /// within the attempt timeout. A shared copy's answer is the answer; a process-local one
+    /// (which may have evicted or expired the key) counts only when it has a value. A shared
+    /// copy out of reach fails the call: starting a count again from zero would lose it.
     async fn seed(&self, served: usize, key: &str) -> Result<Option<Bytes>> {
-        let Some(slot) = self.seed_source(served) else {
-            return Ok(None);
-        };
-        let now = Instant::now();
-        if let Some(record) = slot.replay.get(key) {
-            return Ok(record.read(now));
+        for slot in self.seed_sources(served) {
+            let value = match slot.replay.get(key) {
+                Some(record) => record.read(Instant::now()),
+                None => self.read_copy(served, slot, key).await?,
+            };
+            if value.is_some() || slot.capabilities.shared {
+                return Ok(value);
+            }
         }
+        Ok(None)
+    }
+
+    async fn read_copy(&self, served: usize, slot: &Slot, key: &str) -> Result<Option<Bytes>> {
+        let now = Instant::now();
         let unreachable = |why: String| Error::NoBackendAvailable {
             operation: Operation::Atomic,
             reasons: format!(
@@ -276,17 +321,25 @@ impl ResilientStorage {
         match self.inner.policy.write_policy {
             WritePolicy::WriteBehind => self.copy_behind(served, key, outcome.version, hint),
             WritePolicy::WriteThrough => {
-                let ttl = outcome.ttl;
+                // Copies to a process-local store are capped, as a `set`'s are.
+                let cap = self.inner.policy.memory_ttl_cap;
+                let ttl_for = |slot: &Slot| match slot.capabilities.shared {
+                    true => outcome.ttl,
+                    false => Some(outcome.ttl.map_or(cap, |t| t.min(cap))),
+                };
                 self.write_through(
                     served,
                     key,
                     outcome.version,
                     written,
-                    |_| hint(),
+                    |slot| LoggedWrite::Set {
+                        value: value.clone(),
+                        expires_at: ttl_for(slot).and_then(|ttl| written.checked_add(ttl)),
+                    },
                     |slot| {
                         let write = KeyWrite::Set {
                             value: value.clone(),
-                            ttl,
+                            ttl: ttl_for(slot),
                         };
                         slot.backend.write(
                             key,

@@ -11,7 +11,7 @@ use tracing::Instrument;
 use super::locks::lock_eligible;
 use super::slot::Slot;
 use super::telemetry::{self, Outcome};
-use super::{CallFuture, LockFailover, NONE, ResilientStorage, Route};
+use super::{CallFuture, LockFailover, NONE, ResilientStorage, Route, WritePolicy};
 use crate::backend::Backend;
 use crate::error::{Attempt, Attempts, Error, Operation, Result};
 use crate::events::StorageEvent;
@@ -104,7 +104,28 @@ impl ResilientStorage {
         let prefer = prefer.filter(|&p| backends.get(p).is_some_and(|b| b.available));
         let mut candidates = Candidates::new();
         let pick = match (route, inner.locks.failover) {
-            (Route::Data | Route::Atomic, _) => {
+            (Route::Atomic, _) => {
+                // One order for every process, whatever the strategy: priority. Under
+                // `WritePolicy::Selected` no backend below holds a copy to go on from, so
+                // only the first.
+                let first_only = inner.policy.write_policy == WritePolicy::Selected;
+                if let Some(p) = prefer {
+                    candidates.push(p);
+                }
+                for (index, view) in backends.iter().enumerate() {
+                    if !self.eligible(&inner.slots[index], Route::Atomic) {
+                        continue;
+                    }
+                    if view.available && Some(index) != prefer {
+                        candidates.push(index);
+                    }
+                    if first_only {
+                        break;
+                    }
+                }
+                return (views, candidates);
+            }
+            (Route::Data, _) => {
                 if let Some(p) = prefer {
                     candidates.push(p);
                 }
