@@ -6,24 +6,16 @@
 //! ends after a newer write (a `set`, or another process's load that began later) does not
 //! overwrite it.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::defaults;
 use resilient_storage::prelude::*;
 use resilient_storage::{LoadOptions, LoadSource, StaleReason};
 use resilient_test_support::{PostgresServer, RedisServer, read_key};
-
-async fn defaults(redis: &RedisServer, postgres: &PostgresServer) -> ResilientStorage {
-    ResilientStorage::builder()
-        .backend_url(&redis.url(), 1)
-        .unwrap()
-        .backend_url(&postgres.url(), 2)
-        .unwrap()
-        .build()
-        .await
-        .unwrap()
-}
 
 /// `callers` concurrent calls spread over `storages`, each loader taking 300 ms; the number of
 /// loads they caused.

@@ -3,23 +3,14 @@
 //! empty and takes traffic back. Every increment that answered is counted once: the counter
 //! ends equal to the number of successful calls, on Redis too. Set-if-absent decides once.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use resilient_storage::prelude::*;
+use common::defaults;
 use resilient_test_support::{PostgresServer, RedisServer, read_key};
-
-async fn defaults(redis: &RedisServer, postgres: &PostgresServer) -> ResilientStorage {
-    ResilientStorage::builder()
-        .backend_url(&redis.url(), 1)
-        .unwrap()
-        .backend_url(&postgres.url(), 2)
-        .unwrap()
-        .build()
-        .await
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counter_stays_exact_across_a_redis_kill_and_an_empty_restart() {

@@ -3,21 +3,13 @@
 //! across a kill and an empty restart, and Redis takes traffic back after an outage of reads
 //! only, locks only, writes, or no traffic at all.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::defaults;
 use resilient_storage::prelude::*;
 use resilient_test_support::{PostgresServer, RedisServer, read_key};
-
-async fn defaults(redis: &RedisServer, postgres: &PostgresServer) -> ResilientStorage {
-    ResilientStorage::builder()
-        .backend_url(&redis.url(), 1)
-        .unwrap()
-        .backend_url(&postgres.url(), 2)
-        .unwrap()
-        .build()
-        .await
-        .unwrap()
-}
 
 /// Restarts Redis with an empty dataset (no persistence), off the async threads.
 async fn restart(mut redis: RedisServer) -> RedisServer {

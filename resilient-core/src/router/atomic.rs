@@ -95,6 +95,15 @@ impl ResilientStorage {
     }
 
     /// Writes `value` only when `key` holds no live value; true when it wrote.
+    ///
+    /// ```
+    /// # async fn example(storage: resilient_core::ResilientStorage) -> resilient_core::Result<()> {
+    /// let ttl = Some(std::time::Duration::from_secs(3600));
+    /// if storage.set_if_absent("order:42:charged", "1", ttl).await? {
+    ///     // First to get here: charge the order.
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn set_if_absent(
         &self,
         key: &str,
@@ -110,6 +119,14 @@ impl ResilientStorage {
 
     /// Writes `value` only when `key` holds exactly `expected` (`None`: no live value); true
     /// when it wrote.
+    ///
+    /// ```
+    /// # async fn example(storage: resilient_core::ResilientStorage) -> resilient_core::Result<()> {
+    /// let moved = storage
+    ///     .compare_and_set("job:7:state", Some(b"queued"), "running", None)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn compare_and_set(
         &self,
         key: &str,

@@ -102,6 +102,15 @@ impl ResilientStorage {
     /// per Redis Cluster slot group, one PostgreSQL statement): one answer per key, in order.
     /// Not atomic: each write stands alone, exactly as [`set`](Self::set) would, failover,
     /// replay and copies included. Keys a backend fails alone are written to the next one.
+    ///
+    /// ```
+    /// # async fn example(storage: resilient_core::ResilientStorage) -> resilient_core::Result<()> {
+    /// let ttl = Some(std::time::Duration::from_secs(300));
+    /// for written in storage.set_many([("a", "1"), ("b", "2")], ttl).await? {
+    ///     written?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn set_many<K: AsRef<str>, V: Into<Bytes>>(
         &self,
         items: impl IntoIterator<Item = (K, V)>,
@@ -145,6 +154,16 @@ impl ResilientStorage {
 
     /// Removes several keys, in one round trip per backend: for each, in order, true when it
     /// existed on the backend that served it. As [`set_many`](Self::set_many) otherwise.
+    ///
+    /// ```
+    /// # async fn example(storage: resilient_core::ResilientStorage) -> resilient_core::Result<()> {
+    /// let existed: Vec<bool> = storage
+    ///     .delete_many(&["a", "b"])
+    ///     .await?
+    ///     .into_iter()
+    ///     .collect::<resilient_core::Result<_>>()?;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_many<K: AsRef<str>>(&self, keys: &[K]) -> Result<Vec<Result<bool>>> {
         let mut out = Vec::with_capacity(keys.len());
         let mut valid = Vec::with_capacity(keys.len());
