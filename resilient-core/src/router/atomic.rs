@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::attempt::{bounded, settle};
+use super::attempt::side_attempt;
 use super::replay_log::LoggedWrite;
 use super::slot::Slot;
 use super::{ResilientStorage, Route, WritePolicy};
@@ -53,9 +53,7 @@ impl Turns {
     }
 
     async fn turn(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+        let hash = super::fnv1a(key.as_bytes());
         let index = usize::try_from(hash % self.stripes.len() as u64).unwrap_or(0);
         self.stripes[index].clone().lock_owned().await
     }
@@ -301,7 +299,6 @@ impl ResilientStorage {
     }
 
     async fn read_copy(&self, served: usize, slot: &Slot, key: &str) -> Result<Option<Bytes>> {
-        let now = Instant::now();
         let unreachable = |why: String| Error::NoBackendAvailable {
             operation: Operation::Atomic,
             reasons: format!(
@@ -309,18 +306,12 @@ impl ResilientStorage {
                 self.inner.slots[served].name, slot.name
             ),
         };
-        let permit = slot
-            .breaker
-            .try_acquire_at(now)
-            .map_err(|_| unreachable("has its circuit open".into()))?;
-        let result = bounded(self.inner.policy.attempt_timeout, slot.backend.get(key)).await;
-        let elapsed = now.elapsed();
-        let outcome = settle(permit, &result, elapsed);
-        slot.metrics.attempt(Operation::Get, outcome, elapsed);
-        match result {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(unreachable(format!("failed: {error}"))),
-            Err(_) => Err(unreachable("did not answer in time".into())),
+        let budget = self.inner.policy.attempt_timeout;
+        match side_attempt(slot, Operation::Get, budget, slot.backend.get(key)).await {
+            Some(Ok(Ok(value))) => Ok(value),
+            Some(Ok(Err(error))) => Err(unreachable(format!("failed: {error}"))),
+            Some(Err(_)) => Err(unreachable("did not answer in time".into())),
+            None => Err(unreachable("has its circuit open".into())),
         }
     }
 
@@ -338,12 +329,7 @@ impl ResilientStorage {
         match self.inner.policy.write_policy {
             WritePolicy::WriteBehind => self.copy_behind(served, key, outcome.version, hint),
             WritePolicy::WriteThrough => {
-                // Copies to a process-local store are capped, as a `set`'s are.
-                let cap = self.inner.policy.memory_ttl_cap;
-                let ttl_for = |slot: &Slot| match slot.capabilities.shared {
-                    true => outcome.ttl,
-                    false => Some(outcome.ttl.map_or(cap, |t| t.min(cap))),
-                };
+                let ttl_for = |slot: &Slot| self.copy_ttl(slot, outcome.ttl);
                 self.write_through(
                     served,
                     key,

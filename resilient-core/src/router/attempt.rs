@@ -58,6 +58,25 @@ pub(super) fn settle<T>(
     }
 }
 
+/// One attempt on `slot` outside the attempt loop (a read behind a miss, a seed read): through
+/// its breaker, within `budget`, its outcome recorded on the breaker and in the metrics as
+/// `operation`. `None` when the breaker refuses it.
+pub(super) async fn side_attempt<T>(
+    slot: &Slot,
+    operation: Operation,
+    budget: Duration,
+    call: CallFuture<'_, T>,
+) -> Option<std::result::Result<Result<T>, tokio::time::error::Elapsed>> {
+    let now = Instant::now();
+    let permit = slot.breaker.try_acquire_at(now).ok()?;
+    let result = bounded(budget, call).await;
+    let elapsed = now.elapsed();
+    let outcome = settle(permit, &result, elapsed);
+    slot.metrics.attempt(operation, outcome, elapsed);
+    tracing::debug!(backend = %slot.name, %operation, ?outcome, ?elapsed, "side attempt");
+    Some(result)
+}
+
 /// How one attempt ended.
 enum Tried<T> {
     /// The backend answered.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::attempt::{bounded, settle};
+use super::attempt::side_attempt;
 use super::replay_log::LoggedWrite;
 use super::slot::Slot;
 use super::{CallFuture, ResilientStorage, Route, WritePolicy};
@@ -266,12 +266,10 @@ impl ResilientStorage {
     /// [`WritePolicy::WriteThrough`]'s copies of one batch item, as [`set`](Self::set) and
     /// [`delete`](Self::delete) make them.
     async fn copy_through(&self, item: &Item, served: usize, start: Instant) {
-        let cap = self.inner.policy.memory_ttl_cap;
         let write_for = |slot: &Slot| match &item.write {
-            // Copies to a process-local store are capped, so it cannot hold values indefinitely.
-            KeyWrite::Set { value, ttl } if !slot.capabilities.shared => KeyWrite::Set {
+            KeyWrite::Set { value, ttl } => KeyWrite::Set {
                 value: value.clone(),
-                ttl: Some(ttl.map_or(cap, |t| t.min(cap))),
+                ttl: self.copy_ttl(slot, *ttl),
             },
             write => write.clone(),
         };
@@ -368,35 +366,17 @@ impl ResilientStorage {
         keys: &[&str],
         start: Instant,
     ) -> Vec<Option<Bytes>> {
-        let inner = &self.inner;
         let now = Instant::now();
         let none = || vec![None; keys.len()];
-        let Some(slot) = inner.slots.get(served + 1..).and_then(|below| {
-            below
-                .iter()
-                .find(|slot| slot.capabilities.shared && slot.view(now, true, true).available)
-        }) else {
+        let (Some(slot), Some(budget)) = (
+            self.read_behind_slot(served, now),
+            self.read_behind_budget(start, now),
+        ) else {
             return none();
         };
-        let remaining = (start + inner.policy.deadline).saturating_duration_since(now);
-        let Ok(permit) = slot.breaker.try_acquire_at(now) else {
-            return none();
-        };
-        if remaining.is_zero() {
-            permit.ignore();
-            return none();
-        }
-        let budget = inner.policy.attempt_timeout.min(remaining);
-        let result = bounded(
-            budget,
-            Box::pin(read_part(slot, &*slot.backend, keys.to_vec())),
-        )
-        .await;
-        let elapsed = now.elapsed();
-        let outcome = settle(permit, &result, elapsed);
-        slot.metrics.attempt(Operation::GetMany, outcome, elapsed);
-        match result {
-            Ok(Ok(values)) if values.len() == keys.len() => values
+        let call = Box::pin(read_part(slot, &*slot.backend, keys.to_vec()));
+        match side_attempt(slot, Operation::GetMany, budget, call).await {
+            Some(Ok(Ok(values))) if values.len() == keys.len() => values
                 .into_iter()
                 .map(|value| value.ok().flatten())
                 .collect(),

@@ -19,8 +19,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::ResilientStorage;
 use super::telemetry;
+use super::{ResilientStorage, fnv1a};
 use crate::backend::{LockOutcome, WriteMode};
 use crate::error::{BoxError, Error, Result};
 use crate::events::StorageEvent;
@@ -829,13 +829,6 @@ impl ResilientStorage {
         let now = self.inner.cache.clock.now();
         (entry.fresh(now) && Some(entry.loaded_at) != seen).then_some(entry)
     }
-}
-
-/// FNV-1a, 64 bits: the same in every process and build, unlike std's hashers.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 enum FleetTurn {

@@ -45,6 +45,14 @@ use crate::events::StorageEvent;
 use crate::key::KeyPolicy;
 use crate::strategy::SelectionStrategy;
 
+/// FNV-1a, 64 bits: the same in every process and build, unlike std's hashers (a load lock's
+/// name must be), and cheap (a key's turn).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 type CallFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
 const NONE: usize = usize::MAX;

@@ -5,7 +5,11 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use super::attempt::{bounded, settle};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::attempt::side_attempt;
+use super::slot::Slot;
 use super::{ResilientStorage, Route};
 use crate::error::{Error, Operation, Result};
 
@@ -58,28 +62,33 @@ impl ResilientStorage {
         key: &str,
         start: Instant,
     ) -> Option<Bytes> {
-        let inner = &self.inner;
         let now = Instant::now();
-        let slot = inner
-            .slots
-            .get(served + 1..)?
-            .iter()
-            .find(|slot| slot.capabilities.shared && slot.view(now, true, true).available)?;
+        let slot = self.read_behind_slot(served, now)?;
         if let Some(hint) = slot.replay.get(key) {
             return hint.read(now);
         }
-        let remaining = (start + inner.policy.deadline).saturating_duration_since(now);
-        if remaining.is_zero() {
-            return None;
-        }
-        let permit = slot.breaker.try_acquire_at(now).ok()?;
-        let budget = inner.policy.attempt_timeout.min(remaining);
-        let result = bounded(budget, slot.backend.get(key)).await;
-        let elapsed = now.elapsed();
-        let outcome = settle(permit, &result, elapsed);
-        let value = result.ok().and_then(Result::ok).flatten();
-        slot.metrics.attempt(Operation::Get, outcome, elapsed);
-        tracing::debug!(backend = %slot.name, ?outcome, ?elapsed, "read behind a miss");
-        value
+        let budget = self.read_behind_budget(start, now)?;
+        side_attempt(slot, Operation::Get, budget, slot.backend.get(key))
+            .await?
+            .ok()?
+            .ok()?
+    }
+
+    /// The next shared backend below `served` that is available: the one a miss is asked of
+    /// again.
+    pub(super) fn read_behind_slot(&self, served: usize, now: Instant) -> Option<&Arc<Slot>> {
+        self.inner
+            .slots
+            .get(served + 1..)?
+            .iter()
+            .find(|slot| slot.capabilities.shared && slot.view(now, true, true).available)
+    }
+
+    /// What a read behind a miss may take of the deadline of the call that began at `start`:
+    /// `None` when nothing is left.
+    pub(super) fn read_behind_budget(&self, start: Instant, now: Instant) -> Option<Duration> {
+        let policy = &self.inner.policy;
+        let remaining = (start + policy.deadline).saturating_duration_since(now);
+        (!remaining.is_zero()).then(|| policy.attempt_timeout.min(remaining))
     }
 }

@@ -71,16 +71,7 @@ impl ResilientStorage {
         if self.inner.policy.write_policy == WritePolicy::WriteBehind {
             self.copy_behind(served, key, version, || hint(ttl));
         } else if self.inner.policy.write_policy == WritePolicy::WriteThrough {
-            // Copies to a process-local store are capped, so it cannot hold values indefinitely.
-            let ttl_for = |slot: &Slot| {
-                if !slot.capabilities.shared {
-                    Some(ttl.map_or(self.inner.policy.memory_ttl_cap, |t| {
-                        t.min(self.inner.policy.memory_ttl_cap)
-                    }))
-                } else {
-                    ttl
-                }
-            };
+            let ttl_for = |slot: &Slot| self.copy_ttl(slot, ttl);
             self.write_through(
                 served,
                 key,
@@ -147,6 +138,16 @@ impl ResilientStorage {
             .await;
         }
         Ok(outcome.existed)
+    }
+
+    /// The TTL of a write-through copy to `slot`: copies to a process-local store are capped,
+    /// so it cannot hold values indefinitely.
+    pub(super) fn copy_ttl(&self, slot: &Slot, ttl: Option<Duration>) -> Option<Duration> {
+        let cap = self.inner.policy.memory_ttl_cap;
+        match slot.capabilities.shared {
+            true => ttl,
+            false => Some(ttl.map_or(cap, |t| t.min(cap))),
+        }
     }
 
     /// A routed write's result; when a backend refused it as the caller's error, the replay
