@@ -15,7 +15,9 @@ use resilient_test_support::PostgresServer;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_passes_the_conformance_suite() {
     let server = PostgresServer::start().unwrap();
-    conformance::run(&*common::backend(&server.url())).await;
+    let backend = common::backend(&server.url());
+    conformance::run(&*backend).await;
+    conformance::expired_values_keep_their_version(&*backend, &conformance::prefix()).await;
 }
 
 fn random_key(len: usize) -> String {

@@ -19,7 +19,7 @@ use tokio::sync::OnceCell;
 
 use crate::config::RedisConfig;
 use crate::error::{bad_reply, classify};
-use crate::{scripts, slots};
+use crate::{envelope, scripts, slots};
 
 /// A Redis server or Redis Cluster as a resilient-storage backend.
 ///
@@ -284,32 +284,6 @@ impl RedisBackend {
         [self.config.prefix.as_bytes(), key.as_bytes()].concat()
     }
 
-    /// The key and its version key, in one Cluster slot whatever braces the key holds.
-    fn versioned_keys(&self, key: &str) -> (Vec<u8>, Vec<u8>) {
-        let data = self.data_key(key);
-        let version = [
-            self.config.prefix.as_bytes(),
-            b"\0ver:{",
-            slots::tag_for(&data).as_bytes(),
-            b"}",
-            key.as_bytes(),
-        ]
-        .concat();
-        (data, version)
-    }
-
-    /// A value's TTL and its version key's (the TTL plus the tombstone time), in ms, or empty
-    /// for a value without TTL (its version then stays as long as it does).
-    fn ttls(&self, ttl: Option<Duration>) -> (Vec<u8>, Vec<u8>) {
-        match ttl {
-            Some(ttl) => (
-                millis(ttl),
-                millis(ttl.saturating_add(self.config.tombstone_ttl)),
-            ),
-            None => (Vec::new(), Vec::new()),
-        }
-    }
-
     fn lock_keys(&self, name: &str) -> (Vec<u8>, Vec<u8>) {
         let lock = [
             self.config.prefix.as_bytes(),
@@ -323,40 +297,50 @@ impl RedisBackend {
         (lock, fence)
     }
 
-    /// Writes the value and its version, by one script (both keys share a Cluster slot).
+    /// Writes the value with its version in front (`envelope.rs`): one plain `SET`.
     async fn store(
         &self,
         key: &str,
-        value: Bytes,
+        value: &[u8],
         ttl: Option<Duration>,
         version: WriteVersion,
     ) -> Result<()> {
-        let (data, version_key) = self.versioned_keys(key);
-        let (ttl, version_ttl) = self.ttls(ttl);
-        self.script::<()>(
-            Operation::Set,
-            &scripts::SET_VERSIONED,
-            &[&data, &version_key],
-            &[&value, version.to_string().as_bytes(), &ttl, &version_ttl],
-        )
-        .await
+        let cmd = set_command(self.data_key(key), envelope::value(version.0, value), ttl);
+        self.query(Operation::Set, &cmd).await
     }
 
-    /// Deletes the value and leaves its version as a tombstone; true when a value was there.
+    /// Replaces the key with a tombstone of `version` for `tombstone_ttl` (one `SET ... GET`);
+    /// true when a value was there.
     async fn remove(&self, key: &str, version: WriteVersion) -> Result<bool> {
-        let (data, version_key) = self.versioned_keys(key);
-        let existed: u64 = self
-            .script(
-                Operation::Delete,
-                &scripts::DELETE_VERSIONED,
-                &[&data, &version_key],
-                &[
-                    version.to_string().as_bytes(),
-                    &millis(self.config.tombstone_ttl),
-                ],
-            )
-            .await?;
-        Ok(existed > 0)
+        let cmd = self.tombstone_command(self.data_key(key), version);
+        let old: Option<Vec<u8>> = self.query(Operation::Delete, &cmd).await?;
+        Ok(existed(old))
+    }
+
+    fn tombstone_command(&self, key: Vec<u8>, version: WriteVersion) -> Cmd {
+        let mut cmd = set_command(
+            key,
+            envelope::tombstone(version.0),
+            Some(self.config.tombstone_ttl),
+        );
+        cmd.arg("GET");
+        cmd
+    }
+
+    /// The arguments of `scripts::REPLAY` for `write`.
+    fn replay_args(&self, write: &KeyWrite, version: WriteVersion) -> Result<[Vec<u8>; 3]> {
+        let (stored, ttl) = match write {
+            KeyWrite::Set { value, ttl } => (
+                envelope::value(version.0, value),
+                ttl.map(millis).unwrap_or_default(),
+            ),
+            KeyWrite::Delete => (
+                envelope::tombstone(version.0),
+                millis(self.config.tombstone_ttl),
+            ),
+            _ => return Err(Error::unsupported(&self.config.name, Operation::Set)),
+        };
+        Ok([envelope::hex(version.0).into_bytes(), stored.to_vec(), ttl])
     }
 
     /// Applies a replayed write only over an older version or none, atomically.
@@ -366,31 +350,19 @@ impl RedisBackend {
         write: KeyWrite,
         version: WriteVersion,
     ) -> Result<WriteOutcome> {
-        let (data, version_key) = self.versioned_keys(key);
-        let version = version.to_string();
-        let tombstone = millis(self.config.tombstone_ttl);
-        let keys: [&[u8]; 2] = [&data, &version_key];
-        let applied: u64 = match write {
-            KeyWrite::Set { value, ttl } => {
-                let (ttl, version_ttl) = self.ttls(ttl);
-                let args: [&[u8]; 6] = [
-                    version.as_bytes(),
-                    &tombstone,
-                    b"set",
-                    &value,
-                    &ttl,
-                    &version_ttl,
-                ];
-                self.script(Operation::Set, &scripts::REPLAY, &keys, &args)
-                    .await?
-            }
-            KeyWrite::Delete => {
-                let args: [&[u8]; 3] = [version.as_bytes(), &tombstone, b"del"];
-                self.script(Operation::Delete, &scripts::REPLAY, &keys, &args)
-                    .await?
-            }
-            _ => return Err(Error::unsupported(&self.config.name, Operation::Set)),
+        let operation = match write {
+            KeyWrite::Delete => Operation::Delete,
+            _ => Operation::Set,
         };
+        let [hex, stored, ttl] = self.replay_args(&write, version)?;
+        let applied: u64 = self
+            .script(
+                operation,
+                &scripts::REPLAY,
+                &[&self.data_key(key)],
+                &[&hex, &stored, &ttl],
+            )
+            .await?;
         Ok(if applied > 0 {
             WriteOutcome::applied(false)
         } else {
@@ -421,19 +393,36 @@ fn millis(ttl: Duration) -> Vec<u8> {
     ttl.as_millis().max(1).to_string().into_bytes()
 }
 
-/// One write of a batch as a script call.
-struct ScriptCall {
-    script: &'static redis::Script,
-    keys: [Vec<u8>; 2],
-    args: Vec<Vec<u8>>,
+/// `SET key stored [PX ttl]`.
+fn set_command(key: Vec<u8>, stored: Bytes, ttl: Option<Duration>) -> Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(key).arg(&stored[..]);
+    if let Some(ttl) = ttl {
+        cmd.arg("PX").arg(millis(ttl));
+    }
+    cmd
+}
+
+/// Whether the string a `SET ... GET` replaced was a value.
+fn existed(old: Option<Vec<u8>>) -> bool {
+    old.is_some_and(|old| envelope::decode(Bytes::from(old)).value().is_some())
+}
+
+/// One write of a batch as the command [`write`](Backend::write) would send.
+struct BatchCall {
+    key: Vec<u8>,
+    cmd: Cmd,
     kind: CallKind,
 }
 
-/// How a script call's reply reads as a [`WriteOutcome`].
+/// How a batch call's reply reads as a [`WriteOutcome`].
 #[derive(Clone, Copy)]
 enum CallKind {
+    /// `SET`: `OK`.
     Set,
+    /// `SET ... GET` of a tombstone: the string it replaced.
     Delete,
+    /// `scripts::REPLAY`: 1 applied, 0 superseded.
     Replay,
 }
 
@@ -566,61 +555,43 @@ impl RedisBackend {
                 "MGET answered another number of keys",
             ));
         }
-        Ok(values.into_iter().map(|v| Ok(v.map(Bytes::from))).collect())
+        Ok(values
+            .into_iter()
+            .map(|v| Ok(v.and_then(|v| envelope::decode(Bytes::from(v)).value())))
+            .collect())
     }
 
-    /// The script call a write of a batch makes, as [`write`](Backend::write) would.
-    fn script_call(&self, write: &BatchWrite<'_>) -> Result<ScriptCall> {
-        let (data, version_key) = self.versioned_keys(write.key);
-        let version = write.options.version.to_string().into_bytes();
-        let tombstone = millis(self.config.tombstone_ttl);
-        let (script, args, kind): (&'static redis::Script, Vec<Vec<u8>>, CallKind) =
-            match (&write.write, write.options.mode) {
-                (KeyWrite::Set { value, ttl }, WriteMode::IfNewer) => {
-                    let (ttl, version_ttl) = self.ttls(*ttl);
-                    let args = vec![
-                        version,
-                        tombstone,
-                        b"set".to_vec(),
-                        value.to_vec(),
-                        ttl,
-                        version_ttl,
-                    ];
-                    (&scripts::REPLAY, args, CallKind::Replay)
+    /// The command a write of a batch sends, as [`write`](Backend::write) would.
+    fn batch_call(&self, write: &BatchWrite<'_>) -> Result<BatchCall> {
+        let key = self.data_key(write.key);
+        let version = write.options.version;
+        let (cmd, kind) = match (&write.write, write.options.mode) {
+            (write, WriteMode::IfNewer) => {
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(scripts::REPLAY.get_hash()).arg(1).arg(&key);
+                for arg in self.replay_args(write, version)? {
+                    cmd.arg(arg);
                 }
-                (KeyWrite::Delete, WriteMode::IfNewer) => (
-                    &scripts::REPLAY,
-                    vec![version, tombstone, b"del".to_vec()],
-                    CallKind::Replay,
-                ),
-                (KeyWrite::Set { value, ttl }, _) => {
-                    let (ttl, version_ttl) = self.ttls(*ttl);
-                    (
-                        &scripts::SET_VERSIONED,
-                        vec![value.to_vec(), version, ttl, version_ttl],
-                        CallKind::Set,
-                    )
-                }
-                (KeyWrite::Delete, _) => (
-                    &scripts::DELETE_VERSIONED,
-                    vec![version, tombstone],
-                    CallKind::Delete,
-                ),
-                _ => return Err(Error::unsupported(&self.config.name, Operation::WriteMany)),
-            };
-        Ok(ScriptCall {
-            script,
-            keys: [data, version_key],
-            args,
-            kind,
-        })
+                (cmd, CallKind::Replay)
+            }
+            (KeyWrite::Set { value, ttl }, _) => (
+                set_command(key.clone(), envelope::value(version.0, value), *ttl),
+                CallKind::Set,
+            ),
+            (KeyWrite::Delete, _) => (
+                self.tombstone_command(key.clone(), version),
+                CallKind::Delete,
+            ),
+            _ => return Err(Error::unsupported(&self.config.name, Operation::WriteMany)),
+        };
+        Ok(BatchCall { key, cmd, kind })
     }
 
-    /// The script calls at `positions` as one pipeline (EVALSHA each; scripts the server does
-    /// not have are loaded and only those calls sent again).
+    /// The calls at `positions` as one pipeline (a replay script the server does not have is
+    /// loaded, and only the calls that needed it sent again).
     async fn pipeline(
         &self,
-        calls: &[ScriptCall],
+        calls: &[BatchCall],
         positions: &[usize],
     ) -> Result<Vec<Result<WriteOutcome>>> {
         let operation = Operation::WriteMany;
@@ -630,12 +601,7 @@ impl RedisBackend {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             for &i in positions {
-                let call = &calls[i];
-                pipe.cmd("EVALSHA").arg(call.script.get_hash()).arg(2);
-                pipe.arg(&call.keys[0]).arg(&call.keys[1]);
-                for arg in &call.args {
-                    pipe.arg(arg);
-                }
+                pipe.add_command(calls[i].cmd.clone());
             }
             let mut conn = conn.clone();
             async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
@@ -647,13 +613,10 @@ impl RedisBackend {
                 .filter(|&j| matches!(&replies[j], Value::ServerError(e) if e.code() == "NOSCRIPT"))
                 .collect();
             if !missing.is_empty() {
-                for &j in &missing {
-                    calls[positions[j]]
-                        .script
-                        .prepare_invoke()
-                        .load_async(&mut conn)
-                        .await?;
-                }
+                scripts::REPLAY
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await?;
                 let again: Vec<usize> = missing.iter().map(|&j| positions[j]).collect();
                 let retried = send(&conn, &again).await?;
                 for (j, reply) in missing.into_iter().zip(retried) {
@@ -677,20 +640,21 @@ impl RedisBackend {
             .zip(replies)
             .map(|(&i, reply)| match reply {
                 Value::ServerError(error) => Err(self.failed(operation, error.into())),
-                reply => {
-                    let count = match calls[i].kind {
-                        CallKind::Set => 0,
-                        _ => u64::from_redis_value(reply).map_err(|_| {
-                            bad_reply(&self.config, operation, "a script answered without a count")
-                        })?,
-                    };
-                    Ok(match calls[i].kind {
-                        CallKind::Set => WriteOutcome::applied(false),
-                        CallKind::Delete => WriteOutcome::applied(count > 0),
-                        CallKind::Replay if count > 0 => WriteOutcome::applied(false),
-                        CallKind::Replay => WriteOutcome::superseded(),
-                    })
-                }
+                reply => match calls[i].kind {
+                    CallKind::Set => Ok(WriteOutcome::applied(false)),
+                    CallKind::Delete => Option::<Vec<u8>>::from_redis_value(reply)
+                        .map(|old| WriteOutcome::applied(existed(old)))
+                        .map_err(|_| bad_reply(&self.config, operation, "SET ... GET's reply")),
+                    CallKind::Replay => match u64::from_redis_value(reply) {
+                        Ok(0) => Ok(WriteOutcome::superseded()),
+                        Ok(_) => Ok(WriteOutcome::applied(false)),
+                        Err(_) => Err(bad_reply(
+                            &self.config,
+                            operation,
+                            "a script answered without a count",
+                        )),
+                    },
+                },
             })
             .collect())
     }
@@ -741,7 +705,7 @@ impl Backend for RedisBackend {
         let value: Option<Vec<u8>> = self
             .query(Operation::Get, redis::cmd("GET").arg(self.data_key(key)))
             .await?;
-        Ok(value.map(Bytes::from))
+        Ok(value.and_then(|v| envelope::decode(Bytes::from(v)).value()))
     }
 
     /// One MGET, or one per Cluster slot group sent at once.
@@ -767,16 +731,13 @@ impl Backend for RedisBackend {
         )
     }
 
-    /// One pipeline of script calls, or one per Cluster slot group sent at once.
+    /// One pipeline, or one per Cluster slot group sent at once.
     async fn write_many(&self, writes: Vec<BatchWrite<'_>>) -> Result<Vec<Result<WriteOutcome>>> {
         let calls = writes
             .iter()
-            .map(|write| self.script_call(write))
+            .map(|write| self.batch_call(write))
             .collect::<Result<Vec<_>>>()?;
-        let groups = slot_groups(
-            self.config.cluster,
-            calls.iter().map(|c| c.keys[0].as_slice()),
-        );
+        let groups = slot_groups(self.config.cluster, calls.iter().map(|c| c.key.as_slice()));
         let answers = futures_util::future::join_all(
             groups
                 .iter()
@@ -800,7 +761,7 @@ impl Backend for RedisBackend {
         match (write, options.mode) {
             (write, WriteMode::IfNewer) => self.replay(key, write, options.version).await,
             (KeyWrite::Set { value, ttl }, _) => {
-                self.store(key, value, ttl, options.version).await?;
+                self.store(key, &value, ttl, options.version).await?;
                 Ok(WriteOutcome::applied(false))
             }
             (KeyWrite::Delete, _) => self
@@ -811,7 +772,7 @@ impl Backend for RedisBackend {
         }
     }
 
-    /// One script (`scripts::ATOMIC`) over the key and its version key.
+    /// One script (`scripts::ATOMIC`) over the key.
     async fn atomic(
         &self,
         key: &str,
@@ -820,7 +781,6 @@ impl Backend for RedisBackend {
         options: WriteOptions,
     ) -> Result<AtomicOutcome> {
         let operation = Operation::Atomic;
-        let (data, version_key) = self.versioned_keys(key);
         let (mode, seed): (&[u8], Option<Bytes>) = match unknown {
             Unknown::Ask => (b"ask", None),
             Unknown::Seed(seed) => (b"seed", seed),
@@ -839,13 +799,11 @@ impl Backend for RedisBackend {
             } => (b"cas", ttl_arg(ttl), value, expected),
             _ => return Err(Error::unsupported(&self.config.name, operation)),
         };
-        let version = options.version.to_string();
-        let tombstone = millis(self.config.tombstone_ttl);
+        let version = envelope::hex(options.version.0);
         let flag = |present: bool| -> &[u8] { if present { b"1" } else { b"0" } };
-        let args: [&[u8]; 10] = [
+        let args: [&[u8]; 9] = [
             name,
             version.as_bytes(),
-            &tombstone,
             mode,
             flag(seed.is_some()),
             seed.as_deref().unwrap_or_default(),
@@ -855,7 +813,7 @@ impl Backend for RedisBackend {
             expected.as_deref().unwrap_or_default(),
         ];
         let reply: Vec<Value> = self
-            .script(operation, &scripts::ATOMIC, &[&data, &version_key], &args)
+            .script(operation, &scripts::ATOMIC, &[&self.data_key(key)], &args)
             .await?;
         self.atomic_outcome(reply)
     }

@@ -26,7 +26,7 @@ use resilient_core::{BackendUrl, Error, Result};
 /// | `reconnect_retries` | `1` | extra connection attempts per reconnect |
 /// | `reconnect_max_delay` | `500ms` | the longest wait between those attempts |
 /// | `ca_cert` | system roots | PEM file of the CA that signed the server's certificate (`rediss` only) |
-/// | `tombstone_ttl` | `1h` | how long a key's write version outlives the key (deleted or expired) |
+/// | `tombstone_ttl` | `1h` | how long a delete's tombstone (its write version) stays |
 /// | `protocol` | `resp2` | `resp2` or `resp3`, passed to the redis crate |
 ///
 /// Any other option is an error naming it. Durations are written like `250ms` or `2s` and are
@@ -60,9 +60,9 @@ pub struct RedisConfig {
     pub reconnect_max_delay: Duration,
     /// See the option table.
     pub ca_cert: Option<std::path::PathBuf>,
-    /// How long a key's write version stays after the key was deleted or expired: a replay of
-    /// an older write (from a process that was cut off from Redis) arriving within it is
-    /// refused. See the option table.
+    /// How long a delete's tombstone (the 20-byte header with its write version) stays: a
+    /// replay of an older write (from a process that was cut off from Redis) arriving within
+    /// it is refused. An expired value keeps no version. See the option table.
     pub tombstone_ttl: Duration,
     pub(crate) secrets: Secrets,
 }

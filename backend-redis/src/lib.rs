@@ -2,6 +2,7 @@
 
 mod backend;
 mod config;
+mod envelope;
 mod error;
 mod scripts;
 mod slots;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 pub use backend::RedisBackend;
 pub use config::RedisConfig;
+pub use envelope::stored_value;
 use resilient_core::{BackendUrl, Result};
 
 async fn build(url: BackendUrl) -> Result<Arc<RedisBackend>> {

@@ -1,6 +1,7 @@
-//! Lua scripts for the locks and the versioned writes. Each runs atomically on the server and
-//! touches two keys that share a hash tag (the lock and its fencing counter; a key and its
-//! version key), so it stays in one Cluster slot.
+//! Lua scripts for the locks, the replays and the atomic operations. Each runs atomically on
+//! the server and stays in one Cluster slot: the lock scripts touch a lock and its fencing
+//! counter, which share a hash tag; the others touch one key (its version is inside its value,
+//! see `envelope.rs`).
 //!
 //! The lock value is `<token>:<holder>`: the token is digits, so the first `:` separates them.
 //! Tokens travel as strings, so no Lua number formatting can mangle them.
@@ -70,138 +71,124 @@ return redis.call('DEL', KEYS[1])
     )
 });
 
-/// KEYS: key, version key. ARGV: value, version, ttl in ms or empty, version key ttl in ms or
-/// empty. Writes the value and its version, unconditionally.
-pub(crate) static SET_VERSIONED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if ARGV[3] == '' then
-  redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('SET', KEYS[2], ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
-end
-return 1
-",
-    )
-});
-
-/// KEYS: key, version key. ARGV: version, tombstone ttl in ms. Deletes the key and leaves its
-/// version as a tombstone; returns 1 when the key existed.
-pub(crate) static DELETE_VERSIONED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local existed = redis.call('DEL', KEYS[1])
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return existed
-",
-    )
-});
-
-/// KEYS: key, version key. ARGV: version, tombstone ttl in ms, then `del`, or `set`, value,
-/// ttl in ms or empty, version key ttl in ms or empty. Applies the write only when the stored
-/// version is older or missing; returns 1 when it did, 0 when a newer write is there.
-/// Versions are microseconds since 1970: exact in Lua's doubles until the year 2255.
+/// KEYS: key. ARGV: version (16 hex digits), the encoded write (a value or a tombstone, see
+/// `envelope.rs`), ttl in ms or empty. Applies the write only when the stored version is older
+/// or missing; returns 1 when it did, 0 when a newer write is there. Reads only the stored
+/// header (`GETRANGE`), never the value. Versions are compared as Lua numbers: exact below 2^53
+/// (microseconds since 1970 until the year 2255).
 pub(crate) static REPLAY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local stored = redis.call('GET', KEYS[2])
-if stored and tonumber(stored) >= tonumber(ARGV[1]) then
-  return 0
+local head = redis.call('GETRANGE', KEYS[1], 0, 19)
+local kind = string.sub(head, 4, 4)
+if #head == 20 and string.sub(head, 1, 3) == '\0rs' and (kind == 'v' or kind == 't') then
+  local stored = tonumber(string.sub(head, 5), 16)
+  if stored and stored >= tonumber(ARGV[1], 16) then
+    return 0
+  end
 end
-if ARGV[3] == 'del' then
-  redis.call('DEL', KEYS[1])
-  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-elseif ARGV[5] == '' then
-  redis.call('SET', KEYS[1], ARGV[4])
-  redis.call('SET', KEYS[2], ARGV[1])
+if ARGV[3] == '' then
+  redis.call('SET', KEYS[1], ARGV[2])
 else
-  redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
-  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[6])
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 end
 return 1
 ",
     )
 });
 
-/// KEYS: key, version key. ARGV: op (`incr`, `nx`, `cas`), version asked, tombstone ttl in ms,
-/// unknown-key mode (`absent`, `ask`, `seed`), seed present (`1`/`0`), seed value, ttl in ms or
-/// empty, delta or value, expected present (`1`/`0`), expected value.
+/// KEYS: key. ARGV: op (`incr`, `nx`, `cas`), version asked (16 hex digits), unknown-key mode
+/// (`absent`, `ask`, `seed`), seed present (`1`/`0`), seed value, ttl in ms or empty, delta or
+/// value, expected present (`1`/`0`), expected value.
 ///
-/// A key with neither a value nor a version is unknown: under `ask` nothing changes and `{2}`
-/// comes back; under `seed` the seed (if present) is stored first, with the call's TTL (the seed
-/// stands for a key the server lost, whose TTL it lost too). A write is stamped with the
-/// larger of the version asked and one more than the stored one. Returns `{status, has value,
-/// value, version, pttl}` (status 1 written, 0 refused), or `{-1, message}` when the value is
-/// not an integer or the sum overflows. INCRBY does the arithmetic, exactly, in 64 bits.
+/// The stored string is read as `envelope.rs` lays it out. A key with neither a value nor a
+/// version is unknown: under `ask` nothing changes and `{2}` comes back; under `seed` the seed
+/// (if present) is stored first, with the call's TTL and no version (the seed stands for a key
+/// the server lost, whose TTL it lost too). A write is stamped with the larger of the version
+/// asked and one more than the stored one. Returns `{status, has value, value, version, pttl}`
+/// (status 1 written, 0 refused), or `{-1, message}` when the value is not an integer or the sum
+/// overflows. INCRBY does the arithmetic, exactly, in 64 bits: the script puts the bare number
+/// back for it, then the header in front of the sum.
 pub(crate) static ATOMIC: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local stored = redis.call('GET', KEYS[2])
-local current = redis.call('GET', KEYS[1])
-if not stored and not current then
-  if ARGV[4] == 'ask' then
-    return {2}
+local cur = redis.call('GET', KEYS[1])
+local stored, current = nil, nil
+if cur then
+  local kind = string.sub(cur, 4, 4)
+  if #cur >= 20 and string.sub(cur, 1, 3) == '\0rs' and (kind == 'v' or kind == 't') then
+    stored = tonumber(string.sub(cur, 5, 20), 16)
   end
-  if ARGV[4] == 'seed' and ARGV[5] == '1' then
-    if ARGV[7] == '' then
-      redis.call('SET', KEYS[1], ARGV[6])
-    else
-      redis.call('SET', KEYS[1], ARGV[6], 'PX', ARGV[7])
-    end
-    current = ARGV[6]
+  if not stored then
+    current = cur
+  elseif kind == 'v' then
+    current = string.sub(cur, 21)
   end
 end
-local version = tonumber(ARGV[2])
-if stored and tonumber(stored) + 1 > version then
-  version = tonumber(stored) + 1
-end
-local vs = string.format('%d', version)
-local function version_ttl()
-  local t = redis.call('PTTL', KEYS[1])
-  if t > 0 then
-    redis.call('SET', KEYS[2], vs, 'PX', t + tonumber(ARGV[3]))
-  else
-    redis.call('SET', KEYS[2], vs)
-  end
-  return t
-end
-local function refused()
-  local t = redis.call('PTTL', KEYS[1])
-  if current then
-    return {0, 1, current, stored or '0', t}
-  end
-  return {0, 0, '', stored or '0', t}
-end
-local function store(value)
-  if ARGV[7] == '' then
+local function put(value)
+  if ARGV[6] == '' then
     redis.call('SET', KEYS[1], value)
   else
-    redis.call('SET', KEYS[1], value, 'PX', ARGV[7])
+    redis.call('SET', KEYS[1], value, 'PX', ARGV[6])
   end
-  return {1, 1, value, vs, version_ttl()}
+end
+if not stored and not current then
+  if ARGV[3] == 'ask' then
+    return {2}
+  end
+  if ARGV[3] == 'seed' and ARGV[4] == '1' then
+    put(ARGV[5])
+    current = ARGV[5]
+  end
+end
+local version = tonumber(ARGV[2], 16)
+if stored and stored + 1 > version then
+  version = stored + 1
+end
+local head = '\0rsv' .. string.format('%016x', version)
+local vs = string.format('%d', version)
+local function refused()
+  local t = redis.call('PTTL', KEYS[1])
+  local was = string.format('%d', stored or 0)
+  if current then
+    return {0, 1, current, was, t}
+  end
+  return {0, 0, '', was, t}
+end
+local function store(value)
+  put(head .. value)
+  return {1, 1, value, vs, redis.call('PTTL', KEYS[1])}
 end
 if ARGV[1] == 'incr' then
-  local n = redis.pcall('INCRBY', KEYS[1], ARGV[8])
+  if current then
+    redis.call('SET', KEYS[1], current, 'KEEPTTL')
+  else
+    redis.call('DEL', KEYS[1])
+  end
+  local n = redis.pcall('INCRBY', KEYS[1], ARGV[7])
   if type(n) == 'table' and n.err then
+    if cur then
+      redis.call('SET', KEYS[1], cur, 'KEEPTTL')
+    end
     return {-1, n.err}
   end
-  if not current and ARGV[7] ~= '' then
-    redis.call('PEXPIRE', KEYS[1], ARGV[7])
+  if not current and ARGV[6] ~= '' then
+    redis.call('PEXPIRE', KEYS[1], ARGV[6])
   end
-  return {1, 1, redis.call('GET', KEYS[1]), vs, version_ttl()}
+  local sum = redis.call('GET', KEYS[1])
+  redis.call('SET', KEYS[1], head .. sum, 'KEEPTTL')
+  return {1, 1, sum, vs, redis.call('PTTL', KEYS[1])}
 elseif ARGV[1] == 'nx' then
   if current then
     return refused()
   end
-  return store(ARGV[8])
+  return store(ARGV[7])
 else
-  local matches = (ARGV[9] == '0' and not current) or (ARGV[9] == '1' and current == ARGV[10])
+  local matches = (ARGV[8] == '0' and not current) or (ARGV[8] == '1' and current == ARGV[9])
   if not matches then
     return refused()
   end
-  return store(ARGV[8])
+  return store(ARGV[7])
 end
 ",
     )

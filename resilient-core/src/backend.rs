@@ -507,8 +507,8 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Writes or deletes a key. A [`KeyWrite::Set`]'s `ttl`, when given, replaces any previous
     /// TTL; `None` keeps the key until it is deleted. `options` carry the write's version and
     /// [mode](WriteMode): a [versioned](Capabilities::versioned) backend keeps the version with
-    /// the key (a delete leaves it as a tombstone, and an expired value keeps it, for a bounded
-    /// time) and applies a [`WriteMode::IfNewer`] write only by [`rules::replay_applies`],
+    /// the key (a delete leaves it as a tombstone for a bounded time; a backend may keep an
+    /// expired value's version too, as PostgreSQL does) and applies a [`WriteMode::IfNewer`] write only by [`rules::replay_applies`],
     /// atomically. A backend that is not versioned ignores both and applies every write.
     async fn write(
         &self,

@@ -363,16 +363,28 @@ impl RedisCluster {
 }
 
 /// Reads `key` from the Redis at `url` with a plain client, as a string: what the server holds,
-/// bypassing the library. Panics when the server cannot be reached (tests only).
+/// bypassing the library. The value is read as the Redis backend's README lays it out, decoded
+/// here independently of the backend: a 20-byte header (`\0rs`, `v` or `t` for a tombstone,
+/// 16 hex digits of version) in front of the value; a string without it is read as it is.
+/// Panics when the server cannot be reached (tests only).
 pub async fn read_key(url: &str, key: &str) -> Option<String> {
     let client = ::redis::Client::open(url).expect("a Redis URL");
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
         .expect("a connection to the test server");
-    ::redis::cmd("GET")
+    let raw: Option<Vec<u8>> = ::redis::cmd("GET")
         .arg(key)
         .query_async(&mut conn)
         .await
-        .expect("GET")
+        .expect("GET");
+    let raw = raw?;
+    let headed =
+        raw.len() >= 20 && raw.starts_with(b"\0rs") && raw[4..20].iter().all(u8::is_ascii_hexdigit);
+    let value = match (headed, raw.get(3)) {
+        (true, Some(b't')) => return None,
+        (true, Some(b'v')) => &raw[20..],
+        _ => &raw[..],
+    };
+    Some(String::from_utf8_lossy(value).into_owned())
 }

@@ -288,12 +288,14 @@ async fn redis_reader(
     Ok(move |key: String| {
         let mut conn = conn.clone();
         Box::pin(async move {
-            redis::cmd("GET")
+            let raw = redis::cmd("GET")
                 .arg(&key)
-                .query_async::<Option<String>>(&mut conn)
+                .query_async::<Option<Vec<u8>>>(&mut conn)
                 .await
                 .ok()
-                .flatten()
+                .flatten()?;
+            resilient_storage::redis::stored_value(&raw)
+                .map(|value| String::from_utf8_lossy(value).into_owned())
         }) as std::pin::Pin<Box<dyn Future<Output = Option<String>>>>
     })
 }

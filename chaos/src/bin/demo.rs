@@ -388,7 +388,11 @@ async fn on_redis_since(
             continue;
         }
         checked += 1;
-        let on_redis: Option<String> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
+        let raw: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
+        let on_redis = raw
+            .as_deref()
+            .and_then(resilient_storage::redis::stored_value);
+        let on_redis = on_redis.map(|value| String::from_utf8_lossy(value).into_owned());
         if on_redis == state.expected {
             matching += 1;
         }

@@ -12,6 +12,9 @@ use resilient_storage::{Backend, BackendUrl, Error, ResilientStorage};
 async fn passes_the_conformance_suite() {
     let backend = BTreeBackend::new("btree", Duration::from_secs(3600));
     resilient_storage::testing::conformance::run(&backend).await;
+    let prefix = resilient_storage::testing::conformance::prefix();
+    resilient_storage::testing::conformance::expired_values_keep_their_version(&backend, &prefix)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

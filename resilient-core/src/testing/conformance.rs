@@ -45,7 +45,7 @@ pub async fn run(backend: &dyn Backend) {
     if backend.capabilities().versioned {
         batched_replays_follow_versions(backend, &p).await;
         replays_never_overwrite_a_newer_write(backend, &p).await;
-        deletes_and_expiries_keep_older_replays_out(backend, &p).await;
+        deletes_keep_older_replays_out(backend, &p).await;
     }
     health_check_passes(backend).await;
 }
@@ -501,9 +501,9 @@ pub async fn replays_never_overwrite_a_newer_write(b: &dyn Backend, p: &str) {
     .await;
 }
 
-/// Versioned backends: a delete leaves a tombstone, and a value that expired keeps its version,
-/// so an older replayed write brings neither back. A newer replay still applies.
-pub async fn deletes_and_expiries_keep_older_replays_out(b: &dyn Backend, p: &str) {
+/// Versioned backends: a delete leaves a tombstone, so an older replayed write does not bring
+/// the key back. A newer replay still applies.
+pub async fn deletes_keep_older_replays_out(b: &dyn Backend, p: &str) {
     let v = WriteVersion;
     let key = format!("{p}tombstone");
     b.set_versioned(&key, Bytes::from_static(b"x"), None, v(100))
@@ -550,7 +550,14 @@ pub async fn deletes_and_expiries_keep_older_replays_out(b: &dyn Backend, p: &st
             .expect("replay")
     );
     assert_eq!(b.get(&key).await.expect("get"), None);
+}
 
+/// For a versioned backend that keeps a value's version after the value expires (PostgreSQL
+/// keeps the row; Redis does not, its version lives inside the value): an older replayed write
+/// does not bring an expired value back. Not part of [`run`]: a backend that promises it calls
+/// it.
+pub async fn expired_values_keep_their_version(b: &dyn Backend, p: &str) {
+    let v = WriteVersion;
     let expiring = format!("{p}tombstone:expiring");
     b.set_versioned(&expiring, Bytes::from_static(b"x"), Some(SHORT_TTL), v(100))
         .await

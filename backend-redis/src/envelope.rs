@@ -1,0 +1,144 @@
+//! How a value and its write version share one Redis string.
+//!
+//! Every write the backend makes stores `header + value` under the key itself, so a key costs
+//! one Redis key and [`HEADER_LEN`] bytes more than its value, not a second key:
+//!
+//! | bytes | what |
+//! |---|---|
+//! | 0..3 | `\0rs`, the marker |
+//! | 3 | `v` for a value, `t` for a tombstone (a delete, kept for `tombstone_ttl`) |
+//! | 4..20 | the write's version, 16 lowercase hex digits |
+//! | 20.. | the value (nothing for a tombstone) |
+//!
+//! A plain Redis client's `GET` sees the header in front of the value, and a tombstone as a
+//! 20-byte string. A string without the marker (written by another client, or by a version of
+//! this crate that kept the version in a companion key) reads as a value with no version:
+//! every versioned replay applies over it.
+//!
+//! Only the replay and atomic scripts look inside a stored header (`scripts.rs` parses the same
+//! layout); a caller's own write is a plain `SET` of the encoded bytes.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Bytes a stored value carries in front of it.
+pub(crate) const HEADER_LEN: usize = 20;
+
+const MARKER: &[u8; 3] = b"\0rs";
+const VALUE: u8 = b'v';
+const TOMBSTONE: u8 = b't';
+
+/// What a Redis string holds.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// A value written by this backend, with its version.
+    Value(Bytes),
+    /// A delete's tombstone: reads as no value.
+    Tombstone,
+    /// A string without the marker: a value with no version.
+    Plain(Bytes),
+}
+
+impl Stored {
+    /// The value a `get` answers.
+    pub(crate) fn value(self) -> Option<Bytes> {
+        match self {
+            Stored::Value(value) | Stored::Plain(value) => Some(value),
+            Stored::Tombstone => None,
+        }
+    }
+}
+
+fn header(kind: u8, version: u64, capacity: usize) -> BytesMut {
+    let mut out = BytesMut::with_capacity(capacity);
+    out.put_slice(MARKER);
+    out.put_u8(kind);
+    out.put_slice(hex(version).as_bytes());
+    out
+}
+
+/// A version as the scripts take it: 16 lowercase hex digits.
+pub(crate) fn hex(version: u64) -> String {
+    format!("{version:016x}")
+}
+
+/// `value` with its version in front.
+pub(crate) fn value(version: u64, value: &[u8]) -> Bytes {
+    let mut out = header(VALUE, version, HEADER_LEN + value.len());
+    out.put_slice(value);
+    out.freeze()
+}
+
+/// A delete's tombstone.
+pub(crate) fn tombstone(version: u64) -> Bytes {
+    header(TOMBSTONE, version, HEADER_LEN).freeze()
+}
+
+/// What a string this backend stored holds, for a program that reads it with a plain Redis
+/// client: the value without its 20-byte header, `None` for a delete's tombstone, and a string
+/// without the header as it is. The layout is in the crate's README ("What a plain Redis
+/// client sees").
+///
+/// ```
+/// use resilient_backend_redis::stored_value;
+///
+/// assert_eq!(stored_value(b"\0rsv0000000000000001hello"), Some(&b"hello"[..]));
+/// assert_eq!(stored_value(b"\0rst0000000000000002"), None);
+/// assert_eq!(stored_value(b"written by someone else"), Some(&b"written by someone else"[..]));
+/// ```
+pub fn stored_value(raw: &[u8]) -> Option<&[u8]> {
+    match decode(Bytes::copy_from_slice(raw.get(..HEADER_LEN).unwrap_or(raw))) {
+        Stored::Tombstone => None,
+        Stored::Value(_) => Some(&raw[HEADER_LEN..]),
+        Stored::Plain(_) => Some(raw),
+    }
+}
+
+/// Reads a stored string; takes no copy of the value.
+pub(crate) fn decode(stored: Bytes) -> Stored {
+    let headed = stored.len() >= HEADER_LEN
+        && stored.starts_with(MARKER)
+        && stored[4..HEADER_LEN].iter().all(u8::is_ascii_hexdigit);
+    match (headed, stored.get(3)) {
+        (true, Some(&VALUE)) => Stored::Value(stored.slice(HEADER_LEN..)),
+        (true, Some(&TOMBSTONE)) => Stored::Tombstone,
+        _ => Stored::Plain(stored),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_header_is_twenty_bytes_and_readable() {
+        let stored = value(0x1234, b"hello");
+        assert_eq!(&stored[..HEADER_LEN], b"\0rsv0000000000001234");
+        assert_eq!(decode(stored), Stored::Value(Bytes::from_static(b"hello")));
+        assert_eq!(tombstone(7).len(), HEADER_LEN);
+        assert_eq!(decode(tombstone(7)), Stored::Tombstone);
+    }
+
+    #[test]
+    fn strings_without_the_marker_are_plain_values() {
+        for plain in [
+            &b""[..],
+            b"hello",
+            b"\0rsv",
+            b"\0rsvnot-hex-digits!!value",
+            b"\0rsx0000000000000007",
+        ] {
+            let plain = Bytes::copy_from_slice(plain);
+            assert_eq!(decode(plain.clone()), Stored::Plain(plain));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_value_and_version_round_trips(version: u64, bytes: Vec<u8>) {
+            let read = decode(value(version, &bytes)).value();
+            prop_assert_eq!(read.as_deref(), Some(&bytes[..]));
+            prop_assert_eq!(decode(tombstone(version)).value(), None);
+        }
+    }
+}
