@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::replay_log::ReplayLog;
 use super::telemetry::BackendMetrics;
 use crate::backend::{Backend, Capabilities};
-use crate::backend::{WriteMode, WriteOptions};
+use crate::backend::{BatchWrite, WriteMode, WriteOptions, WriteVersion};
 use crate::breaker::{BreakerConfig, CircuitBreaker};
 use crate::events::StorageEvent;
 use crate::health::{HealthConfig, HealthState, HealthTracker};
@@ -238,11 +238,14 @@ async fn probe_breaker(slot: &Slot, timeout: Duration) {
 /// How often the replayer looks for recovered backends with writes to replay, when no
 /// write-behind copy wakes it sooner.
 const REPLAY_TICK: Duration = Duration::from_millis(100);
-/// Replayed writes in flight at once, per backend: well under a pool's connections (16 by
+/// Records per replayed batch: one [`Backend::write_many`] call (one pipeline on Redis), so a
+/// recovered backend catches up at batch speed, not at one round trip per record.
+const REPLAY_BATCH: usize = 64;
+/// Replayed batches in flight at once, per backend: well under a pool's connections (16 by
 /// default for PostgreSQL), so replays leave room for calls.
-const REPLAY_CONCURRENCY: usize = 8;
-/// Records replayed between two yields to the scheduler, for a backend that answers at once.
-const REPLAY_YIELD: usize = 256;
+const REPLAY_CONCURRENCY: usize = 4;
+/// Batches replayed between two yields to the scheduler, for a backend that answers at once.
+const REPLAY_YIELD: usize = 4;
 
 /// Replays the writes each backend missed, and sends write-behind copies, once it answers,
 /// until `stop` fires. Each replayed write goes through the backend's breaker: while it is open
@@ -269,12 +272,15 @@ pub(crate) async fn replayer(
     }
 }
 
-/// How one replayed write ended.
+/// How one replayed batch ended.
 enum Replayed {
     Done,
     /// A transient failure or a timeout: the backend is not ready, stop this pass.
     Paused,
 }
+
+/// One record of a replay pass.
+type Record = (String, super::replay_log::LoggedWrite, WriteVersion);
 
 async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_timeout: Duration) {
     use futures_util::StreamExt;
@@ -284,6 +290,7 @@ async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_t
     let mut started = 0_usize;
     loop {
         while complete && running.len() < REPLAY_CONCURRENCY && records.peek().is_some() {
+            // One permit per batch: in half-open the first batch is the one probe.
             let Ok(permit) = slot.breaker.try_acquire() else {
                 // Half-open: the probe in flight decides. Open: stop until it admits again.
                 if running.is_empty() {
@@ -291,18 +298,8 @@ async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_t
                 }
                 break;
             };
-            let Some((key, hint, version)) = records.next() else {
-                break;
-            };
-            running.push(replay_one(
-                slot,
-                events,
-                permit,
-                key,
-                hint,
-                version,
-                attempt_timeout,
-            ));
+            let batch: Vec<Record> = records.by_ref().take(REPLAY_BATCH).collect();
+            running.push(replay_batch(slot, events, permit, batch, attempt_timeout));
             started += 1;
             if started.is_multiple_of(REPLAY_YIELD) {
                 tokio::task::yield_now().await;
@@ -330,54 +327,121 @@ async fn replay(slot: &Slot, events: &broadcast::Sender<StorageEvent>, attempt_t
     }
 }
 
-async fn replay_one(
+/// Replays `batch` as one [`Backend::write_many`] call, each write conditional on a versioned
+/// backend (a newer write another process made there meanwhile stays, and the record is done
+/// all the same). A record is forgotten once its write is answered, unless a newer write
+/// replaced it meanwhile; a transient failure of the call or of any write pauses the pass
+/// (what was not answered stays for the next); a write the backend refuses for good is
+/// reported lost. When the whole call is refused for good (one bad write can fail a backend's
+/// batch), the records are replayed one by one, so only that write is lost.
+async fn replay_batch(
     slot: &Slot,
     events: &broadcast::Sender<StorageEvent>,
     permit: crate::breaker::Permit<'_>,
-    key: String,
-    hint: super::replay_log::LoggedWrite,
-    version: crate::backend::WriteVersion,
+    batch: Vec<Record>,
     attempt_timeout: Duration,
 ) -> Replayed {
     let start = Instant::now();
-    // Conditional on a versioned backend: a newer write another process made there meanwhile
-    // stays, and the record is done all the same.
-    let options = WriteOptions::new(version).mode(WriteMode::IfNewer);
-    let call = slot.backend.write(&key, hint.replay_at(start), options);
-    match tokio::time::timeout(attempt_timeout, call).await {
-        Ok(Ok(outcome)) => {
-            permit.success(start.elapsed());
-            if !outcome.applied {
-                tracing::debug!(backend = %slot.name, "replay skipped: a newer write is there");
-            }
-            if slot.replay.replayed(&key, version) {
-                slot.metrics.replayed(1);
-            }
-            Replayed::Done
-        }
+    let options = |version| WriteOptions::new(version).mode(WriteMode::IfNewer);
+    let writes = batch
+        .iter()
+        .map(|(key, hint, version)| BatchWrite::new(key, hint.replay_at(start), options(*version)))
+        .collect();
+    let answers = match tokio::time::timeout(attempt_timeout, slot.backend.write_many(writes)).await
+    {
+        Ok(Ok(answers)) => answers,
         Ok(Err(error)) if error.is_transient() => {
             permit.failure();
             tracing::debug!(backend = %slot.name, %error, "replay paused");
-            Replayed::Paused
+            return Replayed::Paused;
         }
-        Ok(Err(error)) => {
-            // The backend refuses this write for good: report it rather than retry forever or
-            // drop it silently.
+        Ok(Err(_)) => {
             permit.ignore();
-            if slot.replay.forget(&key, version) {
-                slot.replay.count_lost();
-                slot.metrics.lost(slot.replay.lost());
-                tracing::warn!(backend = %slot.name, %error, "a write could not be replayed");
-                let _ = events.send(StorageEvent::ReplayLost {
-                    backend: slot.name.clone(),
-                    lost: slot.replay.lost(),
-                });
-            }
-            Replayed::Done
+            return replay_one_by_one(slot, events, batch, attempt_timeout).await;
         }
         Err(_) => {
             permit.failure();
-            Replayed::Paused
+            return Replayed::Paused;
         }
+    };
+    let (mut replayed, mut paused) = (0, false);
+    for ((key, _, version), answer) in batch.iter().zip(answers) {
+        match answer {
+            Ok(outcome) => {
+                if !outcome.applied {
+                    tracing::debug!(backend = %slot.name, "replay skipped: a newer write is there");
+                }
+                if slot.replay.replayed(key, *version) {
+                    replayed += 1;
+                }
+            }
+            Err(error) if error.is_transient() => paused = true,
+            Err(error) => lose(slot, events, key, *version, &error),
+        }
+    }
+    slot.metrics.replayed(replayed);
+    if paused {
+        permit.failure();
+        return Replayed::Paused;
+    }
+    permit.success(start.elapsed());
+    Replayed::Done
+}
+
+/// Replays each record of `batch` by itself, through the breaker.
+async fn replay_one_by_one(
+    slot: &Slot,
+    events: &broadcast::Sender<StorageEvent>,
+    batch: Vec<Record>,
+    attempt_timeout: Duration,
+) -> Replayed {
+    for (key, hint, version) in batch {
+        let Ok(permit) = slot.breaker.try_acquire() else {
+            return Replayed::Paused;
+        };
+        let start = Instant::now();
+        let options = WriteOptions::new(version).mode(WriteMode::IfNewer);
+        let call = slot.backend.write(&key, hint.replay_at(start), options);
+        match tokio::time::timeout(attempt_timeout, call).await {
+            Ok(Ok(_)) => {
+                permit.success(start.elapsed());
+                if slot.replay.replayed(&key, version) {
+                    slot.metrics.replayed(1);
+                }
+            }
+            Ok(Err(error)) if error.is_transient() => {
+                permit.failure();
+                return Replayed::Paused;
+            }
+            Ok(Err(error)) => {
+                permit.ignore();
+                lose(slot, events, &key, version, &error);
+            }
+            Err(_) => {
+                permit.failure();
+                return Replayed::Paused;
+            }
+        }
+    }
+    Replayed::Done
+}
+
+/// The backend refuses this write for good: report it rather than retry forever or drop it
+/// silently.
+fn lose(
+    slot: &Slot,
+    events: &broadcast::Sender<StorageEvent>,
+    key: &str,
+    version: WriteVersion,
+    error: &crate::Error,
+) {
+    if slot.replay.forget(key, version) {
+        slot.replay.count_lost();
+        slot.metrics.lost(slot.replay.lost());
+        tracing::warn!(backend = %slot.name, %error, "a write could not be replayed");
+        let _ = events.send(StorageEvent::ReplayLost {
+            backend: slot.name.clone(),
+            lost: slot.replay.lost(),
+        });
     }
 }
