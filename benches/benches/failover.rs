@@ -25,9 +25,18 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        interleaved().await;
-        replay_after_an_outage().await;
-        latency_aware_against_failover().await;
+        if selected("interleaved_") {
+            interleaved().await;
+        }
+        if selected("replay_after_an_outage") {
+            replay_after_an_outage().await;
+        }
+        if selected("latency_aware_vs_failover") {
+            latency_aware_against_failover().await;
+        }
+        if !selected("failover_times") {
+            return;
+        }
         failover_and_failback_times(
             "defaults",
             Strategy::Failover,
@@ -43,6 +52,16 @@ fn main() {
         )
         .await;
     });
+}
+
+/// Whether the group `name` (or, for a name ending in `_`, a group it starts) runs:
+/// `cargo xtask bench --only GROUP` sets `RESILIENT_BENCH_ONLY`.
+fn selected(name: &str) -> bool {
+    match std::env::var("RESILIENT_BENCH_ONLY") {
+        Ok(only) if name.ends_with('_') => only.starts_with(name),
+        Ok(only) => only == name,
+        Err(_) => true,
+    }
 }
 
 async fn latency_aware_against_failover() {
@@ -196,6 +215,9 @@ where
     FA: std::future::Future<Output = ()>,
     FB: std::future::Future<Output = ()>,
 {
+    if !selected(&format!("interleaved_{name}")) {
+        return;
+    }
     for _ in 0..PER_ROUND {
         ours().await;
         baseline().await;
@@ -229,6 +251,8 @@ where
         &format!("interleaved_{name}"),
         &json!({
             "median_ratio": median,
+            "rounds": ROUNDS,
+            "per_round": PER_ROUND,
             "resilient_us": (ours_total / calls).as_secs_f64() * 1e6,
             "baseline_us": (base_total / calls).as_secs_f64() * 1e6,
         }),
@@ -438,7 +462,10 @@ async fn replay_after_an_outage() {
                     .await
                     .unwrap();
             }
-            assert!(pending(storage, "redis") >= BACKLOG, "the outage's writes are kept");
+            assert!(
+                pending(storage, "redis") >= BACKLOG,
+                "the outage's writes are kept"
+            );
         }
     };
 
@@ -487,7 +514,10 @@ async fn replay_after_an_outage() {
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap()
     };
-    assert!(on_redis as usize >= 2 * BACKLOG, "both backlogs are on Redis: {on_redis}");
+    assert!(
+        on_redis as usize >= 2 * BACKLOG,
+        "both backlogs are on Redis: {on_redis}"
+    );
     storage.shutdown().await;
     println!(
         "replay: {left} records in {replay:?} ({per_second:.0}/s); under a {rate:.0} writes/s \

@@ -11,9 +11,11 @@
 //! - `chaos [--short] [--seed N] [--only 1,2]`: installs the servers when missing, then runs
 //!   the chaos suite against throwaway servers (see `chaos/src/bin/chaos.rs`).
 //! - `demo [--quick]`: installs the servers when missing, then runs the live failover demo.
-//! - `bench`: installs the servers when missing, runs the criterion suite against throwaway
-//!   servers, and writes `target/criterion/summary.md`: each figure as a ratio to its baseline
-//!   from the same run, against the goal.
+//! - `bench [--only GROUP]`: installs the servers when missing, runs the criterion suite and
+//!   the custom figures against throwaway servers (or only one group of them), and writes
+//!   `target/criterion/summary.md`: each figure as a ratio to its baseline from the same run,
+//!   against the goal, with the machine's cores and load. Rows of groups not run this time show
+//!   their last results, or "not run".
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -42,7 +44,7 @@ fn main() -> ExitCode {
             .and_then(|()| test())
             .and_then(|()| chaos_bin("chaos", &["--short".into()]))
             .and_then(|()| chaos_bin("demo", &["--quick".into()])),
-        Some("bench") => bench(),
+        Some("bench") => bench(&args[1..]),
         Some("chaos") => chaos_bin("chaos", &args[1..]),
         Some("demo") => chaos_bin("demo", &args[1..]),
         _ => {
@@ -313,23 +315,107 @@ fn metadata_target_dir(mut command: Command) -> Result<PathBuf, String> {
         .ok_or_else(|| "cargo metadata: no target_directory".to_owned())
 }
 
-fn bench() -> Result<(), String> {
+/// Groups of the custom benchmark (`benches/benches/failover.rs`), which `--only` selects by
+/// the `RESILIENT_BENCH_ONLY` variable; criterion's groups are selected by criterion's filter.
+const CUSTOM_GROUPS: &[&str] = &[
+    "interleaved_redis_get",
+    "interleaved_redis_set",
+    "interleaved_redis_increment",
+    "interleaved_redis_get_many_100",
+    "interleaved_postgres_get",
+    "interleaved_postgres_get_many_100",
+    "replay_after_an_outage",
+    "latency_aware_vs_failover",
+    "failover_times",
+];
+
+fn bench(args: &[String]) -> Result<(), String> {
+    let only = match args {
+        [] => None,
+        [flag, group] if flag == "--only" => Some(group.as_str()),
+        _ => return Err("usage: cargo xtask bench [--only GROUP]".into()),
+    };
+    let known = |g: &str| CUSTOM_GROUPS.contains(&g) || GROUPS.iter().any(|(name, ..)| *name == g);
+    if let Some(group) = only.filter(|g| !known(g)) {
+        let mut names: Vec<&str> = GROUPS.iter().map(|(name, ..)| *name).collect();
+        names.extend(CUSTOM_GROUPS);
+        return Err(format!(
+            "no benchmark group {group:?}; the groups: {}",
+            names.join(", ")
+        ));
+    }
     ensure_servers()?;
     let target = target_dir()?;
+    let load_before = load_average();
     // Criterion and the benchmarks' own results follow CARGO_TARGET_DIR: set it to what cargo
     // resolved, so a `build.target-dir` in a config file is followed too.
-    run(
-        "benchmarks",
-        cargo()
-            .args(["bench", "-p", "resilient-benches"])
-            .env("CARGO_TARGET_DIR", &target),
-    )?;
-    let summary = summary(&target)?;
+    let mut command = cargo();
+    command
+        .args(["bench", "-p", "resilient-benches"])
+        .env("CARGO_TARGET_DIR", &target);
+    match only {
+        Some(group) if CUSTOM_GROUPS.contains(&group) => {
+            command
+                .args(["--bench", "failover"])
+                .env("RESILIENT_BENCH_ONLY", group);
+        }
+        Some(group) => {
+            command.args(["--bench", "overhead", "--", &format!("^{group}/")]);
+        }
+        None => {}
+    }
+    run("benchmarks", &mut command)?;
+    let machine = Machine {
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_before,
+        load_after: load_average(),
+    };
+    let summary = summary(&target, &machine)?;
     let path = target.join("criterion/summary.md");
     std::fs::write(&path, &summary).map_err(|e| format!("write {}: {e}", path.display()))?;
     println!("{summary}");
     eprintln!("xtask: summary written to {}", path.display());
     Ok(())
+}
+
+/// The one-minute load average, from `/proc/loadavg` (`None` where there is none).
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// What the summary says about the machine it ran on.
+struct Machine {
+    cores: usize,
+    load_before: Option<f64>,
+    load_after: Option<f64>,
+}
+
+impl Machine {
+    fn describe(&self) -> String {
+        let load = |l: Option<f64>| l.map_or("unknown".to_owned(), |l| format!("{l:.2}"));
+        // Quiet: under a quarter of a core busy on average, per core, before and after.
+        let quiet = match (self.load_before, self.load_after) {
+            (Some(a), Some(b)) if self.cores > 0 => {
+                if a.max(b) / self.cores as f64 <= 0.25 {
+                    "quiet"
+                } else {
+                    "busy: rerun a group with `--only` before believing a change"
+                }
+            }
+            _ => "load unknown",
+        };
+        format!(
+            "Machine: {} cores; one-minute load average {} before the run and {} after ({quiet}).",
+            self.cores,
+            load(self.load_before),
+            load(self.load_after)
+        )
+    }
 }
 
 /// Criterion groups compared with their baseline: (group, what, how the ratio is read, goal).
@@ -409,6 +495,7 @@ enum Goal {
 }
 
 fn mean_ns(target: &Path, group: &str, function: &str) -> Result<f64, String> {
+    // A group never run (see `--only`) has no file: its row says "not run".
     let path = target.join(format!("criterion/{group}/{function}/new/estimates.json"));
     let text =
         std::fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
@@ -426,11 +513,15 @@ fn custom(target: &Path, name: &str) -> Result<serde_json::Value, String> {
 }
 
 /// The summary of the results under `target` (cargo's target directory).
-fn summary(target: &Path) -> Result<String, String> {
-    let mut out = String::from(
-        "# resilient-storage benchmarks\n\nEvery figure is measured in the same run as its baseline.\n\n\
+fn summary(target: &Path, machine: &Machine) -> Result<String, String> {
+    let mut out = format!(
+        "# resilient-storage benchmarks\n\nEvery figure is measured in the same run as its baseline. \
+         {}\nCriterion rows: mean of criterion's samples (100 by default) on each side; \
+         interleaved rows: the median of per-round ratios, rounds as stated.\n\n\
          | benchmark | resilient | baseline | ratio | goal | met |\n|---|---|---|---|---|---|\n",
+        machine.describe()
     );
+    let not_run = |what: &str| format!("| {what} | not run | | | | |\n");
     let time = |ns: f64| {
         if ns >= 1e6 {
             format!("{:.2} ms", ns / 1e6)
@@ -441,8 +532,13 @@ fn summary(target: &Path) -> Result<String, String> {
         }
     };
     for (group, what, goal) in GROUPS {
-        let ours = mean_ns(target, group, "resilient")?;
-        let base = mean_ns(target, group, "baseline")?;
+        let (Ok(ours), Ok(base)) = (
+            mean_ns(target, group, "resilient"),
+            mean_ns(target, group, "baseline"),
+        ) else {
+            out.push_str(&not_run(what));
+            continue;
+        };
         let (ratio, goal_text, met) = match goal {
             Goal::AtMost(limit) => (ours / base, format!("≤ {limit}x"), ours / base <= *limit),
             Goal::ThroughputAtLeast(limit) => (
@@ -459,43 +555,74 @@ fn summary(target: &Path) -> Result<String, String> {
         ));
     }
     for (name, what, limit) in [
+        ("redis_get", "Redis get, one task", 1.05),
         (
-            "redis_get",
-            "Redis get, one task (interleaved A/B, median of 30 rounds)",
-            1.05,
+            "redis_set",
+            "Redis set (value and version in one SET), Redis-only storage, vs a plain SET of the value",
+            1.1,
         ),
-        (
-            "postgres_get",
-            "PostgreSQL get (interleaved A/B, median of 30 rounds)",
-            1.05,
-        ),
+        ("postgres_get", "PostgreSQL get", 1.05),
         (
             "redis_get_many_100",
-            "Redis get_many of 100 keys vs one raw MGET (interleaved A/B, median of 30 rounds)",
+            "Redis get_many of 100 keys vs one raw MGET",
             1.1,
         ),
         (
             "redis_increment",
-            "Redis increment (script: count and version) vs one raw INCRBY (interleaved A/B, median of 30 rounds)",
+            "Redis increment (script: count and version) vs one raw INCRBY",
             1.3,
         ),
         (
             "postgres_get_many_100",
-            "PostgreSQL get_many of 100 keys vs one raw `= ANY($1)` (interleaved A/B, median of 30 rounds)",
+            "PostgreSQL get_many of 100 keys vs one raw `= ANY($1)`",
             1.1,
         ),
     ] {
-        let figures = custom(target, &format!("interleaved_{name}"))?;
+        let Ok(figures) = custom(target, &format!("interleaved_{name}")) else {
+            out.push_str(&not_run(what));
+            continue;
+        };
         let get = |k: &str| figures[k].as_f64().unwrap_or(f64::NAN);
+        let count = |k: &str| {
+            figures[k]
+                .as_u64()
+                .map_or("?".to_owned(), |n| n.to_string())
+        };
         let ratio = get("median_ratio");
         out.push_str(&format!(
-            "| {what} | {:.1} µs | {:.1} µs | {ratio:.3}x | ≤ {limit}x | {} |\n",
+            "| {what} (interleaved A/B, median of {} rounds of {} calls) | {:.1} µs | {:.1} µs | {ratio:.3}x | ≤ {limit}x | {} |\n",
+            count("rounds"),
+            count("per_round"),
             get("resilient_us"),
             get("baseline_us"),
             if ratio <= limit { "yes" } else { "**no**" }
         ));
     }
-    let latency = custom(target, "latency_aware_vs_failover")?;
+    match custom(target, "replay_after_an_outage") {
+        Ok(replay) => {
+            let get = |k: &str| replay[k].as_f64().unwrap_or(f64::NAN);
+            let rate = get("records_per_second");
+            let ratio = get("takeback_ratio");
+            out.push_str(&format!(
+                "| replay to a recovered Redis, {:.0} records (fault proxy) | {rate:.0} records/s | {:.0} ms | | ≥ 50,000/s | {} |\n",
+                get("records"),
+                get("replay_ms"),
+                if rate >= 50_000.0 { "yes" } else { "**no**" }
+            ));
+            out.push_str(&format!(
+                "| Redis takes traffic back under a {:.0} writes/s stream, from the replay's start, vs the replay alone | {:.0} ms | {:.0} ms | {ratio:.3}x | ≤ 2x | {} |\n",
+                get("stream_writes_per_second"),
+                get("takeback_ms"),
+                get("replay_ms"),
+                if ratio <= 2.0 { "yes" } else { "**no**" }
+            ));
+        }
+        Err(_) => out.push_str(&not_run("replay to a recovered Redis")),
+    }
+    let Ok(latency) = custom(target, "latency_aware_vs_failover") else {
+        out.push_str(&not_run("p99 of LatencyAware vs Failover"));
+        return Ok(out);
+    };
     let p99 = |s: &str| {
         latency["strategies"][s]["p99_us"]
             .as_f64()
@@ -509,7 +636,10 @@ fn summary(target: &Path) -> Result<String, String> {
         if ratio <= 0.3 { "yes" } else { "**no**" }
     ));
     for config in ["defaults", "fast_failback"] {
-        let times = custom(target, &format!("failover_times_{config}"))?;
+        let Ok(times) = custom(target, &format!("failover_times_{config}")) else {
+            out.push_str(&not_run(&format!("failover and failback times ({config})")));
+            continue;
+        };
         let get = |k: &str| times[k].as_f64().unwrap_or(f64::NAN);
         let rows = [
             (
@@ -577,6 +707,7 @@ mod tests {
         let custom = |name: &str| target.join(format!("criterion/resilient-custom/{name}.json"));
         for name in [
             "interleaved_redis_get",
+            "interleaved_redis_set",
             "interleaved_postgres_get",
             "interleaved_redis_get_many_100",
             "interleaved_redis_increment",
@@ -584,7 +715,8 @@ mod tests {
         ] {
             write(
                 custom(name),
-                serde_json::json!({"median_ratio": 1.01, "resilient_us": 50.5, "baseline_us": 50.0}),
+                serde_json::json!({"median_ratio": 1.01, "resilient_us": 50.5, "baseline_us": 50.0,
+                    "rounds": 30, "per_round": 200}),
             );
         }
         write(
@@ -599,11 +731,47 @@ mod tests {
                     "failback_ms": 900.0, "failback_baseline_ms": 1000.0}),
             );
         }
-        let summary = summary(&target).unwrap();
+        write(
+            custom("replay_after_an_outage"),
+            serde_json::json!({"records": 80000, "replay_ms": 800.0, "records_per_second": 100000.0,
+                "stream_writes_per_second": 20000.0, "takeback_ms": 700.0, "takeback_ratio": 0.875}),
+        );
+        let machine = Machine {
+            cores: 2,
+            load_before: Some(0.1),
+            load_after: Some(0.3),
+        };
+        let summary = summary(&target, &machine).unwrap();
+        assert!(summary.contains("Machine: 2 cores; one-minute load average 0.10 before the run and 0.30 after (quiet)."), "{summary}");
+        assert!(
+            summary.contains("median of 30 rounds of 200 calls"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("| 100000 records/s | 800 ms | | ≥ 50,000/s | yes |"),
+            "{summary}"
+        );
         assert!(
             summary.contains("| set under the default write-behind policy"),
             "{summary}"
         );
         assert!(summary.contains("| 110.0 ns | 100.0 ns | 1.100x | ≤ 1.15x | yes |"));
+    }
+
+    #[test]
+    fn groups_without_results_say_not_run() {
+        let target = scratch("not-run");
+        let machine = Machine {
+            cores: 2,
+            load_before: None,
+            load_after: None,
+        };
+        let summary = summary(&target, &machine).unwrap();
+        assert!(
+            summary
+                .contains("| memory get (hit), through ResilientStorage vs moka get | not run |"),
+            "{summary}"
+        );
+        assert!(summary.contains("load unknown"), "{summary}");
     }
 }
