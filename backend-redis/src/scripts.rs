@@ -107,8 +107,9 @@ return 1
 /// the server lost, whose TTL it lost too). A write is stamped with the larger of the version
 /// asked and one more than the stored one. Returns `{status, has value, value, version, pttl}`
 /// (status 1 written, 0 refused), or `{-1, message}` when the value is not an integer or the sum
-/// overflows. INCRBY does the arithmetic, exactly, in 64 bits: the script puts the bare number
-/// back for it, then the header in front of the sum.
+/// overflows. Canonical integers under 10^15 are added in Lua (exact in its doubles: one `SET`);
+/// any other value goes to INCRBY, exact in 64 bits and the judge of what is an integer: the
+/// script puts the bare number back for it, then the header in front of the sum.
 pub(crate) static ATOMIC: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -160,6 +161,20 @@ local function store(value)
   return {1, 1, value, vs, redis.call('PTTL', KEYS[1])}
 end
 if ARGV[1] == 'incr' then
+  -- Both numbers canonical and under 10^15: the sum is exact in Lua's doubles, one SET.
+  local base = current or '0'
+  local b = string.match(base, '^-?([1-9]%d*)$')
+  local d = string.match(ARGV[7], '^-?(%d+)$')
+  if d and #d <= 15 and (base == '0' or (b and #b <= 15)) then
+    local sum = string.format('%d', tonumber(base) + tonumber(ARGV[7]))
+    if current then
+      redis.call('SET', KEYS[1], head .. sum, 'KEEPTTL')
+    else
+      put(head .. sum)
+    end
+    return {1, 1, sum, vs, redis.call('PTTL', KEYS[1])}
+  end
+  -- Otherwise INCRBY decides, exactly in 64 bits: the bare number goes back for it.
   if current then
     redis.call('SET', KEYS[1], current, 'KEEPTTL')
   else

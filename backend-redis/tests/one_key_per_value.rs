@@ -161,3 +161,61 @@ async fn an_expired_value_takes_its_version_with_it() {
             .unwrap()
     );
 }
+
+/// Increments are exact on both sides of the script's two paths: canonical numbers under 10^15
+/// are added in Lua, anything else by INCRBY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn increments_are_exact_on_both_sides_of_the_fast_path() {
+    use resilient_core::{AtomicOp, Unknown, WriteOptions};
+    let server = RedisServer::start().unwrap();
+    let backend = common::backend(&server.url());
+    for (start, delta, sum) in [
+        ("999999999999999", 1, "1000000000000000"),
+        ("1000000000000000", 1, "1000000000000001"),
+        ("9007199254740993", 0, "9007199254740993"),
+        ("-5", 5, "0"),
+        ("0", -999_999_999_999_999, "-999999999999999"),
+        ("12", 9_007_199_254_740_993, "9007199254741005"),
+    ] {
+        let key = format!("n{start}:{delta}");
+        backend
+            .set(&key, Bytes::copy_from_slice(start.as_bytes()), None)
+            .await
+            .unwrap();
+        let outcome = backend
+            .atomic(
+                &key,
+                AtomicOp::Increment { delta, ttl: None },
+                Unknown::Absent,
+                WriteOptions::new(WriteVersion(9)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome.value.as_deref(),
+            Some(sum.as_bytes()),
+            "{start} + {delta}"
+        );
+    }
+    // A number with a leading zero is INCRBY's to judge: it refuses it, and the value stays.
+    backend
+        .set("zero", Bytes::from_static(b"007"), None)
+        .await
+        .unwrap();
+    let refused = backend
+        .atomic(
+            "zero",
+            AtomicOp::Increment {
+                delta: 1,
+                ttl: None,
+            },
+            Unknown::Absent,
+            WriteOptions::new(WriteVersion(9)),
+        )
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(
+        backend.get("zero").await.unwrap().as_deref(),
+        Some(&b"007"[..])
+    );
+}
