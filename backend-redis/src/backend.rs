@@ -327,8 +327,8 @@ impl RedisBackend {
         cmd
     }
 
-    /// The arguments of `scripts::REPLAY` for `write`.
-    fn replay_args(&self, write: &KeyWrite, version: WriteVersion) -> Result<[Vec<u8>; 3]> {
+    /// The arguments of `scripts::REPLAY` for `write` (the encoded write is not copied again).
+    fn replay_args(&self, write: &KeyWrite, version: WriteVersion) -> Result<[Bytes; 3]> {
         let (stored, ttl) = match write {
             KeyWrite::Set { value, ttl } => (
                 envelope::value(version.0, value),
@@ -340,7 +340,7 @@ impl RedisBackend {
             ),
             _ => return Err(Error::unsupported(&self.config.name, Operation::Set)),
         };
-        Ok([envelope::hex(version.0).into_bytes(), stored.to_vec(), ttl])
+        Ok([envelope::hex(version.0).into(), stored, ttl.into()])
     }
 
     /// Applies a replayed write only over an older version or none, atomically.
@@ -570,7 +570,7 @@ impl RedisBackend {
                 let mut cmd = redis::cmd("EVALSHA");
                 cmd.arg(scripts::REPLAY.get_hash()).arg(1).arg(&key);
                 for arg in self.replay_args(write, version)? {
-                    cmd.arg(arg);
+                    cmd.arg(&arg[..]);
                 }
                 (cmd, CallKind::Replay)
             }

@@ -49,10 +49,12 @@ impl Stored {
 }
 
 fn header(kind: u8, version: u64, capacity: usize) -> BytesMut {
+    use std::fmt::Write as _;
     let mut out = BytesMut::with_capacity(capacity);
     out.put_slice(MARKER);
     out.put_u8(kind);
-    out.put_slice(hex(version).as_bytes());
+    // Into the buffer itself: no string per write. BytesMut's fmt::Write does not fail.
+    let _ = write!(out, "{version:016x}");
     out
 }
 
@@ -86,23 +88,30 @@ pub(crate) fn tombstone(version: u64) -> Bytes {
 /// assert_eq!(stored_value(b"written by someone else"), Some(&b"written by someone else"[..]));
 /// ```
 pub fn stored_value(raw: &[u8]) -> Option<&[u8]> {
-    match decode(Bytes::copy_from_slice(raw.get(..HEADER_LEN).unwrap_or(raw))) {
-        Stored::Tombstone => None,
-        Stored::Value(_) => Some(&raw[HEADER_LEN..]),
-        Stored::Plain(_) => Some(raw),
+    match kind(raw) {
+        Some(VALUE) => Some(&raw[HEADER_LEN..]),
+        Some(_) => None,
+        None => Some(raw),
     }
 }
 
 /// Reads a stored string; takes no copy of the value.
 pub(crate) fn decode(stored: Bytes) -> Stored {
-    let headed = stored.len() >= HEADER_LEN
-        && stored.starts_with(MARKER)
-        && stored[4..HEADER_LEN].iter().all(u8::is_ascii_hexdigit);
-    match (headed, stored.get(3)) {
-        (true, Some(&VALUE)) => Stored::Value(stored.slice(HEADER_LEN..)),
-        (true, Some(&TOMBSTONE)) => Stored::Tombstone,
-        _ => Stored::Plain(stored),
+    match kind(&stored) {
+        Some(VALUE) => Stored::Value(stored.slice(HEADER_LEN..)),
+        Some(_) => Stored::Tombstone,
+        None => Stored::Plain(stored),
     }
+}
+
+/// `VALUE` or `TOMBSTONE` for a string with the header, `None` for one without.
+fn kind(raw: &[u8]) -> Option<u8> {
+    let headed = raw.len() >= HEADER_LEN
+        && raw.starts_with(MARKER)
+        && raw[4..HEADER_LEN].iter().all(u8::is_ascii_hexdigit);
+    raw.get(3)
+        .copied()
+        .filter(|&kind| headed && (kind == VALUE || kind == TOMBSTONE))
 }
 
 #[cfg(test)]
