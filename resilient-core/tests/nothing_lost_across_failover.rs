@@ -308,3 +308,92 @@ async fn a_refused_write_leaves_no_replay_behind() {
         "the refused value was replayed"
     );
 }
+
+/// A memory store that refuses, for good, every replayed write of the key `poison`; a batch
+/// holding one is refused as a whole, nothing written (as one SQL statement would be).
+#[derive(Debug)]
+struct RefusesPoison(MemoryBackend);
+
+#[async_trait::async_trait]
+impl Backend for RefusesPoison {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn scheme(&self) -> &str {
+        self.0.scheme()
+    }
+
+    fn capabilities(&self) -> resilient_core::Capabilities {
+        self.0.capabilities()
+    }
+
+    async fn health_check(&self) -> resilient_core::Result<resilient_core::HealthProbe> {
+        self.0.health_check().await
+    }
+
+    async fn get(&self, key: &str) -> resilient_core::Result<Option<bytes::Bytes>> {
+        self.0.get(key).await
+    }
+
+    async fn write(
+        &self,
+        key: &str,
+        write: resilient_core::KeyWrite,
+        options: resilient_core::WriteOptions,
+    ) -> resilient_core::Result<resilient_core::WriteOutcome> {
+        if key == "poison" && options.mode == resilient_core::WriteMode::IfNewer {
+            return Err(resilient_core::Error::rejected(
+                "redis",
+                Operation::Set,
+                "refused for good",
+            ));
+        }
+        self.0.write(key, write, options).await
+    }
+
+    async fn write_many(
+        &self,
+        writes: Vec<resilient_core::BatchWrite<'_>>,
+    ) -> resilient_core::Result<Vec<resilient_core::Result<resilient_core::WriteOutcome>>> {
+        if writes.iter().any(|w| w.key == "poison") {
+            return Err(resilient_core::Error::rejected(
+                "redis",
+                Operation::WriteMany,
+                "refused for good",
+            ));
+        }
+        self.0.write_many(writes).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_refused_for_good_is_the_only_one_lost_from_its_replayed_batch() {
+    let inner = RefusesPoison(MemoryBackend::new(MemoryConfig::default().name("redis")));
+    let redis = Arc::new(resilient_core::testing::FaultBackend::wrap(Arc::new(inner)).shared(true));
+    let postgres = fault("postgres");
+    let storage = builder(&[&redis, &postgres])
+        .strategy(Strategy::Priority)
+        .build()
+        .await
+        .unwrap();
+    let mut events = storage.subscribe();
+    redis.inject(Fault::Fail);
+    storage.set("a", "1", None).await.unwrap();
+    storage.set("poison", "x", None).await.unwrap();
+    storage.set("b", "2", None).await.unwrap();
+    assert_eq!(storage.health().backends["redis"].pending_replay, 3);
+
+    redis.inject(Fault::Pass);
+    sleep(Duration::from_millis(1_200)).await;
+    let report = storage.health();
+    assert_eq!(report.backends["redis"].pending_replay, 0);
+    assert_eq!(direct(&*redis, "a").await.as_deref(), Some(&b"1"[..]));
+    assert_eq!(direct(&*redis, "b").await.as_deref(), Some(&b"2"[..]));
+    assert_eq!(direct(&*redis, "poison").await, None);
+    // The report's count starts over once a replay leaves nothing pending: the event says it.
+    assert!(drain(&mut events).iter().any(|e| matches!(
+        e,
+        StorageEvent::ReplayLost { backend, lost: 1 } if backend == "redis"
+    )));
+}

@@ -402,25 +402,16 @@ async fn replay_one_by_one(
         let start = Instant::now();
         let options = WriteOptions::new(version).mode(WriteMode::IfNewer);
         let call = slot.backend.write(&key, hint.replay_at(start), options);
-        match tokio::time::timeout(attempt_timeout, call).await {
+        let result = tokio::time::timeout(attempt_timeout, call).await;
+        super::attempt::settle(permit, &result, start.elapsed());
+        match result {
             Ok(Ok(_)) => {
-                permit.success(start.elapsed());
                 if slot.replay.replayed(&key, version) {
                     slot.metrics.replayed(1);
                 }
             }
-            Ok(Err(error)) if error.is_transient() => {
-                permit.failure();
-                return Replayed::Paused;
-            }
-            Ok(Err(error)) => {
-                permit.ignore();
-                lose(slot, events, &key, version, &error);
-            }
-            Err(_) => {
-                permit.failure();
-                return Replayed::Paused;
-            }
+            Ok(Err(error)) if !error.is_transient() => lose(slot, events, &key, version, &error),
+            _ => return Replayed::Paused,
         }
     }
     Replayed::Done
