@@ -315,19 +315,50 @@ fn metadata_target_dir(mut command: Command) -> Result<PathBuf, String> {
         .ok_or_else(|| "cargo metadata: no target_directory".to_owned())
 }
 
-/// Groups of the custom benchmark (`benches/benches/failover.rs`), which `--only` selects by
-/// the `RESILIENT_BENCH_ONLY` variable; criterion's groups are selected by criterion's filter.
-const CUSTOM_GROUPS: &[&str] = &[
-    "interleaved_redis_get",
-    "interleaved_redis_set",
-    "interleaved_redis_increment",
-    "interleaved_redis_get_many_100",
-    "interleaved_postgres_get",
-    "interleaved_postgres_get_many_100",
+/// Interleaved A/B figures of the custom benchmark (`benches/benches/failover.rs`, results
+/// `interleaved_<name>.json`): (name, what, goal as the highest ratio).
+const INTERLEAVED: &[(&str, &str, f64)] = &[
+    ("redis_get", "Redis get, one task", 1.05),
+    (
+        "redis_set",
+        "Redis set (value and version in one SET), Redis-only storage, vs a plain SET of the value",
+        1.1,
+    ),
+    ("postgres_get", "PostgreSQL get", 1.05),
+    (
+        "redis_get_many_100",
+        "Redis get_many of 100 keys vs one raw MGET",
+        1.1,
+    ),
+    (
+        "redis_increment",
+        "Redis increment (script: count and version) vs one raw INCRBY",
+        1.3,
+    ),
+    (
+        "postgres_get_many_100",
+        "PostgreSQL get_many of 100 keys vs one raw `= ANY($1)`",
+        1.1,
+    ),
+];
+
+/// The custom benchmark's other groups. `--only` selects a custom group, these or
+/// `interleaved_<name>`, by the `RESILIENT_BENCH_ONLY` variable; criterion's groups by
+/// criterion's filter.
+const OTHER_CUSTOM_GROUPS: &[&str] = &[
     "replay_after_an_outage",
     "latency_aware_vs_failover",
     "failover_times",
 ];
+
+/// Every custom group's name, as `--only` takes it.
+fn custom_groups() -> Vec<String> {
+    INTERLEAVED
+        .iter()
+        .map(|(name, ..)| format!("interleaved_{name}"))
+        .chain(OTHER_CUSTOM_GROUPS.iter().map(|g| (*g).to_owned()))
+        .collect()
+}
 
 fn bench(args: &[String]) -> Result<(), String> {
     let only = match args {
@@ -335,10 +366,12 @@ fn bench(args: &[String]) -> Result<(), String> {
         [flag, group] if flag == "--only" => Some(group.as_str()),
         _ => return Err("usage: cargo xtask bench [--only GROUP]".into()),
     };
-    let known = |g: &str| CUSTOM_GROUPS.contains(&g) || GROUPS.iter().any(|(name, ..)| *name == g);
+    let custom_groups = custom_groups();
+    let is_custom = |g: &str| custom_groups.iter().any(|c| c == g);
+    let known = |g: &str| is_custom(g) || GROUPS.iter().any(|(name, ..)| *name == g);
     if let Some(group) = only.filter(|g| !known(g)) {
         let mut names: Vec<&str> = GROUPS.iter().map(|(name, ..)| *name).collect();
-        names.extend(CUSTOM_GROUPS);
+        names.extend(custom_groups.iter().map(String::as_str));
         return Err(format!(
             "no benchmark group {group:?}; the groups: {}",
             names.join(", ")
@@ -354,7 +387,7 @@ fn bench(args: &[String]) -> Result<(), String> {
         .args(["bench", "-p", "resilient-benches"])
         .env("CARGO_TARGET_DIR", &target);
     match only {
-        Some(group) if CUSTOM_GROUPS.contains(&group) => {
+        Some(group) if is_custom(group) => {
             command
                 .args(["--bench", "failover"])
                 .env("RESILIENT_BENCH_ONLY", group);
@@ -554,30 +587,7 @@ fn summary(target: &Path, machine: &Machine) -> Result<String, String> {
             if met { "yes" } else { "**no**" }
         ));
     }
-    for (name, what, limit) in [
-        ("redis_get", "Redis get, one task", 1.05),
-        (
-            "redis_set",
-            "Redis set (value and version in one SET), Redis-only storage, vs a plain SET of the value",
-            1.1,
-        ),
-        ("postgres_get", "PostgreSQL get", 1.05),
-        (
-            "redis_get_many_100",
-            "Redis get_many of 100 keys vs one raw MGET",
-            1.1,
-        ),
-        (
-            "redis_increment",
-            "Redis increment (script: count and version) vs one raw INCRBY",
-            1.3,
-        ),
-        (
-            "postgres_get_many_100",
-            "PostgreSQL get_many of 100 keys vs one raw `= ANY($1)`",
-            1.1,
-        ),
-    ] {
+    for &(name, what, limit) in INTERLEAVED {
         let Ok(figures) = custom(target, &format!("interleaved_{name}")) else {
             out.push_str(&not_run(what));
             continue;
@@ -705,16 +715,9 @@ mod tests {
             }
         }
         let custom = |name: &str| target.join(format!("criterion/resilient-custom/{name}.json"));
-        for name in [
-            "interleaved_redis_get",
-            "interleaved_redis_set",
-            "interleaved_postgres_get",
-            "interleaved_redis_get_many_100",
-            "interleaved_redis_increment",
-            "interleaved_postgres_get_many_100",
-        ] {
+        for (name, ..) in INTERLEAVED {
             write(
-                custom(name),
+                custom(&format!("interleaved_{name}")),
                 serde_json::json!({"median_ratio": 1.01, "resilient_us": 50.5, "baseline_us": 50.0,
                     "rounds": 30, "per_round": 200}),
             );
