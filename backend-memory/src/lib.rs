@@ -13,9 +13,11 @@
 //! Registered for `memory://` (options `max_bytes`, `name`).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use moka::future::Cache;
@@ -98,6 +100,13 @@ struct Entry {
 impl Entry {
     fn live(&self, now: Instant) -> bool {
         self.expires_at.is_none_or(|at| now < at)
+    }
+
+    /// The value if it has not expired; the clock is read only for an entry that can expire.
+    fn live_value(self) -> Option<Bytes> {
+        self.expires_at
+            .is_none_or(|at| Instant::now() < at)
+            .then_some(self.value)
     }
 }
 
@@ -368,13 +377,18 @@ impl Backend for MemoryBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        let now = Instant::now();
-        Ok(self
-            .cache
-            .get(key)
-            .await
-            .filter(|entry| entry.live(now))
-            .map(|entry| entry.value))
+        Ok(self.cache.get(key).await.and_then(Entry::live_value))
+    }
+
+    // moka's read is ready at once unless it must wait for its housekeeping lock; then the
+    // read goes through `get`.
+    fn try_get_now(&self, key: &str) -> Option<Result<Option<Bytes>>> {
+        // Polled where it is made: moving moka's read future costs as much as the read.
+        let read = std::pin::pin!(self.cache.get(key));
+        match read.poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(entry) => Some(Ok(entry.and_then(Entry::live_value))),
+            Poll::Pending => None,
+        }
     }
 
     // Process-local, so versions do not matter here: every write applies.

@@ -504,6 +504,16 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Reads a key: `None` when it is absent, expired or deleted.
     async fn get(&self, key: &str) -> Result<Option<Bytes>>;
 
+    /// Reads a key at once, without a future, when this backend can (an in-process store whose
+    /// read is ready without waiting); `None` (the default) sends the read to
+    /// [`get`](Self::get). The router tries it first on every read, so it must never block or
+    /// wait: it saves the allocation of `get`'s future, which on an in-process store costs as
+    /// much as the read.
+    fn try_get_now(&self, key: &str) -> Option<Result<Option<Bytes>>> {
+        let _ = key;
+        None
+    }
+
     /// Writes or deletes a key. A [`KeyWrite::Set`]'s `ttl`, when given, replaces any previous
     /// TTL; `None` keeps the key until it is deleted. `options` carry the write's version and
     /// [mode](WriteMode): a [versioned](Capabilities::versioned) backend keeps the version with

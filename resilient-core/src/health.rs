@@ -187,8 +187,9 @@ pub struct HealthTracker {
     config: HealthConfig,
     epoch: Instant,
     state: AtomicU8,
-    // f64 bits of the latency EWMA in microseconds; 0 until the first sample.
-    ewma_us: AtomicU64,
+    // f64 bits of the latency EWMA in nanoseconds; 0 until the first sample. Nanoseconds, so
+    // that reading it back (every routing decision) is a cast, not `Duration::from_secs_f64`.
+    ewma_ns: AtomicU64,
     routable_since_ms: AtomicU64,
     counts: Mutex<Counts>,
 }
@@ -200,10 +201,17 @@ impl HealthTracker {
             config,
             epoch: Instant::now(),
             state: AtomicU8::new(HealthState::Unknown.as_u8()),
-            ewma_us: AtomicU64::new(0),
+            ewma_ns: AtomicU64::new(0),
             routable_since_ms: AtomicU64::new(0),
             counts: Mutex::new(Counts::default()),
         }
+    }
+
+    /// The same tracker counting time from `epoch` (see the breaker's `with_epoch`). Only
+    /// before any check.
+    pub(crate) fn with_epoch(mut self, epoch: Instant) -> Self {
+        self.epoch = epoch;
+        self
     }
 
     /// The settings.
@@ -218,8 +226,10 @@ impl HealthTracker {
 
     /// The latency EWMA over checks and calls; `None` before the first sample.
     pub fn latency(&self) -> Option<Duration> {
-        let us = f64::from_bits(self.ewma_us.load(Ordering::Relaxed));
-        (us > 0.0).then(|| Duration::from_secs_f64(us / 1e6))
+        let ns = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+        // Saturating cast; the EWMA of real durations is finite and positive.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        (ns > 0.0).then(|| Duration::from_nanos((ns as u64).max(1)))
     }
 
     /// The message of the last failed check, if the last check failed.
@@ -234,25 +244,30 @@ impl HealthTracker {
 
     /// How long the backend has been routable at `now`; `None` when it is unhealthy.
     pub fn routable_for(&self, now: Instant) -> Option<Duration> {
-        self.state().is_routable().then(|| {
-            let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
-            Duration::from_millis(
-                now_ms.saturating_sub(self.routable_since_ms.load(Ordering::Acquire)),
-            )
-        })
+        self.routable_ms(now.saturating_duration_since(self.epoch).as_millis() as u64)
+            .map(Duration::from_millis)
+    }
+
+    /// [`routable_for`](Self::routable_for) in milliseconds, at `now_ms` since the tracker's
+    /// epoch.
+    pub(crate) fn routable_ms(&self, now_ms: u64) -> Option<u64> {
+        self.state()
+            .is_routable()
+            .then(|| now_ms.saturating_sub(self.routable_since_ms.load(Ordering::Acquire)))
     }
 
     /// Feeds the latency of a successful call into the EWMA. Lock-free; concurrent updates may
     /// drop a sample, which an average can afford.
     pub fn observe_latency(&self, latency: Duration) {
-        let sample = latency.as_secs_f64() * 1e6;
-        let old = f64::from_bits(self.ewma_us.load(Ordering::Relaxed));
+        #[allow(clippy::cast_precision_loss)]
+        let sample = latency.as_nanos() as f64;
+        let old = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
         let new = if old == 0.0 {
             sample.max(f64::MIN_POSITIVE)
         } else {
             old + self.config.ewma_alpha * (sample - old)
         };
-        self.ewma_us.store(new.to_bits(), Ordering::Relaxed);
+        self.ewma_ns.store(new.to_bits(), Ordering::Relaxed);
     }
 
     /// Records the result of one check and returns the state change, if any.

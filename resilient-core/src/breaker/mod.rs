@@ -168,10 +168,17 @@ impl Permit<'_> {
     }
 
     /// The call succeeded after `elapsed`, observed at `now`.
-    pub fn success_at(mut self, elapsed: Duration, now: Instant) {
+    pub fn success_at(self, elapsed: Duration, now: Instant) {
+        let now_ms = self.breaker.ms(now);
+        self.success_at_ms(elapsed, now_ms);
+    }
+
+    /// [`success_at`](Self::success_at) with the time already in milliseconds since the
+    /// breaker's epoch (the router reads the clock once per call for every backend).
+    pub(crate) fn success_at_ms(mut self, elapsed: Duration, now_ms: u64) {
         self.done = true;
         self.breaker
-            .on_success(self.generation, self.probe, elapsed, now);
+            .on_success(self.generation, self.probe, elapsed, now_ms);
     }
 
     /// The call failed in a way that counts (see [`Error::is_transient`](crate::Error::is_transient)).
@@ -182,7 +189,8 @@ impl Permit<'_> {
     /// The call failed, observed at `now`.
     pub fn failure_at(mut self, now: Instant) {
         self.done = true;
-        self.breaker.on_failure(self.generation, self.probe, now);
+        self.breaker
+            .on_failure(self.generation, self.probe, self.breaker.ms(now));
     }
 
     /// The call ended in a way that says nothing about the backend (a caller error).
@@ -221,6 +229,13 @@ impl CircuitBreaker {
             inner: Mutex::new(Inner::default()),
             observer: None,
         }
+    }
+
+    /// The same breaker counting time from `epoch`: the router gives every backend's breaker and
+    /// health tracker one epoch, so one clock reading serves all of them. Only before any call.
+    pub(crate) fn with_epoch(mut self, epoch: Instant) -> Self {
+        self.epoch = epoch;
+        self
     }
 
     /// Calls `observer` on every transition (after the state changed, outside the lock).
@@ -354,12 +369,13 @@ impl CircuitBreaker {
 
     /// How long the breaker has been closed at `now`; `None` when it is not closed.
     pub fn closed_for(&self, now: Instant) -> Option<Duration> {
-        (self.state.load(Ordering::Acquire) == CLOSED).then(|| {
-            Duration::from_millis(
-                self.ms(now)
-                    .saturating_sub(self.closed_since_ms.load(Ordering::Acquire)),
-            )
-        })
+        self.closed_ms(self.ms(now)).map(Duration::from_millis)
+    }
+
+    /// [`closed_for`](Self::closed_for) in milliseconds, at `now_ms` since the breaker's epoch.
+    pub(crate) fn closed_ms(&self, now_ms: u64) -> Option<u64> {
+        (self.state.load(Ordering::Acquire) == CLOSED)
+            .then(|| now_ms.saturating_sub(self.closed_since_ms.load(Ordering::Acquire)))
     }
 
     /// A view for reports.
@@ -395,7 +411,7 @@ impl CircuitBreaker {
         }
     }
 
-    fn on_success(&self, generation: u64, probe: bool, elapsed: Duration, now: Instant) {
+    fn on_success(&self, generation: u64, probe: bool, elapsed: Duration, now_ms: u64) {
         if probe {
             let transition = {
                 let mut inner = self.lock();
@@ -406,7 +422,7 @@ impl CircuitBreaker {
                 inner.probe_successes += 1;
                 self.consecutive.store(0, Ordering::Relaxed);
                 (inner.probe_successes >= self.config.half_open_probes)
-                    .then(|| self.close(&mut inner, now))
+                    .then(|| self.close(&mut inner, now_ms))
                     .flatten()
             };
             self.notify(transition);
@@ -416,7 +432,6 @@ impl CircuitBreaker {
             return;
         }
         let slow = elapsed >= self.config.slow_call;
-        let now_ms = self.ms(now);
         self.window.record(now_ms, false, slow);
         if slow {
             self.last_bad_ms.store(now_ms + 1, Ordering::Relaxed);
@@ -427,7 +442,7 @@ impl CircuitBreaker {
         // Rates are judged after every call, as Resilience4j does: 5 failures in 9 calls and
         // then a success is 5 in 10, which trips a rate of 0.5.
         if self.bad_in_window(now_ms) && self.rate_exceeded(now_ms) {
-            self.trip_if_current(generation, CLOSED, now);
+            self.trip_if_current(generation, CLOSED, now_ms);
         }
     }
 
@@ -439,20 +454,19 @@ impl CircuitBreaker {
         }
     }
 
-    fn on_failure(&self, generation: u64, probe: bool, now: Instant) {
+    fn on_failure(&self, generation: u64, probe: bool, now_ms: u64) {
         if probe {
-            self.trip_if_current(generation, HALF_OPEN, now);
+            self.trip_if_current(generation, HALF_OPEN, now_ms);
             return;
         }
         if !self.is_current(generation, CLOSED) {
             return;
         }
-        let now_ms = self.ms(now);
         let consecutive = self.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
         self.window.record(now_ms, true, false);
         self.last_bad_ms.store(now_ms + 1, Ordering::Relaxed);
         if consecutive >= self.config.consecutive_failures || self.rate_exceeded(now_ms) {
-            self.trip_if_current(generation, CLOSED, now);
+            self.trip_if_current(generation, CLOSED, now_ms);
         }
     }
 
@@ -475,7 +489,7 @@ impl CircuitBreaker {
             || u128::from(totals.slow) * 1_000_000 >= threshold(self.slow_ppm)
     }
 
-    fn trip_if_current(&self, generation: u64, expected: u8, now: Instant) {
+    fn trip_if_current(&self, generation: u64, expected: u8, now_ms: u64) {
         let transition = {
             let mut inner = self.lock();
             if !self.is_current(generation, expected) {
@@ -484,13 +498,12 @@ impl CircuitBreaker {
             if expected == HALF_OPEN {
                 self.consecutive.fetch_add(1, Ordering::AcqRel);
             }
-            self.trip(&mut inner, now)
+            self.trip(&mut inner, now_ms)
         };
         self.notify(transition);
     }
 
-    fn trip(&self, inner: &mut Inner, now: Instant) -> Option<Transition> {
-        let now_ms = self.ms(now);
+    fn trip(&self, inner: &mut Inner, now_ms: u64) -> Option<Transition> {
         // Backoff grows while trips follow short closed spells; a breaker that stayed closed for
         // a whole window starts again from the first open time.
         if self.state.load(Ordering::Acquire) == CLOSED
@@ -526,8 +539,7 @@ impl CircuitBreaker {
         self.set_state(HALF_OPEN, None)
     }
 
-    fn close(&self, inner: &mut Inner, now: Instant) -> Option<Transition> {
-        let now_ms = self.ms(now);
+    fn close(&self, inner: &mut Inner, now_ms: u64) -> Option<Transition> {
         inner.last_closed_ms = now_ms;
         self.consecutive.store(0, Ordering::Relaxed);
         self.window.reset();
@@ -557,7 +569,8 @@ impl CircuitBreaker {
         }
     }
 
-    fn ms(&self, now: Instant) -> u64 {
+    /// Milliseconds from the breaker's epoch to `now`.
+    pub(crate) fn ms(&self, now: Instant) -> u64 {
         duration_ms(now.saturating_duration_since(self.epoch))
     }
 

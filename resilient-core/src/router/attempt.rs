@@ -15,7 +15,7 @@ use super::{CallFuture, LockFailover, NONE, ResilientStorage, Route, WritePolicy
 use crate::backend::Backend;
 use crate::error::{Attempt, Attempts, Error, Operation, Result};
 use crate::events::StorageEvent;
-use crate::strategy::{BackendView, Candidates, MAX_BACKENDS, Routing};
+use crate::strategy::{BackendView, Candidates, Routing};
 
 /// Runs `call` under `budget`. A call that completes on its first poll (an in-process backend)
 /// never arms a timer; any other gets `tokio::time::timeout`.
@@ -27,6 +27,30 @@ pub(super) async fn bounded<T>(
     match first {
         std::task::Poll::Ready(result) => Ok(result),
         std::task::Poll::Pending => tokio::time::timeout(budget, call).await,
+    }
+}
+
+/// [`bounded`], for a call begun at `start`: also returns when it ended and how long it took.
+/// A call that completed on its first poll (an in-process backend, well under a microsecond)
+/// ended at `start` and took zero: timing it would cost a second clock read, as much as the
+/// call, for a figure below anything latency routing or the slow-call rule can use.
+pub(super) async fn timed<T>(
+    start: Instant,
+    budget: Duration,
+    mut call: CallFuture<'_, T>,
+) -> (
+    std::result::Result<Result<T>, tokio::time::error::Elapsed>,
+    Instant,
+    Duration,
+) {
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(result) => (Ok(result), start, Duration::ZERO),
+        std::task::Poll::Pending => {
+            let result = tokio::time::timeout(budget, call).await;
+            let end = Instant::now();
+            (result, end, end.saturating_duration_since(start))
+        }
     }
 }
 
@@ -77,6 +101,33 @@ pub(super) async fn side_attempt<T>(
     Some(result)
 }
 
+/// Every backend's view for one routing decision, in priority order: inline for up to four
+/// backends, so a call neither allocates nor carries an array sized for the most backends.
+pub(super) type Views = smallvec::SmallVec<[BackendView; 4]>;
+
+/// What a call on one backend gives the attempt loop: an answer at once (an in-process read,
+/// which then needs no future, no allocation and no timer), or a future to run under the
+/// attempt's budget.
+pub(super) enum Call<'a, T> {
+    Ready(Result<T>),
+    Pending(CallFuture<'a, T>),
+}
+
+impl<'a, T> From<CallFuture<'a, T>> for Call<'a, T> {
+    fn from(call: CallFuture<'a, T>) -> Self {
+        Call::Pending(call)
+    }
+}
+
+impl<'a, T, F> From<std::pin::Pin<Box<F>>> for Call<'a, T>
+where
+    F: std::future::Future<Output = Result<T>> + Send + 'a,
+{
+    fn from(call: std::pin::Pin<Box<F>>) -> Self {
+        Call::Pending(call)
+    }
+}
+
 /// How one attempt ended.
 enum Tried<T> {
     /// The backend answered.
@@ -115,11 +166,13 @@ impl ResilientStorage {
         &self,
         route: Route,
         now: Instant,
+        now_ms: u64,
         prefer: Option<usize>,
-    ) -> ([BackendView; MAX_BACKENDS], Candidates) {
+        views: &mut Views,
+    ) -> Candidates {
         let inner = &self.inner;
-        let views = self.views(route, now);
-        let backends = &views[..inner.slots.len()];
+        self.views_into(route, now, now_ms, views);
+        let backends = &views[..];
         let prefer = prefer.filter(|&p| backends.get(p).is_some_and(|b| b.available));
         let mut candidates = Candidates::new();
         let pick = match (route, inner.locks.failover) {
@@ -142,7 +195,7 @@ impl ResilientStorage {
                         break;
                     }
                 }
-                return (views, candidates);
+                return candidates;
             }
             (Route::Data, _) => {
                 if let Some(p) = prefer {
@@ -151,7 +204,7 @@ impl ResilientStorage {
                 inner
                     .strategy
                     .select(&Routing { backends, now }, &mut candidates);
-                return (views, candidates);
+                return candidates;
             }
             (_, LockFailover::Never) => inner
                 .locks
@@ -178,21 +231,26 @@ impl ResilientStorage {
         if let Some(index) = pick {
             candidates.push(index);
         }
-        (views, candidates)
+        candidates
     }
 
-    /// Every backend's view for `route`.
-    pub(super) fn views(&self, route: Route, now: Instant) -> [BackendView; MAX_BACKENDS] {
-        let mut views = [BackendView::default(); MAX_BACKENDS];
-        for (view, slot) in views.iter_mut().zip(&self.inner.slots) {
-            *view = slot.view(now, self.eligible(slot, route), route.data());
+    /// Every backend's view for `route` at `now` (`now_ms` in milliseconds since the epoch).
+    pub(super) fn views(&self, route: Route, now: Instant, now_ms: u64) -> Views {
+        let mut views = Views::new();
+        self.views_into(route, now, now_ms, &mut views);
+        views
+    }
+
+    /// [`views`](Self::views) into `views`, which the caller keeps (no copy of the array).
+    fn views_into(&self, route: Route, now: Instant, now_ms: u64, views: &mut Views) {
+        for slot in &self.inner.slots {
+            views.push(slot.view(now, now_ms, self.eligible(slot, route), route.data()));
         }
         if route.locks()
             && let LockFailover::AfterOutage { delay } = self.inner.locks.failover
         {
-            self.hold_back_lock_failover(&mut views, now, delay);
+            self.hold_back_lock_failover(views, now, delay);
         }
-        views
     }
 
     /// Why no candidate was found: every backend's circuit or health state; lock calls say why
@@ -216,30 +274,36 @@ impl ResilientStorage {
     /// Runs `call` on the candidates in order until one answers, in one tracing span per
     /// operation with an event per attempt. Returns the answer and the index of the backend
     /// that gave it. `key` (a key or lock name) is logged at debug level only.
-    pub(super) async fn route<'a, T>(
+    pub(super) fn route<'a, T, C: Into<Call<'a, T>>>(
         &'a self,
         operation: Operation,
         route: Route,
         key: &str,
         prefer: Option<usize>,
-        call: impl Fn(usize, &'a dyn Backend) -> CallFuture<'a, T>,
-    ) -> Result<(T, usize)> {
+        call: impl Fn(usize, &'a dyn Backend) -> C,
+    ) -> impl std::future::Future<Output = Result<(T, usize)>> {
+        // A plain function, not `async`: no future of its own around `route_within`'s.
         self.route_within(operation, route, key, prefer, None, call)
-            .await
     }
 
     /// [`route`](Self::route) within a deadline the caller set (a batch's passes share one),
     /// instead of one from now.
-    pub(super) async fn route_within<'a, T>(
+    pub(super) async fn route_within<'a, T, C: Into<Call<'a, T>>>(
         &'a self,
         operation: Operation,
         route: Route,
         key: &str,
         prefer: Option<usize>,
         deadline: Option<Instant>,
-        call: impl Fn(usize, &'a dyn Backend) -> CallFuture<'a, T>,
+        call: impl Fn(usize, &'a dyn Backend) -> C,
     ) -> Result<(T, usize)> {
-        let span = tracing::info_span!("storage", operation = operation.as_str());
+        // Checked before the span is made: with tracing's `log` feature on (sqlx turns it on),
+        // even a disabled span is built and offered to `log` on every call.
+        let span = if tracing::level_enabled!(tracing::Level::INFO) {
+            tracing::info_span!("storage", operation = operation.as_str())
+        } else {
+            tracing::Span::none()
+        };
         if span.is_disabled() {
             // No subscriber wants it: skip the span's enter and exit on every poll.
             return self
@@ -260,41 +324,58 @@ impl ResilientStorage {
         .await
     }
 
-    pub(super) async fn attempts<'a, T>(
+    pub(super) async fn attempts<'a, T, C: Into<Call<'a, T>>>(
         &'a self,
         operation: Operation,
         route: Route,
         prefer: Option<usize>,
         deadline: Option<Instant>,
-        call: impl Fn(usize, &'a dyn Backend) -> CallFuture<'a, T>,
+        call: impl Fn(usize, &'a dyn Backend) -> C,
     ) -> Result<(T, usize)> {
         let inner = &self.inner;
         if inner.life.shut_down.load(Ordering::Acquire) {
             return Err(Error::Shutdown);
         }
         let start = Instant::now();
-        let deadline = deadline.unwrap_or(start + inner.policy.deadline);
-        let (views, candidates) = self.candidates(route, start, prefer);
+        // Needed only past a first attempt that answered: computed then.
+        let deadline_at = || deadline.unwrap_or_else(|| start + inner.policy.deadline);
+        let start_ms = self.ms(start);
+        let mut views = Views::new();
+        let candidates = self.candidates(route, start, start_ms, prefer, &mut views);
         if candidates.is_empty() {
             return Err(self.unavailable(operation, route));
         }
         let mut attempts = Vec::new();
         for (position, index) in candidates.iter().enumerate() {
             let slot = &inner.slots[index];
-            let now = if position == 0 { start } else { Instant::now() };
-            let remaining = deadline.saturating_duration_since(now);
+            let (now, now_ms, remaining) = match (position, deadline) {
+                (0, None) => (start, start_ms, inner.policy.deadline),
+                (0, Some(_)) => (
+                    start,
+                    start_ms,
+                    deadline_at().saturating_duration_since(start),
+                ),
+                _ => {
+                    let now = Instant::now();
+                    (
+                        now,
+                        self.ms(now),
+                        deadline_at().saturating_duration_since(now),
+                    )
+                }
+            };
             if remaining.is_zero() {
                 break;
             }
             let error = match self
-                .attempt(slot, operation, route, now, remaining, || {
-                    call(index, &*slot.backend)
+                .attempt(slot, operation, route, (now, now_ms), remaining, || {
+                    call(index, &*slot.backend).into()
                 })
                 .await
             {
                 Tried::Answered(value) => {
                     let routing = Routing {
-                        backends: &views[..inner.slots.len()],
+                        backends: &views,
                         now: start,
                     };
                     self.served(operation, index, position, &candidates, &attempts, &routing);
@@ -309,7 +390,7 @@ impl ResilientStorage {
             });
         }
         let attempts = Attempts(attempts);
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline_at() {
             Err(Error::DeadlineExceeded {
                 operation,
                 deadline: inner.policy.deadline,
@@ -330,9 +411,9 @@ impl ResilientStorage {
         slot: &Slot,
         operation: Operation,
         route: Route,
-        now: Instant,
+        (now, now_ms): (Instant, u64),
         remaining: Duration,
-        call: impl FnOnce() -> CallFuture<'a, T>,
+        call: impl FnOnce() -> Call<'a, T>,
     ) -> Tried<T> {
         let permit = match slot.breaker.try_acquire_at(now) {
             Ok(permit) => permit,
@@ -345,9 +426,10 @@ impl ResilientStorage {
             }
         };
         let budget = self.inner.policy.attempt_timeout.min(remaining);
-        let result = bounded(budget, call()).await;
-        let end = Instant::now();
-        let elapsed = end.saturating_duration_since(now);
+        let (result, end, elapsed) = match call() {
+            Call::Ready(result) => (Ok(result), now, Duration::ZERO),
+            Call::Pending(call) => timed(now, budget, call).await,
+        };
         let outcome = match &result {
             Ok(Err(error)) if error.is_transient() => Outcome::Failed,
             Ok(_) => Outcome::Answered,
@@ -357,11 +439,16 @@ impl ResilientStorage {
         tracing::debug!(backend = %slot.name, ?outcome, ?elapsed, "attempt");
         let error = match result {
             Ok(Ok(value)) => {
-                permit.success_at(elapsed, end);
+                // An answer given at once ended when it began, and says nothing about latency.
+                let at_once = end == now;
+                let end_ms = if at_once { now_ms } else { self.ms(end) };
+                permit.success_at_ms(elapsed, end_ms);
                 if route == Route::Lock && self.moves_lock_authority() {
                     slot.lock_served(end);
                 }
-                slot.health.observe_latency(elapsed);
+                if !at_once {
+                    slot.health.observe_latency(elapsed);
+                }
                 return Tried::Answered(value);
             }
             Ok(Err(error)) if error.is_transient() => {

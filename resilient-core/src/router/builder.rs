@@ -329,7 +329,8 @@ impl StorageBuilder {
         let entries = std::mem::take(&mut self.entries);
         let backends = self.backends(entries).await?;
         let (events, _) = broadcast::channel(self.event_capacity);
-        let slots = self.slots(backends, &events)?;
+        let epoch = tokio::time::Instant::now();
+        let slots = self.slots(backends, &events, epoch)?;
         let (stop, _) = watch::channel(false);
         let mut monitors: Vec<_> = if self.health.enabled {
             slots
@@ -370,6 +371,7 @@ impl StorageBuilder {
                     monitors: Mutex::new(monitors),
                     replay_wake,
                 },
+                epoch,
                 versions: VersionClock::default(),
                 cache: super::cache::CacheState::new(self.fail_safe_memory),
                 atomics: super::atomic::Turns::new(&slots),
@@ -435,6 +437,7 @@ impl StorageBuilder {
         &self,
         backends: Vec<(Arc<dyn Backend>, BackendOptions)>,
         events: &broadcast::Sender<StorageEvent>,
+        epoch: tokio::time::Instant,
     ) -> Result<Vec<Arc<Slot>>> {
         let mut names = HashSet::new();
         let mut slots = Vec::with_capacity(backends.len());
@@ -454,6 +457,7 @@ impl StorageBuilder {
                 self.health.clone(),
                 ReplayLog::new(self.max_replay_records, self.max_replay_bytes),
                 events.clone(),
+                epoch,
             )));
         }
         Ok(slots)

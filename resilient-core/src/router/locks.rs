@@ -13,7 +13,7 @@ use super::{ResilientStorage, Route};
 use crate::backend::{LockGrant, LockOutcome};
 use crate::error::{Error, Operation, Result};
 use crate::key::{check_holder, check_ttl};
-use crate::strategy::{BackendView, Candidates, MAX_BACKENDS, Routing};
+use crate::strategy::{BackendView, Candidates, Routing};
 
 const MAX_LOCK_HINTS: usize = 4096;
 
@@ -235,7 +235,7 @@ impl ResilientStorage {
     /// Marks lock backends below one that went down less than `delay` ago as unavailable.
     pub(super) fn hold_back_lock_failover(
         &self,
-        views: &mut [BackendView; MAX_BACKENDS],
+        views: &mut [BackendView],
         now: Instant,
         delay: Duration,
     ) {
@@ -281,10 +281,10 @@ impl ResilientStorage {
         };
         let now = Instant::now();
         let mut natural = Candidates::new();
-        let views = self.views(route, now);
+        let views = self.views(route, now, self.ms(now));
         inner.strategy.select(
             &Routing {
-                backends: &views[..inner.slots.len()],
+                backends: &views,
                 now,
             },
             &mut natural,

@@ -101,6 +101,9 @@ struct Inner {
     locks: Locks,
     active: Active,
     life: Lifecycle,
+    /// What every backend's breaker and health tracker count milliseconds from: one clock
+    /// reading per call serves them all.
+    epoch: tokio::time::Instant,
     /// Stamps every write, so versioned backends can refuse an older replayed one.
     versions: VersionClock,
     /// Cache-aside: loads in flight, throttled loaders, last known values.
@@ -138,6 +141,12 @@ impl ResilientStorage {
     /// 500 ms per attempt, 2 s deadline, memory fallback on, local locks off.
     pub fn builder() -> StorageBuilder {
         StorageBuilder::default()
+    }
+
+    /// `now` in milliseconds since the storage's epoch.
+    fn ms(&self, now: tokio::time::Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.inner.epoch).as_millis())
+            .unwrap_or(u64::MAX)
     }
 
     /// Names of the backends in priority order.

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::attempt::side_attempt;
+use super::attempt::{Call, side_attempt};
 use super::slot::Slot;
 use super::{ResilientStorage, Route};
 use crate::error::{Error, Operation, Result};
@@ -28,8 +28,11 @@ impl ResilientStorage {
                 // that raced with the end of its replay. A write-behind copy not yet sent is
                 // read from its record too.
                 match self.inner.slots[index].replay.get(key) {
-                    Some(hint) => Box::pin(std::future::ready(Ok(hint.read(Instant::now())))),
-                    None => b.get(key),
+                    Some(hint) => Call::Ready(Ok(hint.read(Instant::now()))),
+                    None => match b.try_get_now(key) {
+                        Some(answer) => Call::Ready(answer),
+                        None => Call::Pending(b.get(key)),
+                    },
                 }
             })
             .await?;
@@ -77,11 +80,9 @@ impl ResilientStorage {
     /// The next shared backend below `served` that is available: the one a miss is asked of
     /// again.
     pub(super) fn read_behind_slot(&self, served: usize, now: Instant) -> Option<&Arc<Slot>> {
-        self.inner
-            .slots
-            .get(served + 1..)?
-            .iter()
-            .find(|slot| slot.capabilities.shared && slot.view(now, true, true).available)
+        self.inner.slots.get(served + 1..)?.iter().find(|slot| {
+            slot.capabilities.shared && slot.view(now, self.ms(now), true, true).available
+        })
     }
 
     /// What a read behind a miss may take of the deadline of the call that began at `start`:

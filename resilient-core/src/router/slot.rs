@@ -43,6 +43,7 @@ impl Slot {
         health: HealthConfig,
         replay: ReplayLog,
         events: broadcast::Sender<StorageEvent>,
+        epoch: Instant,
     ) -> Self {
         let capabilities = backend.capabilities();
         let backend_name = name.clone();
@@ -50,38 +51,40 @@ impl Slot {
         let gauge = metrics.circuit_gauge();
         let replay = Arc::new(replay);
         let outage = replay.clone();
-        let breaker = CircuitBreaker::new(breaker).with_observer(move |t| {
-            gauge.set(t.to);
-            if matches!(
-                t.to,
-                crate::CircuitState::Open | crate::CircuitState::ForcedOpen
-            ) {
-                outage.outage_began();
-            }
-            match t.to {
-                crate::CircuitState::Closed => {
-                    tracing::info!(backend = %backend_name, from = %t.from, "circuit closed")
+        let breaker = CircuitBreaker::new(breaker)
+            .with_epoch(epoch)
+            .with_observer(move |t| {
+                gauge.set(t.to);
+                if matches!(
+                    t.to,
+                    crate::CircuitState::Open | crate::CircuitState::ForcedOpen
+                ) {
+                    outage.outage_began();
                 }
-                to => tracing::warn!(
-                    backend = %backend_name, from = %t.from, to = %to, open_for = ?t.open_for,
-                    "circuit state changed"
-                ),
-            }
-            // No subscriber is fine: events are optional.
-            let _ = events.send(StorageEvent::CircuitChanged {
-                backend: backend_name.clone(),
-                from: t.from,
-                to: t.to,
-                open_for: t.open_for,
+                match t.to {
+                    crate::CircuitState::Closed => {
+                        tracing::info!(backend = %backend_name, from = %t.from, "circuit closed")
+                    }
+                    to => tracing::warn!(
+                        backend = %backend_name, from = %t.from, to = %to, open_for = ?t.open_for,
+                        "circuit state changed"
+                    ),
+                }
+                // No subscriber is fine: events are optional.
+                let _ = events.send(StorageEvent::CircuitChanged {
+                    backend: backend_name.clone(),
+                    from: t.from,
+                    to: t.to,
+                    open_for: t.open_for,
+                });
             });
-        });
         Self {
             name,
             priority,
             backend,
             capabilities,
             breaker,
-            health: HealthTracker::new(health),
+            health: HealthTracker::new(health).with_epoch(epoch),
             replay,
             metrics,
             lock_down_since: std::sync::Mutex::new(None),
@@ -126,19 +129,26 @@ impl Slot {
 
     /// `data`: the view is for a key-value operation, which a backend with writes still to
     /// replay must not serve.
-    pub(crate) fn view(&self, now: Instant, eligible: bool, data: bool) -> BackendView {
-        let available_for =
-            self.health
-                .routable_for(now)
-                .and_then(|healthy| match self.breaker.closed_for(now) {
-                    Some(closed) => Some(closed.min(healthy)),
-                    None => self.breaker.would_admit_at(now).then_some(Duration::ZERO),
-                });
+    /// `now_ms`: `now` in milliseconds since the storage's epoch, which its breaker and health
+    /// tracker count from.
+    pub(crate) fn view(
+        &self,
+        now: Instant,
+        now_ms: u64,
+        eligible: bool,
+        data: bool,
+    ) -> BackendView {
+        let available_ms = self.health.routable_ms(now_ms).and_then(|healthy| {
+            match self.breaker.closed_ms(now_ms) {
+                Some(closed) => Some(closed.min(healthy)),
+                None => self.breaker.would_admit_at(now).then_some(0),
+            }
+        });
         let replaying = data && self.replay.blocks_traffic();
         BackendView {
             priority: self.priority,
-            available: eligible && !replaying && available_for.is_some(),
-            available_for: available_for.unwrap_or_default(),
+            available: eligible && !replaying && available_ms.is_some(),
+            available_for: Duration::from_millis(available_ms.unwrap_or(0)),
             latency: self.health.latency(),
         }
     }

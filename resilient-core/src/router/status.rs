@@ -46,7 +46,7 @@ impl ResilientStorage {
         let routable = inner
             .slots
             .iter()
-            .filter(|slot| slot.view(now, true, true).available)
+            .filter(|slot| slot.view(now, self.ms(now), true, true).available)
             .count();
         // Write-behind copies on their way are normal operation; a backlog from an outage that
         // keeps a backend out of traffic, or writes lost since the last replay, are not.
@@ -80,7 +80,14 @@ impl ResilientStorage {
     /// back to it, not the fallback that served the last call. `None` when no backend is
     /// available.
     pub fn active_backend(&self) -> Option<String> {
-        let (_, candidates) = self.candidates(Route::Data, Instant::now(), None);
+        let now = Instant::now();
+        let candidates = self.candidates(
+            Route::Data,
+            now,
+            self.ms(now),
+            None,
+            &mut Default::default(),
+        );
         let index = candidates.first()?;
         self.inner.slots.get(index).map(|slot| slot.name.clone())
     }
