@@ -35,6 +35,7 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         name: String,
         priority: u32,
