@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::attempt::{bounded, settle};
+use super::attempt::{Call, bounded, settle};
 use super::replay_log::LoggedWrite;
 use super::slot::Slot;
 use super::{CallFuture, ResilientStorage, Route, WritePolicy};
@@ -47,11 +47,14 @@ impl ResilientStorage {
             check_ttl(ttl)?;
         }
         let key = &*key;
-        let written = Instant::now();
+        // Records of a TTL'd write expire from here, and write-through copies share the call's
+        // deadline from here; other writes need no clock reading of their own.
+        let write_through = self.inner.policy.write_policy == WritePolicy::WriteThrough;
+        let written = (ttl.is_some() || write_through).then(Instant::now);
         let options = WriteOptions::new(version).mode(mode);
         let hint = |ttl: Option<Duration>| LoggedWrite::Set {
             value: value.clone(),
-            expires_at: ttl.and_then(|ttl| written.checked_add(ttl)),
+            expires_at: ttl.zip(written).and_then(|(ttl, at)| at.checked_add(ttl)),
         };
         let superseded = self.supersede(key, version, || hint(ttl));
         let routed = self
@@ -60,7 +63,10 @@ impl ResilientStorage {
                     value: value.clone(),
                     ttl,
                 };
-                b.write(key, write, options)
+                match b.try_write_now(key, &write, options) {
+                    Some(answer) => Call::Ready(answer),
+                    None => Call::Pending(b.write(key, write, options)),
+                }
             })
             .await;
         let (outcome, served) = self.settled(key, version, superseded, routed)?;
@@ -70,7 +76,7 @@ impl ResilientStorage {
         self.hand_off(served, key, version, || hint(ttl));
         if self.inner.policy.write_policy == WritePolicy::WriteBehind {
             self.copy_behind(served, key, version, || hint(ttl));
-        } else if self.inner.policy.write_policy == WritePolicy::WriteThrough {
+        } else if let Some(written) = written.filter(|_| write_through) {
             let ttl_for = |slot: &Slot| self.copy_ttl(slot, ttl);
             self.write_through(
                 served,
