@@ -297,6 +297,47 @@ impl PostgresBackend {
             .collect())
     }
 
+    /// Replays of distinct keys in one statement: each applies only over an older version or
+    /// none (the rule of `replay`), and answers superseded otherwise.
+    async fn replay_many(&self, writes: &[BatchWrite<'_>]) -> Result<Vec<Result<WriteOutcome>>> {
+        let mut keys = Vec::with_capacity(writes.len());
+        let mut values = Vec::with_capacity(writes.len());
+        let mut ttls = Vec::with_capacity(writes.len());
+        let mut versions = Vec::with_capacity(writes.len());
+        for write in writes {
+            let (value, ttl) = match &write.write {
+                KeyWrite::Set { value, ttl } => (Some(value.as_ref()), ttl.map(millis)),
+                _ => (None, None),
+            };
+            keys.push(write.key);
+            values.push(value);
+            ttls.push(ttl);
+            versions.push(stored(write.options.version));
+        }
+        let applied: Vec<String> = self
+            .call(Operation::WriteMany, async {
+                sqlx::query_scalar(self.sql.replay_many.clone())
+                    .bind(&keys)
+                    .bind(&values)
+                    .bind(&ttls)
+                    .bind(&versions)
+                    .fetch_all(&self.pool)
+                    .await
+            })
+            .await?;
+        let applied: std::collections::HashSet<&str> = applied.iter().map(String::as_str).collect();
+        Ok(writes
+            .iter()
+            .map(|w| {
+                Ok(if applied.contains(w.key) {
+                    WriteOutcome::applied(false)
+                } else {
+                    WriteOutcome::superseded()
+                })
+            })
+            .collect())
+    }
+
     async fn delete_many(&self, writes: &[BatchWrite<'_>]) -> Result<Vec<Result<WriteOutcome>>> {
         let last = last_per_key(writes);
         let keys: Vec<&str> = last.iter().map(|w| w.key).collect();
@@ -442,8 +483,9 @@ impl Backend for PostgresBackend {
             .collect())
     }
 
-    /// One statement for a batch of plain sets (`unnest`) or of plain deletes; a batch that
-    /// mixes them, or holds replays, one statement per write.
+    /// One statement for a batch of plain sets (`unnest`), of plain deletes, or of replays
+    /// (sets and deletes of distinct keys, as a replay pass sends them); any other batch, one
+    /// statement per write.
     async fn write_many(&self, writes: Vec<BatchWrite<'_>>) -> Result<Vec<Result<WriteOutcome>>> {
         let plain = writes
             .iter()
@@ -452,9 +494,17 @@ impl Backend for PostgresBackend {
             .iter()
             .all(|w| matches!(w.write, KeyWrite::Set { .. }));
         let deletes = writes.iter().all(|w| matches!(w.write, KeyWrite::Delete));
+        let replays = writes.iter().all(|w| {
+            w.options.mode == WriteMode::IfNewer
+                && matches!(w.write, KeyWrite::Set { .. } | KeyWrite::Delete)
+        }) && {
+            let mut seen = std::collections::HashSet::with_capacity(writes.len());
+            writes.iter().all(|w| seen.insert(w.key))
+        };
         match (plain, sets, deletes) {
             (true, true, _) => self.set_many(&writes).await,
             (true, _, true) => self.delete_many(&writes).await,
+            _ if replays && !writes.is_empty() => self.replay_many(&writes).await,
             _ => {
                 let mut answers = Vec::with_capacity(writes.len());
                 for write in writes {

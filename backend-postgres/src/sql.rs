@@ -21,6 +21,7 @@ pub(crate) struct Statements {
     pub(crate) delete_versioned: SqlStr,
     pub(crate) replay_set: SqlStr,
     pub(crate) replay_delete: SqlStr,
+    pub(crate) replay_many: SqlStr,
     pub(crate) acquire: SqlStr,
     pub(crate) lock_holder: SqlStr,
     pub(crate) extend: SqlStr,
@@ -181,6 +182,20 @@ impl Statements {
                    version = EXCLUDED.version \
                  WHERE t.version IS NULL OR t.version < EXCLUDED.version \
                  RETURNING true"
+            )),
+            // replay_set and replay_delete for arrays of distinct keys, values (NULL: a
+            // delete), TTLs in ms (NULL: none) and versions, in one statement; the keys it
+            // applied come back. Rows are taken in key order, as set_many does.
+            replay_many: sql(format!(
+                "INSERT INTO {values} AS t (key, value, expires_at, version) \
+                 SELECT k, v, CASE WHEN v IS NULL THEN now() \
+                   ELSE now() + ms * interval '1 millisecond' END, ver \
+                 FROM unnest($1::text[], $2::bytea[], $3::float8[], $4::int8[]) AS u(k, v, ms, ver) \
+                 ORDER BY k \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
+                   expires_at = EXCLUDED.expires_at, version = EXCLUDED.version \
+                 WHERE t.version IS NULL OR t.version < EXCLUDED.version \
+                 RETURNING key"
             )),
             // Granted when the lease is free, expired, or already the caller's (then extended,
             // keeping its token). The token is the server's clock in microseconds or one more

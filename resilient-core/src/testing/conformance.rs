@@ -371,41 +371,56 @@ pub async fn atomic_operations_are_exact(b: &dyn Backend, p: &str) {
     );
 }
 
-/// Versioned backends: a batch of replays applies each by the version rule, as one replay
-/// would.
+/// Versioned backends: a batch of replays (sets and deletes, older and newer than what is
+/// stored, of a missing key, with a TTL) applies each by the version rule, as one replay would.
 pub async fn batched_replays_follow_versions(b: &dyn Backend, p: &str) {
     let v = WriteVersion;
-    let (older, newer) = (format!("{p}batch:v-older"), format!("{p}batch:v-newer"));
-    for key in [&older, &newer] {
+    let key = |name: &str| format!("{p}batch:v-{name}");
+    let (older, newer, gone, kept, fresh) = (
+        key("older"),
+        key("newer"),
+        key("gone"),
+        key("kept"),
+        key("fresh"),
+    );
+    for key in [&older, &newer, &gone, &kept] {
         b.set_versioned(key, Bytes::from_static(b"stored"), None, v(100))
             .await
             .expect("set_versioned");
     }
-    fn replay(key: &str, version: u64) -> BatchWrite<'_> {
+    fn replay(key: &str, write: KeyWrite, version: u64) -> BatchWrite<'_> {
         BatchWrite::new(
             key,
-            put(b"replayed", None),
+            write,
             WriteOptions::new(WriteVersion(version)).mode(WriteMode::IfNewer),
         )
     }
     let answers = b
-        .write_many(vec![replay(&older, 50), replay(&newer, 200)])
+        .write_many(vec![
+            replay(&older, put(b"replayed", None), 50),
+            replay(&newer, put(b"replayed", None), 200),
+            replay(&gone, KeyWrite::Delete, 300),
+            replay(&kept, KeyWrite::Delete, 50),
+            replay(&fresh, put(b"brief", Some(SHORT_TTL)), 10),
+        ])
         .await
         .expect("write_many of replays");
     let outcomes: Vec<WriteOutcome> = answers.into_iter().map(|a| a.expect("replay")).collect();
     assert_eq!(
         outcomes.iter().map(|o| o.applied).collect::<Vec<_>>(),
-        [false, true],
-        "an older replay in a batch is refused, a newer one applies"
+        [false, true, true, false, true],
+        "in a batch, older replays are refused and newer ones apply, sets and deletes alike"
     );
-    assert_eq!(
-        b.get(&older).await.expect("get").as_deref(),
-        Some(&b"stored"[..])
-    );
-    assert_eq!(
-        b.get(&newer).await.expect("get").as_deref(),
-        Some(&b"replayed"[..])
-    );
+    let read = |key: String| async move { b.get(&key).await.expect("get") };
+    assert_eq!(read(older.clone()).await.as_deref(), Some(&b"stored"[..]));
+    assert_eq!(read(newer.clone()).await.as_deref(), Some(&b"replayed"[..]));
+    assert_eq!(read(gone.clone()).await, None, "a newer replayed delete");
+    assert_eq!(read(kept.clone()).await.as_deref(), Some(&b"stored"[..]));
+    assert_eq!(read(fresh.clone()).await.as_deref(), Some(&b"brief"[..]));
+    wait_until("a replayed TTL to expire", || async {
+        b.get(&fresh).await.expect("get").is_none()
+    })
+    .await;
 }
 
 /// Backends without [`locks`](crate::Capabilities::locks): every lock call is a typed
