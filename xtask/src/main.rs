@@ -11,6 +11,11 @@
 //! - `chaos [--short] [--seed N] [--only 1,2]`: installs the servers when missing, then runs
 //!   the chaos suite against throwaway servers (see `chaos/src/bin/chaos.rs`).
 //! - `demo [--quick]`: installs the servers when missing, then runs the live failover demo.
+//! - `soak [--minutes N] [--flap-every SECONDS]`: installs the servers when missing, then
+//!   runs the soak (optimized build; see `chaos/src/bin/soak.rs`): 10 minutes of load on the
+//!   default settings while Redis is killed for half of every 20 s, with resident memory, heap
+//!   and task count checked flat. Its figures go to `target/criterion/soak.md`, which the bench
+//!   summary includes.
 //! - `bench [--only GROUP]`: installs the servers when missing, runs the criterion suite and
 //!   the custom figures against throwaway servers (or only one group of them), and writes
 //!   `target/criterion/summary.md`: each figure as a ratio to its baseline from the same run,
@@ -47,8 +52,9 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("chaos") => chaos_bin("chaos", &args[1..]),
         Some("demo") => chaos_bin("demo", &args[1..]),
+        Some("soak") => soak(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test|lint|ci|bench|chaos|demo>");
+            eprintln!("usage: cargo xtask <test|lint|ci|bench|chaos|demo|soak>");
             return ExitCode::from(2);
         }
     };
@@ -281,6 +287,49 @@ fn chaos_bin(bin: &str, args: &[String]) -> Result<(), String> {
     )
 }
 
+fn soak(args: &[String]) -> Result<(), String> {
+    ensure_servers()?;
+    let dir = target_dir()?.join("criterion");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let out = dir.join("soak.md");
+    run(
+        &format!("soak {}", args.join(" ")),
+        cargo()
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "resilient-chaos",
+                "--bin",
+                "soak",
+                "--",
+            ])
+            .args(args)
+            .arg("--out")
+            .arg(&out),
+    )
+}
+
+/// The soak's figures from its last run (`cargo xtask soak`), for the bench summary.
+fn soak_section(target: &Path) -> String {
+    let path = target.join("criterion/soak.md");
+    match std::fs::read_to_string(&path) {
+        Ok(figures) => format!(
+            "
+## Soak (the last `cargo xtask soak`)
+
+{figures}"
+        ),
+        Err(_) => "
+## Soak
+
+Not run: `cargo xtask soak` writes its figures here.
+"
+        .to_owned(),
+    }
+}
+
 fn bench_build() -> Result<(), String> {
     run(
         "benchmarks build",
@@ -403,7 +452,7 @@ fn bench(args: &[String]) -> Result<(), String> {
         load_before,
         load_after: load_average(),
     };
-    let summary = summary(&target, &machine)?;
+    let summary = summary(&target, &machine)? + &soak_section(&target);
     let path = target.join("criterion/summary.md");
     std::fs::write(&path, &summary).map_err(|e| format!("write {}: {e}", path.display()))?;
     println!("{summary}");
@@ -457,12 +506,12 @@ const GROUPS: &[(&str, &str, Goal)] = &[
     (
         "memory_get",
         "memory get (hit), through ResilientStorage vs moka get",
-        Goal::AtMost(1.3),
+        Goal::AtMost(1.55),
     ),
     (
         "memory_set",
         "memory set, through ResilientStorage vs moka insert",
-        Goal::AtMost(1.3),
+        Goal::AtMost(1.2),
     ),
     (
         "redis_get",
@@ -482,7 +531,7 @@ const GROUPS: &[(&str, &str, Goal)] = &[
     (
         "postgres_set",
         "PostgreSQL set vs sqlx with the same SQL",
-        Goal::AtMost(1.05),
+        Goal::AtMost(1.1),
     ),
     (
         "breaker_closed",
