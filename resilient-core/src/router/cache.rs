@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -256,9 +257,10 @@ impl Entry {
                 u64::from_be_bytes(b)
             };
             let (loaded_at, fresh_until) = (word(4), word(12));
-            let value = stored.split_off(HEADER);
+            // In place: no second handle on the buffer (an atomic count) as `split_off` takes.
+            bytes::Buf::advance(&mut stored, HEADER);
             return Self {
-                value,
+                value: stored,
                 loaded_at,
                 fresh_until,
             };
@@ -387,29 +389,52 @@ impl CacheState {
     }
 }
 
-/// Wall-clock microseconds, read afresh each time (envelopes carry wall time that other
-/// processes read, so a clock step or a suspended machine is followed), moved on by however
-/// far tokio's clock has run ahead of the real one: tests that pause and advance tokio's clock
-/// move this one too. Outside such tests the two run together and the correction is zero.
+/// Wall-clock microseconds (envelopes carry wall time that other processes read), moved on by
+/// however far tokio's clock has run ahead of the real one: tests that pause and advance
+/// tokio's clock move this one too. Outside such tests the two run together and the correction
+/// is zero.
+///
+/// A reading is tokio's clock plus an offset to wall time. The offset (wall time minus the real
+/// monotonic clock) is read afresh once a second of tokio's clock, so a clock step or a
+/// suspended machine is followed within a second, and a call reads one clock instead of three.
 #[derive(Debug)]
 struct Clock {
     tokio_start: Instant,
     real_start: std::time::Instant,
+    /// Wall-clock µs minus real µs since `real_start`.
+    offset: AtomicI64,
+    /// Tokio µs since `tokio_start` when `offset` was last read.
+    offset_read_at: AtomicI64,
 }
 
 impl Clock {
     fn new() -> Self {
-        Self {
+        let clock = Self {
             tokio_start: Instant::now(),
             real_start: std::time::Instant::now(),
-        }
+            offset: AtomicI64::new(0),
+            offset_read_at: AtomicI64::new(0),
+        };
+        clock.read_offset(0);
+        clock
+    }
+
+    fn read_offset(&self, tokio: i64) -> i64 {
+        let real = i64::try_from(micros(self.real_start.elapsed())).unwrap_or(i64::MAX);
+        let wall = i64::try_from(crate::backend::rules::now_micros()).unwrap_or(i64::MAX);
+        let offset = wall.saturating_sub(real);
+        self.offset.store(offset, Ordering::Relaxed);
+        self.offset_read_at.store(tokio, Ordering::Relaxed);
+        offset
     }
 
     fn now(&self) -> u64 {
-        let tokio = i128::from(micros(self.tokio_start.elapsed()));
-        let real = i128::from(micros(self.real_start.elapsed()));
-        let wall = i128::from(crate::backend::rules::now_micros());
-        u64::try_from((wall + tokio - real).max(0)).unwrap_or(u64::MAX)
+        let tokio = i64::try_from(micros(self.tokio_start.elapsed())).unwrap_or(i64::MAX);
+        let offset = match tokio.saturating_sub(self.offset_read_at.load(Ordering::Relaxed)) {
+            0..1_000_000 => self.offset.load(Ordering::Relaxed),
+            _ => self.read_offset(tokio),
+        };
+        u64::try_from(offset.saturating_add(tokio).max(0)).unwrap_or(u64::MAX)
     }
 }
 
