@@ -17,23 +17,11 @@ use crate::error::{Attempt, Attempts, Error, Operation, Result};
 use crate::events::StorageEvent;
 use crate::strategy::{BackendView, Candidates, Routing};
 
-/// Runs `call` under `budget`. A call that completes on its first poll (an in-process backend)
-/// never arms a timer; any other gets `tokio::time::timeout`.
-pub(super) async fn bounded<T>(
-    budget: Duration,
-    mut call: CallFuture<'_, T>,
-) -> std::result::Result<Result<T>, tokio::time::error::Elapsed> {
-    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
-    match first {
-        std::task::Poll::Ready(result) => Ok(result),
-        std::task::Poll::Pending => tokio::time::timeout(budget, call).await,
-    }
-}
-
-/// [`bounded`], for a call begun at `start`: also returns when it ended and how long it took.
-/// A call that completed on its first poll (an in-process backend, well under a microsecond)
-/// ended at `start` and took zero: timing it would cost a second clock read, as much as the
-/// call, for a figure below anything latency routing or the slow-call rule can use.
+/// Runs `call`, begun at `start`, under `budget`; returns its result, when it ended and how
+/// long it took. A call that completes on its first poll (an in-process backend, well under a
+/// microsecond) never arms a timer, ended at `start` and took zero: timing it would cost a
+/// second clock read, as much as the call, for a figure below anything latency routing or the
+/// slow-call rule can use. Any other gets `tokio::time::timeout`.
 pub(super) async fn timed<T>(
     start: Instant,
     budget: Duration,
@@ -54,7 +42,7 @@ pub(super) async fn timed<T>(
     }
 }
 
-/// Reports the result of a [`bounded`] call made outside [`ResilientStorage::attempts`] on its
+/// Reports the result of a [`timed`] call made outside [`ResilientStorage::attempts`] on its
 /// permit: a success, a counted failure (a transient error or the timeout), or nothing (a
 /// caller error, which says nothing about the backend). Returns the outcome for metrics.
 pub(super) fn settle<T>(
@@ -93,8 +81,7 @@ pub(super) async fn side_attempt<T>(
 ) -> Option<std::result::Result<Result<T>, tokio::time::error::Elapsed>> {
     let now = Instant::now();
     let permit = slot.breaker.try_acquire_at(now).ok()?;
-    let result = bounded(budget, call).await;
-    let elapsed = now.elapsed();
+    let (result, _, elapsed) = timed(now, budget, call).await;
     let outcome = settle(permit, &result, elapsed);
     slot.metrics.attempt(operation, outcome, elapsed);
     tracing::debug!(backend = %slot.name, %operation, ?outcome, ?elapsed, "side attempt");

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::attempt::{Call, bounded, settle};
+use super::attempt::{Call, settle, timed};
 use super::replay_log::LoggedWrite;
 use super::slot::Slot;
 use super::{CallFuture, ResilientStorage, Route, WritePolicy};
@@ -320,13 +320,13 @@ impl ResilientStorage {
                 let Some((permit, copy)) = copy else {
                     return false;
                 };
-                let result = bounded(budget, copy).await;
+                let (result, _, elapsed) = timed(now, budget, copy).await;
                 if let Ok(Err(error)) = &result
                     && error.is_transient()
                 {
                     tracing::debug!(backend = %slot.name, %error, "write-through copy failed");
                 }
-                settle(permit, &result, now.elapsed());
+                settle(permit, &result, elapsed);
                 matches!(result, Ok(Ok(_)))
             }
         });
