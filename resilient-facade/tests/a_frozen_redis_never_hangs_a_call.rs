@@ -9,7 +9,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::defaults;
-use resilient_storage::prelude::*;
 use resilient_storage::{DEFAULT_DEADLINE, LoadOptions, LoadSource};
 use resilient_test_support::{PostgresServer, RedisServer, read_key};
 
