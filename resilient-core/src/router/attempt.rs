@@ -284,13 +284,14 @@ impl ResilientStorage {
         deadline: Option<Instant>,
         call: impl Fn(usize, &'a dyn Backend) -> C,
     ) -> Result<(T, usize)> {
-        // Checked before the span is made: with tracing's `log` feature on (sqlx turns it on),
+        // Checked before a span is made: with tracing's `log` feature on (sqlx turns it on),
         // even a disabled span is built and offered to `log` on every call.
-        let span = if tracing::level_enabled!(tracing::Level::INFO) {
-            tracing::info_span!("storage", operation = operation.as_str())
-        } else {
-            tracing::Span::none()
-        };
+        if !tracing::level_enabled!(tracing::Level::INFO) {
+            return self
+                .attempts(operation, route, prefer, deadline, call)
+                .await;
+        }
+        let span = tracing::info_span!("storage", operation = operation.as_str());
         if span.is_disabled() {
             // No subscriber wants it: skip the span's enter and exit on every poll.
             return self
