@@ -391,25 +391,6 @@ impl Backend for MemoryBackend {
         }
     }
 
-    // A set whose insert is ready at once. A delete is not answered here: one that had to wait
-    // might have removed the entry already, and a second try would then answer that none was
-    // there. A set tried again stores the same value.
-    fn try_write_now(
-        &self,
-        key: &str,
-        write: &KeyWrite,
-        _options: WriteOptions,
-    ) -> Option<Result<WriteOutcome>> {
-        let KeyWrite::Set { value, ttl } = write else {
-            return None;
-        };
-        let store = std::pin::pin!(self.store(key, value.clone(), *ttl));
-        match store.poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(stored) => Some(stored.map(|()| WriteOutcome::applied(false))),
-            Poll::Pending => None,
-        }
-    }
-
     // Process-local, so versions do not matter here: every write applies.
     async fn write(
         &self,

@@ -130,6 +130,8 @@ pub struct KvResult {
     pub outcomes: HashMap<Outcome, u64>,
     /// Every key's last state.
     pub keys: HashMap<String, KeyState>,
+    /// Tasks that ended by panic (their calls are not counted).
+    pub panicked: usize,
 }
 
 impl KvResult {
@@ -176,15 +178,18 @@ impl KvWorkload {
             latencies: histogram(),
             outcomes: HashMap::new(),
             keys: HashMap::new(),
+            panicked: 0,
         };
         for task in self.tasks {
-            if let Ok(done) = task.await {
-                let _ = result.latencies.add(&done.latencies);
-                for (outcome, n) in done.outcomes {
-                    *result.outcomes.entry(outcome).or_insert(0) += n;
-                }
-                result.keys.extend(done.keys);
+            let Ok(done) = task.await else {
+                result.panicked += 1;
+                continue;
+            };
+            let _ = result.latencies.add(&done.latencies);
+            for (outcome, n) in done.outcomes {
+                *result.outcomes.entry(outcome).or_insert(0) += n;
             }
+            result.keys.extend(done.keys);
         }
         result
     }

@@ -527,21 +527,6 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         options: WriteOptions,
     ) -> Result<WriteOutcome>;
 
-    /// Applies a write at once, without a future, when this backend can (see
-    /// [`try_get_now`](Self::try_get_now)); `None` (the default) sends it to
-    /// [`write`](Self::write). After a `None` the router sends the same write to `write`, so
-    /// return `None` only when the write was not applied or applying it twice is harmless (a
-    /// set of the same value).
-    fn try_write_now(
-        &self,
-        key: &str,
-        write: &KeyWrite,
-        options: WriteOptions,
-    ) -> Option<Result<WriteOutcome>> {
-        let _ = (key, write, options);
-        None
-    }
-
     /// Reads several keys at once: one answer per key, in order. An `Err` for the whole call
     /// says the backend failed (the router fails the batch over to the next backend); an `Err`
     /// in the vector fails over that key alone (a Redis Cluster node down, say). The default

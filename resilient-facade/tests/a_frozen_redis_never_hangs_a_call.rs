@@ -1,7 +1,7 @@
 //! Against real servers, with `ResilientStorage::builder()` and two URLs and nothing else: while
 //! Redis is frozen (SIGSTOP: connections stay open, nothing answers), every kind of call comes
 //! back within the default deadline, served by PostgreSQL where it can be (reads, writes,
-//! increments, cache-aside hits), and once Redis thaws it takes traffic back with a counter
+//! increments, cache-aside hits; locks fail closed), and once Redis thaws it takes traffic back with a counter
 //! that counted every increment exactly once, on Redis too.
 
 mod common;
@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::defaults;
-use resilient_storage::{DEFAULT_DEADLINE, LoadOptions, LoadSource};
+use resilient_storage::{DEFAULT_DEADLINE, LoadOptions, LoadSource, ResilientStorage};
 use resilient_test_support::{PostgresServer, RedisServer, read_key};
 
 /// The default deadline, and room for a busy 2-core machine to schedule the caller.
@@ -22,6 +22,14 @@ async fn within_bound<T>(what: &str, call: impl std::future::Future<Output = T>)
     let took = start.elapsed();
     assert!(took <= BOUND, "{what} took {took:?} while Redis was frozen");
     result
+}
+
+fn served_by_postgres(storage: &ResilientStorage, what: &str) {
+    assert_eq!(
+        storage.last_served_backend().as_deref(),
+        Some("postgres"),
+        "{what} while Redis was frozen"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,13 +60,16 @@ async fn every_call_returns_within_the_deadline_while_redis_is_frozen_and_counts
         rounds += 1;
         let got = within_bound("get", storage.get("k")).await.unwrap();
         assert_eq!(got.as_deref(), Some(&b"v"[..]));
+        served_by_postgres(&storage, "get");
         within_bound("set", storage.set("written", rounds.to_string(), None))
             .await
             .unwrap();
+        served_by_postgres(&storage, "set");
         let next = within_bound("increment", storage.increment("n", 1, None))
             .await
             .unwrap();
         assert_eq!(next, count + 1, "increment {rounds} while Redis is frozen");
+        served_by_postgres(&storage, "increment");
         count = next;
         let hit = within_bound(
             "get_or_load",
@@ -69,19 +80,20 @@ async fn every_call_returns_within_the_deadline_while_redis_is_frozen_and_counts
         .await
         .unwrap();
         assert_eq!(&hit.value[..], b"loaded");
-        // Locks fail closed while their authority is out of reach; what matters is that the
-        // answer comes back.
-        let _ = within_bound(
+        assert_eq!(hit.source, LoadSource::Cached);
+        served_by_postgres(&storage, "get_or_load");
+        // Locks fail closed while their authority (Redis) is out of reach: never granted by
+        // another backend, and the answer comes back within the bound.
+        let lock = within_bound(
             "acquire_lock",
             storage.acquire_lock("lock", "me", Duration::from_secs(1)),
         )
         .await;
+        assert!(
+            lock.is_err(),
+            "a lock granted while its authority was frozen"
+        );
     }
-    assert_ne!(
-        storage.last_served_backend().as_deref(),
-        Some("redis"),
-        "a frozen Redis served a call"
-    );
 
     redis.thaw().unwrap();
     let start = Instant::now();

@@ -170,6 +170,18 @@ fn judge(args: &Args, samples: &[Sample], calls: &Calls) -> Verdict {
             "every key reads back its last write",
             calls.wrong_at_end == 0,
         ),
+        // A run that tested nothing does not pass: Redis flapped, calls were made and
+        // answered, every workload task finished, and Redis recovered after the run.
+        ("Redis was killed at least once", calls.flaps > 0),
+        (
+            "calls answered (under 1 % failed)",
+            calls.ops > 0 && calls.failed * 100 < calls.ops,
+        ),
+        ("every workload task finished", calls.panicked == 0),
+        (
+            "Redis took traffic back and replay drained within 30 s",
+            calls.recovered,
+        ),
     ];
     let yes = |ok: bool| if ok { "yes" } else { "**NO**" };
     let mut lines = vec![
@@ -244,6 +256,8 @@ struct Calls {
     keys: usize,
     wrong_at_end: usize,
     flaps: u32,
+    panicked: usize,
+    recovered: bool,
 }
 
 async fn soak(args: &Args) -> Result<Verdict, Failure> {
@@ -340,6 +354,8 @@ async fn soak(args: &Args) -> Result<Verdict, Failure> {
         keys: result.keys.len(),
         wrong_at_end,
         flaps,
+        panicked: result.panicked,
+        recovered: back.is_some() && drained,
     };
     println!("soak: {} records replayed in all", events.replayed());
     storage.shutdown().await;

@@ -18,10 +18,8 @@ use crate::events::StorageEvent;
 use crate::strategy::{BackendView, Candidates, Routing};
 
 /// Runs `call`, begun at `start`, under `budget`; returns its result, when it ended and how
-/// long it took. A call that completes on its first poll (an in-process backend, well under a
-/// microsecond) never arms a timer, ended at `start` and took zero: timing it would cost a
-/// second clock read, as much as the call, for a figure below anything latency routing or the
-/// slow-call rule can use. Any other gets `tokio::time::timeout`.
+/// long it took. A call that completes on its first poll never arms a timer; any other gets
+/// `tokio::time::timeout`.
 pub(super) async fn timed<T>(
     start: Instant,
     budget: Duration,
@@ -32,14 +30,12 @@ pub(super) async fn timed<T>(
     Duration,
 ) {
     let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
-    match first {
-        std::task::Poll::Ready(result) => (Ok(result), start, Duration::ZERO),
-        std::task::Poll::Pending => {
-            let result = tokio::time::timeout(budget, call).await;
-            let end = Instant::now();
-            (result, end, end.saturating_duration_since(start))
-        }
-    }
+    let result = match first {
+        std::task::Poll::Ready(result) => Ok(result),
+        std::task::Poll::Pending => tokio::time::timeout(budget, call).await,
+    };
+    let end = Instant::now();
+    (result, end, end.saturating_duration_since(start))
 }
 
 /// Reports the result of a [`timed`] call made outside [`ResilientStorage::attempts`] on its
@@ -92,9 +88,11 @@ pub(super) async fn side_attempt<T>(
 /// backends, so a call neither allocates nor carries an array sized for the most backends.
 pub(super) type Views = smallvec::SmallVec<[BackendView; 4]>;
 
-/// What a call on one backend gives the attempt loop: an answer at once (an in-process read,
-/// which then needs no future, no allocation and no timer), or a future to run under the
-/// attempt's budget.
+/// What a call on one backend gives the attempt loop: an answer at once (an in-process read
+/// through [`Backend::try_get_now`], or a pending write's record), which needs no future, no
+/// allocation and no timer, and is timed as zero (its real time, well under a microsecond, is
+/// below anything latency routing or the slow-call rule can use, and timing it would cost a
+/// second clock reading, as much as the read); or a future to run under the attempt's budget.
 pub(super) enum Call<'a, T> {
     Ready(Result<T>),
     Pending(CallFuture<'a, T>),
@@ -414,9 +412,12 @@ impl ResilientStorage {
             }
         };
         let budget = self.inner.policy.attempt_timeout.min(remaining);
-        let (result, end, elapsed) = match call() {
-            Call::Ready(result) => (Ok(result), now, Duration::ZERO),
-            Call::Pending(call) => timed(now, budget, call).await,
+        let (result, end, elapsed, at_once) = match call() {
+            Call::Ready(result) => (Ok(result), now, Duration::ZERO, true),
+            Call::Pending(call) => {
+                let (result, end, elapsed) = timed(now, budget, call).await;
+                (result, end, elapsed, false)
+            }
         };
         let outcome = match &result {
             Ok(Err(error)) if error.is_transient() => Outcome::Failed,
@@ -427,8 +428,8 @@ impl ResilientStorage {
         tracing::debug!(backend = %slot.name, ?outcome, ?elapsed, "attempt");
         let error = match result {
             Ok(Ok(value)) => {
-                // An answer given at once ended when it began, and says nothing about latency.
-                let at_once = end == now;
+                // An answer given at once (`Call::Ready`) ended when it began, and says nothing
+                // about latency.
                 let end_ms = if at_once { now_ms } else { self.ms(end) };
                 permit.success_at_ms(elapsed, end_ms);
                 if route == Route::Lock && self.moves_lock_authority() {

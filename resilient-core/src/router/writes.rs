@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::attempt::{Call, settle, timed};
+use super::attempt::{settle, timed};
 use super::replay_log::LoggedWrite;
 use super::slot::Slot;
 use super::{CallFuture, ResilientStorage, Route, WritePolicy};
@@ -63,10 +63,7 @@ impl ResilientStorage {
                     value: value.clone(),
                     ttl,
                 };
-                match b.try_write_now(key, &write, options) {
-                    Some(answer) => Call::Ready(answer),
-                    None => Call::Pending(b.write(key, write, options)),
-                }
+                b.write(key, write, options)
             })
             .await;
         let (outcome, served) = self.settled(key, version, superseded, routed)?;
