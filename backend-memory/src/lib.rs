@@ -104,9 +104,7 @@ impl Entry {
 
     /// The value if it has not expired; the clock is read only for an entry that can expire.
     fn live_value(self) -> Option<Bytes> {
-        self.expires_at
-            .is_none_or(|at| Instant::now() < at)
-            .then_some(self.value)
+        (self.expires_at.is_none() || self.live(Instant::now())).then_some(self.value)
     }
 }
 

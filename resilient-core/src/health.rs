@@ -244,7 +244,7 @@ impl HealthTracker {
 
     /// How long the backend has been routable at `now`; `None` when it is unhealthy.
     pub fn routable_for(&self, now: Instant) -> Option<Duration> {
-        self.routable_ms(now.saturating_duration_since(self.epoch).as_millis() as u64)
+        self.routable_ms(crate::breaker::ms_since(self.epoch, now))
             .map(Duration::from_millis)
     }
 
@@ -314,7 +314,7 @@ impl HealthTracker {
             return None;
         }
         if from == HealthState::Unhealthy {
-            let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+            let now_ms = crate::breaker::ms_since(self.epoch, now);
             self.routable_since_ms.store(now_ms, Ordering::Release);
         }
         self.state.store(to.as_u8(), Ordering::Release);

@@ -50,8 +50,21 @@ async fn every_call_returns_within_the_deadline_while_redis_is_frozen_and_counts
         .await
         .unwrap();
     assert_eq!(loaded.source, LoadSource::Loaded);
-    // Write-behind copies reach PostgreSQL in the background: let them land before the freeze.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Write-behind copies reach PostgreSQL in the background: wait until they have landed.
+    let start = Instant::now();
+    while storage
+        .health()
+        .backends
+        .values()
+        .any(|b| b.pending_replay > 0)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "write-behind copies still pending after 10 s: {:?}",
+            storage.health()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     redis.freeze().unwrap();
     let until = Instant::now() + Duration::from_secs(5);

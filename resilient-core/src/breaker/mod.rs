@@ -571,7 +571,7 @@ impl CircuitBreaker {
 
     /// Milliseconds from the breaker's epoch to `now`.
     pub(crate) fn ms(&self, now: Instant) -> u64 {
-        duration_ms(now.saturating_duration_since(self.epoch))
+        ms_since(self.epoch, now)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -589,6 +589,12 @@ fn rate_ppm(rate: f64) -> u64 {
 
 fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds from `epoch` to `now` (zero before it): the unit breakers, health trackers and
+/// the router count time in.
+pub(crate) fn ms_since(epoch: Instant, now: Instant) -> u64 {
+    duration_ms(now.saturating_duration_since(epoch))
 }
 
 #[cfg(test)]

@@ -145,8 +145,7 @@ impl ResilientStorage {
 
     /// `now` in milliseconds since the storage's epoch.
     fn ms(&self, now: tokio::time::Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.inner.epoch).as_millis())
-            .unwrap_or(u64::MAX)
+        crate::breaker::ms_since(self.inner.epoch, now)
     }
 
     /// Names of the backends in priority order.

@@ -80,9 +80,12 @@ impl ResilientStorage {
     /// The next shared backend below `served` that is available: the one a miss is asked of
     /// again.
     pub(super) fn read_behind_slot(&self, served: usize, now: Instant) -> Option<&Arc<Slot>> {
-        self.inner.slots.get(served + 1..)?.iter().find(|slot| {
-            slot.capabilities.shared && slot.view(now, self.ms(now), true, true).available
-        })
+        let now_ms = self.ms(now);
+        self.inner
+            .slots
+            .get(served + 1..)?
+            .iter()
+            .find(|slot| slot.capabilities.shared && slot.view(now, now_ms, true, true).available)
     }
 
     /// What a read behind a miss may take of the deadline of the call that began at `start`:

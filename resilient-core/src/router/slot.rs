@@ -358,8 +358,9 @@ async fn replay_batch(
         .iter()
         .map(|(key, hint, version)| BatchWrite::new(key, hint.replay_at(start), options(*version)))
         .collect();
-    let answers = match tokio::time::timeout(attempt_timeout, slot.backend.write_many(writes)).await
-    {
+    let (result, _, elapsed) =
+        super::attempt::timed(start, attempt_timeout, slot.backend.write_many(writes)).await;
+    let answers = match result {
         Ok(Ok(answers)) => answers,
         Ok(Err(error)) if error.is_transient() => {
             permit.failure();
@@ -395,7 +396,7 @@ async fn replay_batch(
         permit.failure();
         return Replayed::Paused;
     }
-    permit.success(start.elapsed());
+    permit.success(elapsed);
     Replayed::Done
 }
 
@@ -413,8 +414,8 @@ async fn replay_one_by_one(
         let start = Instant::now();
         let options = WriteOptions::new(version).mode(WriteMode::IfNewer);
         let call = slot.backend.write(&key, hint.replay_at(start), options);
-        let result = tokio::time::timeout(attempt_timeout, call).await;
-        super::attempt::settle(permit, &result, start.elapsed());
+        let (result, _, elapsed) = super::attempt::timed(start, attempt_timeout, call).await;
+        super::attempt::settle(permit, &result, elapsed);
         match result {
             Ok(Ok(_)) => {
                 if slot.replay.replayed(&key, version) {

@@ -43,10 +43,11 @@ impl ResilientStorage {
             .iter()
             .map(|slot| (slot.name.clone(), slot.report()))
             .collect::<indexmap::IndexMap<_, _>>();
+        let now_ms = self.ms(now);
         let routable = inner
             .slots
             .iter()
-            .filter(|slot| slot.view(now, self.ms(now), true, true).available)
+            .filter(|slot| slot.view(now, now_ms, true, true).available)
             .count();
         // Write-behind copies on their way are normal operation; a backlog from an outage that
         // keeps a backend out of traffic, or writes lost since the last replay, are not.

@@ -306,12 +306,12 @@ impl ResilientStorage {
         let now = Instant::now();
         let remaining = (start + inner.policy.deadline).saturating_duration_since(now);
         let budget = inner.policy.attempt_timeout.min(remaining);
+        let now_ms = self.ms(now);
         let copies = inner.slots[served + 1..].iter().map(|slot| {
-            let permit =
-                match slot.view(now, self.ms(now), true, true).available && !budget.is_zero() {
-                    true => slot.breaker.try_acquire_at(now).ok(),
-                    false => None,
-                };
+            let permit = match slot.view(now, now_ms, true, true).available && !budget.is_zero() {
+                true => slot.breaker.try_acquire_at(now).ok(),
+                false => None,
+            };
             let copy = permit.map(|permit| (permit, call(slot)));
             async move {
                 let Some((permit, copy)) = copy else {
