@@ -9,11 +9,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use resilient_core::{
     AtomicOp, AtomicOutcome, Backend, BatchWrite, Capabilities, Error, FencingToken, HealthProbe,
-    KeyWrite, LockGrant, LockOutcome, Operation, Result, Unknown, WriteMode, WriteOptions,
-    WriteOutcome, WriteVersion,
+    JournalEntry, KeyWrite, LockGrant, LockOutcome, Operation, Result, Unknown, WriteMode,
+    WriteOptions, WriteOutcome, WriteVersion,
 };
-use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, SqlStr};
 use tokio::sync::watch;
 
 use crate::config::PostgresConfig;
@@ -266,6 +266,12 @@ fn last_per_key<'w, 'k>(writes: &'w [BatchWrite<'k>]) -> Vec<&'w BatchWrite<'k>>
     last
 }
 
+/// The backends that missed a batch's writes: `write_many` sends a batch as one statement only
+/// when every write carries the same ones.
+fn missed_by<'w>(writes: &'w [BatchWrite<'_>]) -> &'w [String] {
+    writes.first().map_or(&[], |w| w.options.missed_by.names())
+}
+
 impl PostgresBackend {
     async fn set_many(&self, writes: &[BatchWrite<'_>]) -> Result<Vec<Result<WriteOutcome>>> {
         let last = last_per_key(writes);
@@ -281,14 +287,22 @@ impl PostgresBackend {
                 versions.push(stored(write.options.version));
             }
         }
+        let missed_by = missed_by(writes);
         self.call(Operation::WriteMany, async {
-            sqlx::query(self.sql.set_many.clone())
-                .bind(&keys)
-                .bind(&values)
-                .bind(&ttls)
-                .bind(&versions)
-                .execute(&self.pool)
-                .await
+            let query = match missed_by.is_empty() {
+                true => sqlx::query(self.sql.set_many.clone()),
+                false => sqlx::query(self.sql.journaled.set_many.clone()),
+            }
+            .bind(&keys)
+            .bind(&values)
+            .bind(&ttls)
+            .bind(&versions);
+            match missed_by.is_empty() {
+                true => query,
+                false => query.bind(missed_by),
+            }
+            .execute(&self.pool)
+            .await
         })
         .await?;
         Ok(writes
@@ -344,11 +358,19 @@ impl PostgresBackend {
         let versions: Vec<i64> = last.iter().map(|w| stored(w.options.version)).collect();
         let existed: Vec<String> = self
             .call(Operation::WriteMany, async {
-                sqlx::query_scalar(self.sql.delete_many.clone())
-                    .bind(&keys)
-                    .bind(&versions)
-                    .fetch_all(&self.pool)
-                    .await
+                let missed_by = missed_by(writes);
+                let query = match missed_by.is_empty() {
+                    true => sqlx::query_scalar(self.sql.delete_many.clone()),
+                    false => sqlx::query_scalar(self.sql.journaled.delete_many.clone()),
+                }
+                .bind(&keys)
+                .bind(&versions);
+                match missed_by.is_empty() {
+                    true => query,
+                    false => query.bind(missed_by),
+                }
+                .fetch_all(&self.pool)
+                .await
             })
             .await?;
         // A key deleted twice in one batch existed for the first delete only, as in a pipeline.
@@ -425,6 +447,7 @@ impl Backend for PostgresBackend {
             .versioned(true)
             .locks(true)
             .atomic(true)
+            .journal(true)
     }
 
     async fn health_check(&self) -> Result<HealthProbe> {
@@ -487,9 +510,10 @@ impl Backend for PostgresBackend {
     /// (sets and deletes of distinct keys, as a replay pass sends them); any other batch, one
     /// statement per write.
     async fn write_many(&self, writes: Vec<BatchWrite<'_>>) -> Result<Vec<Result<WriteOutcome>>> {
-        let plain = writes
-            .iter()
-            .all(|w| w.options.mode == WriteMode::Overwrite);
+        let plain = writes.iter().all(|w| {
+            w.options.mode == WriteMode::Overwrite
+                && w.options.missed_by.names() == missed_by(&writes)
+        });
         let sets = writes
             .iter()
             .all(|w| matches!(w.write, KeyWrite::Set { .. }));
@@ -524,27 +548,45 @@ impl Backend for PostgresBackend {
         options: WriteOptions,
     ) -> Result<WriteOutcome> {
         let version = options.version;
+        let missed_by = options.missed_by.names();
+        let journaled = !missed_by.is_empty();
         match (write, options.mode) {
             (write, WriteMode::IfNewer) => self.replay(key, write, version).await,
             (KeyWrite::Set { value, ttl }, _) => self
                 .call(Operation::Set, async {
-                    sqlx::query(self.sql.set_versioned.clone())
+                    let statement = match journaled {
+                        true => &self.sql.journaled.set_versioned,
+                        false => &self.sql.set_versioned,
+                    };
+                    let query = sqlx::query(statement.clone())
                         .bind(key)
                         .bind(value.as_ref())
                         .bind(ttl.map(millis))
-                        .bind(stored(version))
-                        .execute(&self.pool)
-                        .await
+                        .bind(stored(version));
+                    match journaled {
+                        true => query.bind(missed_by),
+                        false => query,
+                    }
+                    .execute(&self.pool)
+                    .await
                 })
                 .await
                 .map(|_| WriteOutcome::applied(false)),
             (KeyWrite::Delete, _) => self
                 .call(Operation::Delete, async {
-                    sqlx::query_scalar(self.sql.delete_versioned.clone())
+                    let statement = match journaled {
+                        true => &self.sql.journaled.delete_versioned,
+                        false => &self.sql.delete_versioned,
+                    };
+                    let query = sqlx::query_scalar(statement.clone())
                         .bind(key)
-                        .bind(stored(version))
-                        .fetch_one(&self.pool)
-                        .await
+                        .bind(stored(version));
+                    match journaled {
+                        true => query.bind(missed_by),
+                        false => query,
+                    }
+                    .fetch_one(&self.pool)
+                    .await
                 })
                 .await
                 .map(WriteOutcome::applied),
@@ -563,16 +605,27 @@ impl Backend for PostgresBackend {
     ) -> Result<AtomicOutcome> {
         let operation = Operation::Atomic;
         let version = stored(options.version);
+        let missed_by = options.missed_by.names();
+        let journaled = !missed_by.is_empty();
+        let statements = |plain: &SqlStr, journal: &SqlStr| match journaled {
+            true => journal.clone(),
+            false => plain.clone(),
+        };
         let row: Result<Option<AnswerRow>> = match op {
             AtomicOp::Increment { delta, ttl } => {
                 self.call(operation, async {
-                    sqlx::query_as(self.sql.increment.clone())
+                    let statement = statements(&self.sql.increment, &self.sql.journaled.increment);
+                    let query = sqlx::query_as(statement)
                         .bind(key)
                         .bind(delta)
                         .bind(ttl.map(millis))
-                        .bind(version)
-                        .fetch_optional(&self.pool)
-                        .await
+                        .bind(version);
+                    match journaled {
+                        true => query.bind(missed_by),
+                        false => query,
+                    }
+                    .fetch_optional(&self.pool)
+                    .await
                 })
                 .await
             }
@@ -583,13 +636,21 @@ impl Backend for PostgresBackend {
                 ttl,
             } => {
                 self.call(operation, async {
-                    sqlx::query_as(self.sql.insert_if_absent.clone())
+                    let statement = statements(
+                        &self.sql.insert_if_absent,
+                        &self.sql.journaled.insert_if_absent,
+                    );
+                    let query = sqlx::query_as(statement)
                         .bind(key)
                         .bind(value.as_ref())
                         .bind(ttl.map(millis))
-                        .bind(version)
-                        .fetch_optional(&self.pool)
-                        .await
+                        .bind(version);
+                    match journaled {
+                        true => query.bind(missed_by),
+                        false => query,
+                    }
+                    .fetch_optional(&self.pool)
+                    .await
                 })
                 .await
             }
@@ -599,14 +660,22 @@ impl Backend for PostgresBackend {
                 ttl,
             } => {
                 self.call(operation, async {
-                    sqlx::query_as(self.sql.compare_and_set.clone())
+                    let statement = statements(
+                        &self.sql.compare_and_set,
+                        &self.sql.journaled.compare_and_set,
+                    );
+                    let query = sqlx::query_as(statement)
                         .bind(key)
                         .bind(value.as_ref())
                         .bind(ttl.map(millis))
                         .bind(version)
-                        .bind(expected.as_ref())
-                        .fetch_optional(&self.pool)
-                        .await
+                        .bind(expected.as_ref());
+                    match journaled {
+                        true => query.bind(missed_by),
+                        false => query,
+                    }
+                    .fetch_optional(&self.pool)
+                    .await
                 })
                 .await
             }
@@ -699,6 +768,53 @@ impl Backend for PostgresBackend {
             })
             .await?;
         Ok(released.rows_affected() > 0)
+    }
+
+    async fn claim_journal(
+        &self,
+        target: &str,
+        claim: u64,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<JournalEntry>> {
+        let rows: Vec<(String, Option<Vec<u8>>, i64, Option<f64>)> = self
+            .call(Operation::Journal, async {
+                sqlx::query_as(self.sql.claim_journal.clone())
+                    .bind(target)
+                    .bind(i64::try_from(max).unwrap_or(i64::MAX))
+                    .bind(claim as i64)
+                    .bind(millis(lease))
+                    .fetch_all(&self.pool)
+                    .await
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, value, version, ttl)| {
+                let outcome = answer(value.is_some(), (value, version, ttl));
+                let write = match outcome.value {
+                    Some(value) => KeyWrite::Set {
+                        value,
+                        ttl: outcome.ttl,
+                    },
+                    None => KeyWrite::Delete,
+                };
+                JournalEntry::new(key, write, outcome.version)
+            })
+            .collect())
+    }
+
+    async fn settle_journal(&self, target: &str, claim: u64, keys: &[&str]) -> Result<()> {
+        self.call(Operation::Journal, async {
+            sqlx::query(self.sql.settle_journal.clone())
+                .bind(target)
+                .bind(claim as i64)
+                .bind(keys)
+                .execute(&self.pool)
+                .await
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn shutdown(&self) {

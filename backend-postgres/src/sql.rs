@@ -28,7 +28,45 @@ pub(crate) struct Statements {
     pub(crate) release: SqlStr,
     pub(crate) sweep_values: SqlStr,
     pub(crate) sweep_locks: SqlStr,
+    /// The writes above, each also recording itself for the backends that missed it.
+    pub(crate) journaled: Journaled,
+    pub(crate) claim_journal: SqlStr,
+    pub(crate) settle_journal: SqlStr,
     pub(crate) schema_key: String,
+}
+
+/// Caller writes that also leave a replay record for each backend that missed them, in the
+/// same statement (so in the same transaction): each takes the plain statement's parameters,
+/// then the names of the backends that missed it as one more (`text[]`).
+#[derive(Debug)]
+pub(crate) struct Journaled {
+    pub(crate) set_versioned: SqlStr,
+    pub(crate) delete_versioned: SqlStr,
+    pub(crate) set_many: SqlStr,
+    pub(crate) delete_many: SqlStr,
+    pub(crate) increment: SqlStr,
+    pub(crate) insert_if_absent: SqlStr,
+    pub(crate) compare_and_set: SqlStr,
+}
+
+/// A `WITH` item that records each `(key, version)` row of `records` for each backend named
+/// in parameter `$targets` (`text[]`), in key order (as the writes take their rows, so two
+/// statements cannot deadlock). A record written again is claimed by no one.
+fn journal_cte(journal: &str, records: &str, targets: usize) -> String {
+    format!(
+        "j AS (INSERT INTO {journal} (target, key, version) \
+           SELECT tg, r.key, r.version FROM ({records}) AS r(key, version) \
+           CROSS JOIN unnest(${targets}::text[]) AS tg ORDER BY 2, 1 \
+           ON CONFLICT (target, key) DO UPDATE SET version = EXCLUDED.version, \
+             claim = NULL, claimed_until = NULL)"
+    )
+}
+
+/// `write` (one data-modifying statement), and in the same statement the records of
+/// `records` (see [`journal_cte`]); answers `answer`, which reads `write`'s `RETURNING` rows as
+/// `w`.
+fn journaled(write: &str, cte: String, answer: &str) -> SqlStr {
+    sql(format!("WITH w AS ({write}), {cte} {answer}"))
 }
 
 fn sql(text: String) -> SqlStr {
@@ -41,6 +79,7 @@ impl Statements {
         let values = format!(r#""{schema}"."{table}""#);
         let locks = format!(r#""{schema}"."{table}_locks""#);
         let fence = format!(r#""{schema}"."{table}_fence""#);
+        let journal = format!(r#""{schema}"."{table}_journal""#);
         // A TTL travels as milliseconds (float8, exact up to 2^53) and expiry is computed on the
         // server's clock: `now()` is the statement's transaction time.
         let expiry = "now() + $3::float8 * interval '1 millisecond'";
@@ -53,6 +92,108 @@ impl Statements {
             "setval('{fence}', GREATEST(nextval('{fence}'), \
              (extract(epoch FROM clock_timestamp()) * 1000000)::bigint))"
         );
+        // Atomic operations: one statement each; every one answers the key's live value (or
+        // NULL), its version and its remaining TTL in ms (NULL: none). A write's version is
+        // the larger of the one asked and one more than the stored one.
+        // $1 key, $2 delta, $3 TTL of a key this creates, $4 version.
+        let increment = format!(
+            "INSERT INTO {values} AS t (key, value, expires_at, version) \
+             VALUES ($1, convert_to($2::int8::text, 'UTF8'), {expiry}, $4) \
+             ON CONFLICT (key) DO UPDATE SET \
+               value = convert_to((CASE WHEN {dead} THEN 0 \
+                 ELSE convert_from(t.value, 'UTF8')::int8 END + $2::int8)::text, 'UTF8'), \
+               expires_at = CASE WHEN {dead} THEN EXCLUDED.expires_at ELSE t.expires_at END, \
+               version = GREATEST(t.version + 1, EXCLUDED.version) \
+             RETURNING {answer}"
+        );
+        // $1 key, $2 value, $3 TTL, $4 version; no row when a live value is there.
+        let insert_if_absent = format!(
+            "INSERT INTO {values} AS t (key, value, expires_at, version) \
+             VALUES ($1, $2, {expiry}, $4) \
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
+               expires_at = EXCLUDED.expires_at, version = GREATEST(t.version + 1, EXCLUDED.version) \
+             WHERE {dead} RETURNING {answer}"
+        );
+        // $1 key, $2 value, $3 TTL, $4 version, $5 expected; no row when it does not match.
+        let compare_and_set = format!(
+            "UPDATE {values} AS t SET value = $2, expires_at = {expiry}, \
+               version = GREATEST(t.version + 1, $4) \
+             WHERE key = $1 AND NOT ({dead}) AND value = $5 RETURNING {answer}"
+        );
+        // set_versioned for arrays of distinct keys, values, TTLs in ms (NULL: none), versions.
+        // Rows are taken in key order, so two batches over the same keys cannot deadlock.
+        let set_many = format!(
+            "INSERT INTO {values} (key, value, expires_at, version) \
+             SELECT k, v, now() + t * interval '1 millisecond', ver \
+             FROM unnest($1::text[], $2::bytea[], $3::float8[], $4::int8[]) AS u(k, v, t, ver) \
+             ORDER BY k \
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
+               expires_at = EXCLUDED.expires_at, version = EXCLUDED.version"
+        );
+        // delete_versioned for arrays of distinct keys and versions; the keys that held a
+        // live value come back.
+        let delete_many_with = format!(
+            "WITH old AS (\
+               SELECT key FROM {values} WHERE key = ANY($1) AND value IS NOT NULL \
+               AND (expires_at IS NULL OR expires_at > now()) ORDER BY key FOR UPDATE), \
+             tombstones AS (\
+               INSERT INTO {values} (key, value, expires_at, version) \
+               SELECT k, NULL, now(), ver FROM unnest($1::text[], $2::int8[]) AS u(k, ver) \
+               ORDER BY k \
+               ON CONFLICT (key) DO UPDATE SET value = NULL, expires_at = now(), \
+                 version = EXCLUDED.version)"
+        );
+        let delete_many_answer = "SELECT key FROM old";
+        // $4: the version.
+        let set_versioned = format!(
+            "INSERT INTO {values} (key, value, expires_at, version) VALUES ($1, $2, {expiry}, $4) \
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
+               expires_at = EXCLUDED.expires_at, version = EXCLUDED.version"
+        );
+        // $2: the version. Leaves a tombstone; answers whether a live value was there.
+        let delete_versioned_with = format!(
+            "WITH old AS (\
+               SELECT value IS NOT NULL AND (expires_at IS NULL OR expires_at > now()) AS live \
+               FROM {values} WHERE key = $1 FOR UPDATE), \
+             tombstone AS (\
+               INSERT INTO {values} (key, value, expires_at, version) VALUES ($1, NULL, now(), $2) \
+               ON CONFLICT (key) DO UPDATE SET value = NULL, expires_at = now(), \
+                 version = EXCLUDED.version)"
+        );
+        let delete_versioned_answer = "SELECT coalesce((SELECT live FROM old), false)";
+        let one = "VALUES ($1::text, $4::int8)";
+        let returned = "SELECT $1::text, $4::int8 FROM w";
+        let journaled = Journaled {
+            set_versioned: journaled(&set_versioned, journal_cte(&journal, one, 5), "SELECT 1"),
+            delete_versioned: sql(format!(
+                "{delete_versioned_with}, {} {delete_versioned_answer}",
+                journal_cte(&journal, "VALUES ($1::text, $2::int8)", 3)
+            )),
+            set_many: journaled(
+                &set_many,
+                journal_cte(&journal, "SELECT * FROM unnest($1::text[], $4::int8[])", 5),
+                "SELECT 1",
+            ),
+            delete_many: sql(format!(
+                "{delete_many_with}, {} {delete_many_answer}",
+                journal_cte(&journal, "SELECT * FROM unnest($1::text[], $2::int8[])", 3)
+            )),
+            increment: journaled(
+                &increment,
+                journal_cte(&journal, returned, 5),
+                "SELECT * FROM w",
+            ),
+            insert_if_absent: journaled(
+                &insert_if_absent,
+                journal_cte(&journal, returned, 5),
+                "SELECT * FROM w",
+            ),
+            compare_and_set: journaled(
+                &compare_and_set,
+                journal_cte(&journal, returned, 6),
+                "SELECT * FROM w",
+            ),
+        };
         Self {
             ddl: vec![
                 sql(format!(r#"CREATE SCHEMA IF NOT EXISTS "{schema}""#)),
@@ -84,39 +225,22 @@ impl Statements {
                      expires_at timestamptz NOT NULL)"
                 )),
                 sql(format!("CREATE SEQUENCE IF NOT EXISTS {fence}")),
+                // Replay records: a write this backend served that `target` (a backend above
+                // it) missed; the key's current row is what gets replayed. `claim` and
+                // `claimed_until`: the process replaying it now, and until when.
+                sql(format!(
+                    "CREATE TABLE IF NOT EXISTS {journal} (\
+                     target text NOT NULL, key text NOT NULL, version bigint NOT NULL, \
+                     claim bigint, claimed_until timestamptz, PRIMARY KEY (target, key))"
+                )),
             ],
             get: sql(format!(
                 "SELECT value FROM {values} WHERE key = $1 AND value IS NOT NULL \
                  AND (expires_at IS NULL OR expires_at > now())"
             )),
-            // Atomic operations: one statement each; every one answers the key's live value (or
-            // NULL), its version and its remaining TTL in ms (NULL: none). A write's version is
-            // the larger of the one asked and one more than the stored one.
-            // $1 key, $2 delta, $3 TTL of a key this creates, $4 version.
-            increment: sql(format!(
-                "INSERT INTO {values} AS t (key, value, expires_at, version) \
-                 VALUES ($1, convert_to($2::int8::text, 'UTF8'), {expiry}, $4) \
-                 ON CONFLICT (key) DO UPDATE SET \
-                   value = convert_to((CASE WHEN {dead} THEN 0 \
-                     ELSE convert_from(t.value, 'UTF8')::int8 END + $2::int8)::text, 'UTF8'), \
-                   expires_at = CASE WHEN {dead} THEN EXCLUDED.expires_at ELSE t.expires_at END, \
-                   version = GREATEST(t.version + 1, EXCLUDED.version) \
-                 RETURNING {answer}"
-            )),
-            // $1 key, $2 value, $3 TTL, $4 version; no row when a live value is there.
-            insert_if_absent: sql(format!(
-                "INSERT INTO {values} AS t (key, value, expires_at, version) \
-                 VALUES ($1, $2, {expiry}, $4) \
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
-                   expires_at = EXCLUDED.expires_at, version = GREATEST(t.version + 1, EXCLUDED.version) \
-                 WHERE {dead} RETURNING {answer}"
-            )),
-            // $1 key, $2 value, $3 TTL, $4 version, $5 expected; no row when it does not match.
-            compare_and_set: sql(format!(
-                "UPDATE {values} AS t SET value = $2, expires_at = {expiry}, \
-                   version = GREATEST(t.version + 1, $4) \
-                 WHERE key = $1 AND NOT ({dead}) AND value = $5 RETURNING {answer}"
-            )),
+            increment: sql(increment),
+            insert_if_absent: sql(insert_if_absent),
+            compare_and_set: sql(compare_and_set),
             // $1 key: what a refused operation found.
             current: sql(format!("SELECT {answer} FROM {values} AS t WHERE key = $1")),
             // $1: the keys; one row per key, in their order: the value, or NULL.
@@ -125,47 +249,10 @@ impl Statements {
                  LEFT JOIN {values} v ON v.key = k.key AND v.value IS NOT NULL \
                  AND (v.expires_at IS NULL OR v.expires_at > now()) ORDER BY k.n"
             )),
-            // set_versioned for arrays of distinct keys, values, TTLs in ms (NULL: none), versions.
-            // Rows are taken in key order, so two batches over the same keys cannot deadlock.
-            set_many: sql(format!(
-                "INSERT INTO {values} (key, value, expires_at, version) \
-                 SELECT k, v, now() + t * interval '1 millisecond', ver \
-                 FROM unnest($1::text[], $2::bytea[], $3::float8[], $4::int8[]) AS u(k, v, t, ver) \
-                 ORDER BY k \
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
-                   expires_at = EXCLUDED.expires_at, version = EXCLUDED.version"
-            )),
-            // delete_versioned for arrays of distinct keys and versions; the keys that held a
-            // live value come back.
-            delete_many: sql(format!(
-                "WITH old AS (\
-                   SELECT key FROM {values} WHERE key = ANY($1) AND value IS NOT NULL \
-                   AND (expires_at IS NULL OR expires_at > now()) ORDER BY key FOR UPDATE), \
-                 tombstones AS (\
-                   INSERT INTO {values} (key, value, expires_at, version) \
-                   SELECT k, NULL, now(), ver FROM unnest($1::text[], $2::int8[]) AS u(k, ver) \
-                   ORDER BY k \
-                   ON CONFLICT (key) DO UPDATE SET value = NULL, expires_at = now(), \
-                     version = EXCLUDED.version) \
-                 SELECT key FROM old"
-            )),
-            // $4: the version.
-            set_versioned: sql(format!(
-                "INSERT INTO {values} (key, value, expires_at, version) VALUES ($1, $2, {expiry}, $4) \
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
-                   expires_at = EXCLUDED.expires_at, version = EXCLUDED.version"
-            )),
-            // $2: the version. Leaves a tombstone; answers whether a live value was there.
-            delete_versioned: sql(format!(
-                "WITH old AS (\
-                   SELECT value IS NOT NULL AND (expires_at IS NULL OR expires_at > now()) AS live \
-                   FROM {values} WHERE key = $1 FOR UPDATE), \
-                 tombstone AS (\
-                   INSERT INTO {values} (key, value, expires_at, version) VALUES ($1, NULL, now(), $2) \
-                   ON CONFLICT (key) DO UPDATE SET value = NULL, expires_at = now(), \
-                     version = EXCLUDED.version) \
-                 SELECT coalesce((SELECT live FROM old), false)"
-            )),
+            set_many: sql(set_many),
+            delete_many: sql(format!("{delete_many_with} {delete_many_answer}")),
+            set_versioned: sql(set_versioned),
+            delete_versioned: sql(format!("{delete_versioned_with} {delete_versioned_answer}")),
             // Replays apply only over an older version or none; a row comes back when they do.
             replay_set: sql(format!(
                 "INSERT INTO {values} AS t (key, value, expires_at, version) \
@@ -244,6 +331,33 @@ impl Statements {
                 "DELETE FROM {locks} WHERE ctid = ANY(ARRAY(\
                  SELECT ctid FROM {locks} \
                  WHERE expires_at <= now() - $2::float8 * interval '1 millisecond' LIMIT $1))"
+            )),
+            journaled,
+            // $1 target, $2 how many, $3 the claim, $4 its lease in ms. Records no live claim
+            // holds, skipping rows another claim is taking now; each comes back with its key's
+            // current row: the live value (or NULL), its version (NULL: no row, then the
+            // record's), its TTL left in ms (NULL: none).
+            claim_journal: sql(format!(
+                "WITH c AS (\
+                   SELECT key FROM {journal} WHERE target = $1 \
+                   AND (claimed_until IS NULL OR claimed_until <= now()) \
+                   ORDER BY key LIMIT $2 FOR UPDATE SKIP LOCKED), \
+                 u AS (\
+                   UPDATE {journal} AS j SET claim = $3, \
+                     claimed_until = now() + $4::float8 * interval '1 millisecond' \
+                   FROM c WHERE j.target = $1 AND j.key = c.key RETURNING j.key, j.version) \
+                 SELECT u.key, CASE WHEN t.value IS NOT NULL \
+                     AND (t.expires_at IS NULL OR t.expires_at > now()) THEN t.value END, \
+                   COALESCE(t.version, u.version), \
+                   (extract(epoch FROM t.expires_at - now()) * 1000)::float8 \
+                 FROM u LEFT JOIN {values} AS t ON t.key = u.key"
+            )),
+            // $1 target, $2 the claim, $3 keys: the records that claim still holds, taken in
+            // key order.
+            settle_journal: sql(format!(
+                "DELETE FROM {journal} WHERE ctid = ANY(ARRAY(\
+                 SELECT ctid FROM {journal} WHERE target = $1 AND claim = $2 AND key = ANY($3) \
+                 ORDER BY key FOR UPDATE))"
             )),
             schema_key: format!("resilient-storage:{schema}.{table}"),
         }

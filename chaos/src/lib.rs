@@ -3,6 +3,7 @@
 //! storage's events, a fencing log for lock safety, and the storage settings both use.
 
 pub mod fencing;
+pub mod fleet;
 pub mod workload;
 
 use std::sync::{Arc, Mutex};

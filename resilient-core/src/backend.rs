@@ -2,6 +2,7 @@
 //! backends stay easy to write and the trait rarely changes.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,6 +29,11 @@ pub struct Capabilities {
     pub locks: bool,
     /// Implements [`Backend::atomic`] (increment, set-if-absent, compare-and-set).
     pub atomic: bool,
+    /// Keeps replay records durably ([`WriteOptions::missed_by`], [`Backend::claim_journal`]
+    /// and [`Backend::settle_journal`]): a write it serves while backends above it are out of
+    /// reach leaves, atomically with the write, a record for each of them that outlives the
+    /// writing process, and any process may replay it.
+    pub journal: bool,
 }
 
 impl Capabilities {
@@ -40,6 +46,7 @@ impl Capabilities {
             versioned: false,
             locks: false,
             atomic: false,
+            journal: false,
         }
     }
 
@@ -76,6 +83,12 @@ impl Capabilities {
     /// Sets [`atomic`](Self::atomic).
     pub const fn atomic(mut self, yes: bool) -> Self {
         self.atomic = yes;
+        self
+    }
+
+    /// Sets [`journal`](Self::journal).
+    pub const fn journal(mut self, yes: bool) -> Self {
+        self.journal = yes;
         self
     }
 }
@@ -321,15 +334,20 @@ pub enum WriteMode {
     IfNewer,
 }
 
-/// The options of a [`Backend::write`]: the write's version and how to apply it. Built with
-/// [`WriteOptions::new`]; more fields may come, each with a default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The options of a [`Backend::write`]: the write's version, how to apply it, and the backends
+/// that missed it. Built with [`WriteOptions::new`]; more fields may come, each with a default.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct WriteOptions {
     /// The write's version, stamped by the router.
     pub version: WriteVersion,
     /// Unconditional, or a replay.
     pub mode: WriteMode,
+    /// The backends above this one that missed the write (they were out of reach), for a
+    /// backend that keeps replay records ([`Capabilities::journal`]): it records the write for
+    /// each of them in the same transaction as the write. Empty for every other write, and
+    /// ignored by a backend without that capability.
+    pub missed_by: MissedBy,
 }
 
 impl WriteOptions {
@@ -338,13 +356,74 @@ impl WriteOptions {
         Self {
             version,
             mode: WriteMode::Overwrite,
+            missed_by: MissedBy::none(),
         }
     }
 
     /// Sets [`mode`](Self::mode).
-    pub const fn mode(mut self, mode: WriteMode) -> Self {
+    pub fn mode(mut self, mode: WriteMode) -> Self {
         self.mode = mode;
         self
+    }
+
+    /// Sets [`missed_by`](Self::missed_by).
+    pub fn missed_by(mut self, missed_by: MissedBy) -> Self {
+        self.missed_by = missed_by;
+        self
+    }
+}
+
+/// The names of the backends that missed a write, as [`WriteOptions::missed_by`] carries them:
+/// shared, so handing them to every write costs no allocation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct MissedBy(Option<Arc<[String]>>);
+
+impl MissedBy {
+    /// No backend missed the write.
+    pub const fn none() -> Self {
+        Self(None)
+    }
+
+    /// These backends missed it (none when `names` is empty).
+    pub fn new(names: impl IntoIterator<Item = String>) -> Self {
+        let names: Arc<[String]> = names.into_iter().collect();
+        Self((!names.is_empty()).then_some(names))
+    }
+
+    /// Their names.
+    pub fn names(&self) -> &[String] {
+        self.0.as_deref().unwrap_or_default()
+    }
+
+    /// True when no backend missed the write.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+/// A replay record a journaling backend keeps ([`Capabilities::journal`]), as
+/// [`Backend::claim_journal`] hands it out: the key's current state on that backend (its value
+/// and TTL left, or a delete when it holds no live value) with that state's version, ready to
+/// send to the backend that missed it with [`WriteMode::IfNewer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JournalEntry {
+    /// The key.
+    pub key: String,
+    /// What to write.
+    pub write: KeyWrite,
+    /// Its version.
+    pub version: WriteVersion,
+}
+
+impl JournalEntry {
+    /// A record, for backend implementations.
+    pub fn new(key: impl Into<String>, write: KeyWrite, version: WriteVersion) -> Self {
+        Self {
+            key: key.into(),
+            write,
+            version,
+        }
     }
 }
 
@@ -608,6 +687,35 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         Err(crate::Error::unsupported(
             self.name(),
             crate::Operation::ReleaseLock,
+        ))
+    }
+
+    /// Claims up to `max` replay records kept for the backend named `target` that no claim
+    /// holds (or whose claim is older than `lease`), marks them with `claim` for `lease`, and
+    /// answers them ([`JournalEntry`]). Several processes may claim at once: each record goes
+    /// to one. Optional ([`Capabilities::journal`]).
+    async fn claim_journal(
+        &self,
+        target: &str,
+        claim: u64,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<JournalEntry>> {
+        let _ = (target, claim, max, lease);
+        Err(crate::Error::unsupported(
+            self.name(),
+            crate::Operation::Journal,
+        ))
+    }
+
+    /// Deletes the records of `keys` for `target` that `claim` still holds: a record written
+    /// again since it was claimed (a newer write missed by `target`) stays for the next claim.
+    /// Optional ([`Capabilities::journal`]).
+    async fn settle_journal(&self, target: &str, claim: u64, keys: &[&str]) -> Result<()> {
+        let _ = (target, claim, keys);
+        Err(crate::Error::unsupported(
+            self.name(),
+            crate::Operation::Journal,
         ))
     }
 

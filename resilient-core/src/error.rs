@@ -36,6 +36,8 @@ pub enum Operation {
     WriteMany,
     /// An atomic read-modify-write of one key: increment, set-if-absent, compare-and-set.
     Atomic,
+    /// Claiming or settling durable replay records ([`Backend::claim_journal`](crate::Backend::claim_journal)).
+    Journal,
 }
 
 impl Operation {
@@ -52,6 +54,7 @@ impl Operation {
             Operation::GetMany => "get_many",
             Operation::WriteMany => "write_many",
             Operation::Atomic => "atomic",
+            Operation::Journal => "journal",
         }
     }
 }

@@ -28,8 +28,8 @@ pub mod url;
 pub use async_trait::async_trait;
 pub use backend::{
     AtomicOp, AtomicOutcome, Backend, BackendExt, BatchWrite, Capabilities, FencingToken,
-    HealthProbe, KeyWrite, LockGrant, LockOutcome, Unknown, WriteMode, WriteOptions, WriteOutcome,
-    WriteVersion, rules,
+    HealthProbe, JournalEntry, KeyWrite, LockGrant, LockOutcome, MissedBy, Unknown, WriteMode,
+    WriteOptions, WriteOutcome, WriteVersion, rules,
 };
 pub use breaker::{BreakerConfig, CircuitBreaker, CircuitState};
 pub use bytes::Bytes;

@@ -92,7 +92,7 @@ impl Backend for Restartable {
                 }
                 Unknown::Seed(Some(value)) => {
                     store
-                        .write(key, KeyWrite::Set { value, ttl: None }, options)
+                        .write(key, KeyWrite::Set { value, ttl: None }, options.clone())
                         .await?;
                 }
                 _ => {}

@@ -271,6 +271,11 @@ fn outside_crate(features: &str, expected: &str) -> Result<(), String> {
 /// servers it starts are installed.
 fn chaos_bin(bin: &str, args: &[String]) -> Result<(), String> {
     ensure_servers()?;
+    // The fleet scenarios run `fleet-worker` processes: build every binary of the crate.
+    run(
+        "chaos binaries",
+        cargo().args(["build", "--quiet", "-p", "resilient-chaos", "--bins"]),
+    )?;
     run(
         &format!("{bin} {}", args.join(" ")),
         cargo()

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use resilient_chaos::fencing::FencingLog;
+use resilient_chaos::fleet::{Fleet, FleetResult};
 use resilient_chaos::workload::{KvOptions, KvResult, KvWorkload, Outcome};
 use resilient_chaos::{
     ATTEMPT_TIMEOUT, DEADLINE, EventLog, JITTER, Latencies, OPEN_FOR, builder, lost, ms,
@@ -119,13 +120,16 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 9] = [
     "Redis SIGKILL under 50 concurrent tasks",
     "Redis frozen (SIGSTOP), then blackholed by the proxy",
     "Redis down, then restarted empty",
     "flapping Redis",
     "Redis and PostgreSQL both down",
     "lock safety: 16 workers while Redis is frozen, killed and restarted",
+    "fleet: one of three instances cut off from Redis while the others reach it",
+    "fleet: an instance SIGKILLed in the middle of a Redis outage, and restarted",
+    "fleet: three instances through a Redis restart with an empty dataset",
 ];
 
 fn main() -> ExitCode {
@@ -167,7 +171,10 @@ fn main() -> ExitCode {
                 3 => redis_restarted_empty(seed, timing).await,
                 4 => flapping_redis(seed, timing).await,
                 5 => both_servers_down(seed, timing).await,
-                _ => lock_safety(seed, timing).await,
+                6 => lock_safety(seed, timing).await,
+                7 => fleet_partition(seed, timing).await,
+                8 => fleet_instance_killed(seed, timing).await,
+                _ => fleet_redis_restarted_empty(seed, timing).await,
             }
         });
         match result {
@@ -192,6 +199,27 @@ fn main() -> ExitCode {
 
 fn print_report(report: &Report, took: Duration) {
     let l = &report.latencies;
+    if l.max.is_zero() {
+        // Fleet scenarios: calls made by other processes, counted from their logs.
+        println!(
+            "   ops {}  failures {}  ({:.1} s)",
+            report.ops,
+            report.failures,
+            took.as_secs_f64()
+        );
+    } else {
+        print_latencies(report, took);
+    }
+    for note in &report.notes {
+        println!("   {note}");
+    }
+    for (what, ok) in &report.checks {
+        println!("   [{}] {what}", if *ok { "ok" } else { "FAILED" });
+    }
+}
+
+fn print_latencies(report: &Report, took: Duration) {
+    let l = &report.latencies;
     println!(
         "   ops {}  failures {}  p50 {}  p99 {}  max {}  replayed {}  lost {}  ({:.1} s)",
         report.ops,
@@ -203,12 +231,6 @@ fn print_report(report: &Report, took: Duration) {
         report.lost,
         took.as_secs_f64()
     );
-    for note in &report.notes {
-        println!("   {note}");
-    }
-    for (what, ok) in &report.checks {
-        println!("   [{}] {what}", if *ok { "ok" } else { "FAILED" });
-    }
 }
 
 fn no_wrong_reads(report: &mut Report, result: &KvResult) {
@@ -795,4 +817,224 @@ impl Held {
             }
         }
     }
+}
+
+/// How long each fleet instance runs at most: longer than any fleet scenario.
+const FLEET_SECONDS: u64 = 120;
+
+/// Waits until Redis holds, for every key, the last acknowledged write or a later one (read with
+/// a plain client), or `within` passes. Returns how long that took, and the keys still behind.
+async fn fleet_on_redis(
+    redis_url: &str,
+    result: &FleetResult,
+    within: Duration,
+) -> Result<(Duration, usize), Failure> {
+    let start = Instant::now();
+    let mut read = redis_reader(redis_url).await?;
+    loop {
+        let mut behind = 0;
+        for (key, acked) in &result.acked {
+            let held = read(key.clone())
+                .await
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            if held < *acked {
+                behind += 1;
+            }
+        }
+        if behind == 0 || start.elapsed() >= within {
+            return Ok((start.elapsed(), behind));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The checks every fleet scenario makes, from outside the instances, once they have stopped.
+async fn fleet_checks(
+    report: &mut Report,
+    redis_url: &str,
+    result: &FleetResult,
+) -> Result<(), Failure> {
+    report.ops = result.acks;
+    report.failures = result.failed("set") + result.failed("get");
+    let (took, behind) = fleet_on_redis(redis_url, result, Duration::from_secs(15)).await?;
+    for error in &result.errors {
+        report.note(format!("failed: {error}"));
+    }
+    report.note(format!(
+        "{} acknowledged sets of {} keys, {} holds of lock L (granted by {}); failed: {} sets, {} \
+         gets, {} acquires",
+        result.acks,
+        result.acked.len(),
+        result.holds.len(),
+        granted_by(result),
+        result.failed("set"),
+        result.failed("get"),
+        result.failed("acquire"),
+    ));
+    report.check(
+        format!(
+            "every key's last acknowledged write is on Redis, read with a plain client \
+             ({behind} of {} behind; all there {} after the instances stopped)",
+            result.acked.len(),
+            ms(took)
+        ),
+        behind == 0 && !result.acked.is_empty(),
+    );
+    report.check(
+        format!(
+            "no read older than the instance's own last write ({} seen)",
+            result.stale
+        ),
+        result.stale == 0,
+    );
+    report.check(
+        format!(
+            "lock L never held by two instances at once ({} overlaps)",
+            result.overlaps()
+        ),
+        result.overlaps() == 0,
+    );
+    report.check(
+        format!(
+            "fencing tokens grow in grant order across instances ({} went back)",
+            result.token_regressions()
+        ),
+        result.token_regressions() == 0 && !result.holds.is_empty(),
+    );
+    Ok(())
+}
+
+fn granted_by(result: &FleetResult) -> String {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for backend in &result.backends {
+        match counts.iter_mut().find(|(b, _)| b == backend) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((backend.clone(), 1)),
+        }
+    }
+    let parts: Vec<String> = counts.iter().map(|(b, n)| format!("{b} {n}")).collect();
+    match parts.is_empty() {
+        true => "none".into(),
+        false => parts.join(", "),
+    }
+}
+
+/// Three instances; instance `a` reaches Redis through the fault proxy, which blackholes it
+/// for a while. Its writes go to PostgreSQL meanwhile, with their replay records, and the
+/// others, which still reach Redis, replay them there: checked while `a` is still cut off.
+async fn fleet_partition(seed: u64, timing: Timing) -> Result<Report, Failure> {
+    let redis = RedisServer::start()?;
+    let postgres = PostgresServer::start()?;
+    let proxy = FaultProxy::start(redis.addr()).await?;
+    let proxied = format!("redis://{}", proxy.addr());
+    let mut fleet = Fleet::new(seed)?;
+    fleet.spawn("a", &proxied, &postgres.url(), FLEET_SECONDS)?;
+    fleet.spawn("b", &redis.url(), &postgres.url(), FLEET_SECONDS)?;
+    fleet.spawn("c", &redis.url(), &postgres.url(), FLEET_SECONDS)?;
+    tokio::time::sleep(timing.pick(3000, 2000)).await;
+
+    proxy.set_mode(ProxyMode::Blackhole);
+    let cut = timing.pick(8000, 5000);
+    tokio::time::sleep(cut).await;
+    // Still cut off: what `a` acknowledged until 2 s ago must be on Redis already, through
+    // the other instances.
+    let earlier = fleet.read()?;
+    let earlier_a: FleetResult = FleetResult {
+        acked: earlier
+            .acked
+            .iter()
+            .filter(|(key, _)| key.starts_with("a:"))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+        ..FleetResult::default()
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, behind_during) = fleet_on_redis(&redis.url(), &earlier_a, Duration::ZERO).await?;
+    proxy.set_mode(ProxyMode::Pass);
+    tokio::time::sleep(timing.pick(6000, 4000)).await;
+    fleet.stop(Duration::from_secs(10)).await;
+    let result = fleet.read()?;
+
+    let mut report = Report::default();
+    report.check(
+        format!(
+            "while `a` was still cut off, its writes were on Redis, replayed by the others \
+             ({behind_during} of {} keys behind, 2 s after `a` acknowledged them)",
+            earlier_a.acked.len()
+        ),
+        behind_during == 0 && !earlier_a.acked.is_empty(),
+    );
+    fleet_checks(&mut report, &redis.url(), &result).await?;
+    report.note(format!("`a` cut off from Redis for {}", ms(cut)));
+    Ok(report)
+}
+
+/// Three instances; Redis dies, and in the middle of the outage instance `a` is SIGKILLed
+/// (its in-memory replay records die with it) and a new instance `a2` starts. Redis then
+/// comes back from its append-only file, holding values older than the outage's writes.
+async fn fleet_instance_killed(seed: u64, timing: Timing) -> Result<Report, Failure> {
+    let mut redis = RedisServer::start_with(RedisOptions::default().appendonly(true))?;
+    let postgres = PostgresServer::start()?;
+    let mut fleet = Fleet::new(seed)?;
+    for name in ["a", "b", "c"] {
+        fleet.spawn(name, &redis.url(), &postgres.url(), FLEET_SECONDS)?;
+    }
+    tokio::time::sleep(timing.pick(3000, 2000)).await;
+
+    blocking(|| redis.kill())?;
+    // The kill lands somewhere in the first half of the outage, by the seed.
+    let outage = timing.pick(8000, 5000);
+    let half = outage.as_millis() as u64 / 2;
+    let kill_after = Duration::from_millis(fastrand::Rng::with_seed(seed).u64(1000..half));
+    tokio::time::sleep(kill_after).await;
+    fleet.kill("a")?;
+    fleet.spawn("a2", &redis.url(), &postgres.url(), FLEET_SECONDS)?;
+    tokio::time::sleep(outage.saturating_sub(kill_after)).await;
+    blocking(|| redis.restart())?;
+    tokio::time::sleep(timing.pick(6000, 4000)).await;
+    fleet.stop(Duration::from_secs(10)).await;
+    let result = fleet.read()?;
+
+    let mut report = Report::default();
+    let killed: Vec<(&String, &u64)> = result
+        .acked
+        .iter()
+        .filter(|(key, _)| key.starts_with("a:"))
+        .collect();
+    report.note(format!(
+        "Redis down for {}; `a` SIGKILLed {} into it with {} keys written, `a2` started in its \
+         place; Redis back from its append-only file",
+        ms(outage),
+        ms(kill_after),
+        killed.len()
+    ));
+    fleet_checks(&mut report, &redis.url(), &result).await?;
+    Ok(report)
+}
+
+/// Three instances through a Redis outage that ends with Redis restarted empty.
+async fn fleet_redis_restarted_empty(seed: u64, timing: Timing) -> Result<Report, Failure> {
+    let mut redis = RedisServer::start()?;
+    let postgres = PostgresServer::start()?;
+    let mut fleet = Fleet::new(seed)?;
+    for name in ["a", "b", "c"] {
+        fleet.spawn(name, &redis.url(), &postgres.url(), FLEET_SECONDS)?;
+    }
+    tokio::time::sleep(timing.pick(3000, 2000)).await;
+    blocking(|| redis.kill())?;
+    let outage = timing.pick(6000, 4000);
+    tokio::time::sleep(outage).await;
+    blocking(|| redis.restart())?;
+    tokio::time::sleep(timing.pick(6000, 4000)).await;
+    fleet.stop(Duration::from_secs(10)).await;
+    let result = fleet.read()?;
+
+    let mut report = Report::default();
+    report.note(format!(
+        "Redis down for {}, then restarted empty",
+        ms(outage)
+    ));
+    fleet_checks(&mut report, &redis.url(), &result).await?;
+    Ok(report)
 }

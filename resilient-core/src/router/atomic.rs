@@ -252,7 +252,7 @@ impl ResilientStorage {
                 .await?;
         }
         backend
-            .atomic(key, op, unknown, WriteOptions::new(version))
+            .atomic(key, op, unknown, self.write_options(index, version))
             .await
     }
 

@@ -201,7 +201,7 @@ impl ResilientStorage {
             .map(|item| self.supersede(&item.key, item.version, || item.hint()))
             .collect();
         let answers = self
-            .passes(Operation::WriteMany, items.len(), |_, backend, part| {
+            .passes(Operation::WriteMany, items.len(), |index, backend, part| {
                 let writes = part
                     .iter()
                     .map(|&i| {
@@ -209,7 +209,7 @@ impl ResilientStorage {
                         BatchWrite::new(
                             &item.key,
                             item.write.clone(),
-                            WriteOptions::new(item.version),
+                            self.write_options(index, item.version),
                         )
                     })
                     .collect();

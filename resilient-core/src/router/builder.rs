@@ -13,7 +13,7 @@ use super::replay_log::{ReplayLog, VersionClock};
 use super::slot::{Slot, monitor, replayer};
 use super::status::Active;
 use super::{Inner, Lifecycle, LockFailover, Policy, ResilientStorage};
-use crate::backend::Backend;
+use crate::backend::{Backend, MissedBy};
 use crate::breaker::BreakerConfig;
 use crate::error::{Error, Result};
 use crate::events::StorageEvent;
@@ -330,7 +330,11 @@ impl StorageBuilder {
         let backends = self.backends(entries).await?;
         let (events, _) = broadcast::channel(self.event_capacity);
         let epoch = tokio::time::Instant::now();
-        let slots = self.slots(backends, &events, epoch)?;
+        let strategy = self
+            .strategy
+            .clone()
+            .unwrap_or_else(|| self.builtin.build(self.failback_delay));
+        let slots = self.slots(backends, &events, epoch, strategy.spreads_load())?;
         let (stop, _) = watch::channel(false);
         let mut monitors: Vec<_> = if self.health.enabled {
             slots
@@ -348,9 +352,14 @@ impl StorageBuilder {
             replay_wake.clone(),
             self.attempt_timeout,
         )));
-        let strategy = self
-            .strategy
-            .unwrap_or_else(|| self.builtin.build(self.failback_delay));
+        let journals = super::journal::pairs(&slots);
+        if !journals.is_empty() {
+            monitors.push(tokio::spawn(super::journal::drainer(
+                journals,
+                stop.subscribe(),
+                self.attempt_timeout,
+            )));
+        }
         Ok(ResilientStorage {
             inner: Arc::new(Inner {
                 policy: Policy {
@@ -438,9 +447,10 @@ impl StorageBuilder {
         backends: Vec<(Arc<dyn Backend>, BackendOptions)>,
         events: &broadcast::Sender<StorageEvent>,
         epoch: tokio::time::Instant,
+        spreads_load: bool,
     ) -> Result<Vec<Arc<Slot>>> {
         let mut names = HashSet::new();
-        let mut slots = Vec::with_capacity(backends.len());
+        let mut slots: Vec<Arc<Slot>> = Vec::with_capacity(backends.len());
         for (backend, options) in backends {
             let name = options.name.unwrap_or_else(|| backend.name().to_owned());
             if !names.insert(name.clone()) {
@@ -449,6 +459,18 @@ impl StorageBuilder {
                     format!("two backends are named {name:?}: give one a name of its own"),
                 ));
             }
+            // A backend that keeps replay records durably records each write it serves for
+            // the shared backends above it, which missed it (not under a strategy that spreads
+            // load: there backends are peers, and none misses a write another served).
+            let missed_by = match backend.capabilities().journal && !spreads_load {
+                true => MissedBy::new(
+                    slots
+                        .iter()
+                        .filter(|slot| slot.capabilities.shared)
+                        .map(|slot| slot.name.clone()),
+                ),
+                false => MissedBy::none(),
+            };
             slots.push(Arc::new(Slot::new(
                 name,
                 options.priority,
@@ -458,6 +480,7 @@ impl StorageBuilder {
                 ReplayLog::new(self.max_replay_records, self.max_replay_bytes),
                 events.clone(),
                 epoch,
+                missed_by,
             )));
         }
         Ok(slots)

@@ -7,6 +7,7 @@ mod batch;
 mod builder;
 mod cache;
 mod guard;
+mod journal;
 mod locks;
 mod reads;
 mod replay_log;

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::replay_log::ReplayLog;
 use super::telemetry::BackendMetrics;
-use crate::backend::{Backend, Capabilities};
+use crate::backend::{Backend, Capabilities, MissedBy};
 use crate::backend::{BatchWrite, WriteMode, WriteOptions, WriteVersion};
 use crate::breaker::{BreakerConfig, CircuitBreaker};
 use crate::events::StorageEvent;
@@ -26,6 +26,10 @@ pub(crate) struct Slot {
     pub(crate) breaker: CircuitBreaker,
     pub(crate) health: HealthTracker,
     pub(crate) replay: Arc<ReplayLog>,
+    /// The shared backends above this one, when it keeps replay records durably
+    /// ([`Capabilities::journal`]): every write it serves carries them as
+    /// [`WriteOptions::missed_by`].
+    pub(crate) missed_by: MissedBy,
     pub(crate) metrics: BackendMetrics,
     /// Since when lock calls have found this backend unusable (`None` while it serves them).
     pub(crate) lock_down_since: std::sync::Mutex<Option<Instant>>,
@@ -45,6 +49,7 @@ impl Slot {
         replay: ReplayLog,
         events: broadcast::Sender<StorageEvent>,
         epoch: Instant,
+        missed_by: MissedBy,
     ) -> Self {
         let capabilities = backend.capabilities();
         let backend_name = name.clone();
@@ -87,6 +92,7 @@ impl Slot {
             breaker,
             health: HealthTracker::new(health).with_epoch(epoch),
             replay,
+            missed_by,
             metrics,
             lock_down_since: std::sync::Mutex::new(None),
             lock_answered: std::sync::Mutex::new(None),
@@ -116,6 +122,12 @@ impl Slot {
     /// When it last answered an acquire or extend.
     pub(crate) fn lock_answered_at(&self) -> Option<Instant> {
         *self.lock_answered.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The options of a caller's write of `version` served here: the backends above that
+    /// missed it, for a backend that records them durably.
+    pub(crate) fn write_options(&self, version: WriteVersion) -> WriteOptions {
+        WriteOptions::new(version).missed_by(self.missed_by.clone())
     }
 
     /// Its circuit state when not closed, else its health: for "no backend available" errors.

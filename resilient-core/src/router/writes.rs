@@ -51,19 +51,18 @@ impl ResilientStorage {
         // deadline from here; other writes need no clock reading of their own.
         let write_through = self.inner.policy.write_policy == WritePolicy::WriteThrough;
         let written = (ttl.is_some() || write_through).then(Instant::now);
-        let options = WriteOptions::new(version).mode(mode);
         let hint = |ttl: Option<Duration>| LoggedWrite::Set {
             value: value.clone(),
             expires_at: ttl.zip(written).and_then(|(ttl, at)| at.checked_add(ttl)),
         };
         let superseded = self.supersede(key, version, || hint(ttl));
         let routed = self
-            .route(Operation::Set, Route::Data, key, None, |_, b| {
+            .route(Operation::Set, Route::Data, key, None, |index, b| {
                 let write = KeyWrite::Set {
                     value: value.clone(),
                     ttl,
                 };
-                b.write(key, write, options)
+                b.write(key, write, self.write_options(index, version).mode(mode))
             })
             .await;
         let (outcome, served) = self.settled(key, version, superseded, routed)?;
@@ -86,7 +85,8 @@ impl ResilientStorage {
                         value: value.clone(),
                         ttl: ttl_for(slot),
                     };
-                    slot.backend.write(key, write, options)
+                    slot.backend
+                        .write(key, write, WriteOptions::new(version).mode(mode))
                 },
             )
             .await;
@@ -118,8 +118,8 @@ impl ResilientStorage {
         let version = self.inner.versions.next();
         let superseded = self.supersede(key, version, || LoggedWrite::Delete);
         let routed = self
-            .route(Operation::Delete, Route::Data, key, None, |_, b| {
-                b.write(key, KeyWrite::Delete, WriteOptions::new(version))
+            .route(Operation::Delete, Route::Data, key, None, |index, b| {
+                b.write(key, KeyWrite::Delete, self.write_options(index, version))
             })
             .await;
         let (outcome, served) = self.settled(key, version, superseded, routed)?;
@@ -141,6 +141,16 @@ impl ResilientStorage {
             .await;
         }
         Ok(outcome.existed)
+    }
+
+    /// The options of a caller's write of `version` served by backend `index`: under a
+    /// strategy that does not spread load, the backends above it missed the write, and a
+    /// backend that keeps replay records durably records it for them in the same transaction.
+    pub(super) fn write_options(&self, index: usize, version: WriteVersion) -> WriteOptions {
+        match self.inner.slots.get(index) {
+            Some(slot) => slot.write_options(version),
+            None => WriteOptions::new(version),
+        }
     }
 
     /// The TTL of a write-through copy to `slot`: copies to a process-local store are capped,

@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::backend::{
-    AtomicOp, AtomicOutcome, Backend, BackendExt, BatchWrite, KeyWrite, LockOutcome, Unknown,
-    WriteMode, WriteOptions, WriteOutcome, WriteVersion,
+    AtomicOp, AtomicOutcome, Backend, BackendExt, BatchWrite, JournalEntry, KeyWrite, LockOutcome,
+    MissedBy, Unknown, WriteMode, WriteOptions, WriteOutcome, WriteVersion,
 };
 use crate::key::MAX_KEY_LEN_BOUND;
 
@@ -46,6 +46,10 @@ pub async fn run(backend: &dyn Backend) {
         batched_replays_follow_versions(backend, &p).await;
         replays_never_overwrite_a_newer_write(backend, &p).await;
         deletes_keep_older_replays_out(backend, &p).await;
+    }
+    if backend.capabilities().journal {
+        journal_records_what_was_missed(backend, &p).await;
+        journal_claims_are_exclusive_and_settle_only_what_they_hold(backend, &p).await;
     }
     health_check_passes(backend).await;
 }
@@ -421,6 +425,221 @@ pub async fn batched_replays_follow_versions(b: &dyn Backend, p: &str) {
         b.get(&fresh).await.expect("get").is_none()
     })
     .await;
+}
+
+/// The records of a target, claimed at once and settled (so the next check starts empty),
+/// sorted by key.
+async fn claim_all(b: &dyn Backend, target: &str, claim: u64) -> Vec<JournalEntry> {
+    let mut entries = b
+        .claim_journal(target, claim, 100, Duration::from_secs(60))
+        .await
+        .expect("claim_journal");
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    entries
+}
+
+/// [`journal`](crate::Capabilities::journal): every kind of write that carries
+/// [`WriteOptions::missed_by`] (a set, a delete, batches of each, atomic operations that
+/// apply) leaves a record for each backend named, and a claim answers each key's current
+/// state with its version and TTL left. A write without it, an atomic operation that did not
+/// apply, and a replay leave none.
+pub async fn journal_records_what_was_missed(b: &dyn Backend, p: &str) {
+    let (up, other) = (format!("{p}up"), format!("{p}other"));
+    let missed = MissedBy::new([up.clone(), other.clone()]);
+    let options = |version| WriteOptions::new(WriteVersion(version)).missed_by(missed.clone());
+    let key = |name: &str| format!("{p}journal:{name}");
+    let ttl = Duration::from_secs(60);
+    b.write(&key("set"), put(b"one", None), options(10))
+        .await
+        .expect("set");
+    b.write(&key("set"), put(b"two", Some(ttl)), options(11))
+        .await
+        .expect("set again");
+    b.set_versioned(
+        &key("deleted"),
+        Bytes::from_static(b"x"),
+        None,
+        WriteVersion(5),
+    )
+    .await
+    .expect("set");
+    b.write(&key("deleted"), KeyWrite::Delete, options(12))
+        .await
+        .expect("delete");
+    b.write(
+        &key("plain"),
+        put(b"p", None),
+        WriteOptions::new(WriteVersion(13)),
+    )
+    .await
+    .expect("a write no backend missed");
+    b.replay_write(&key("replayed"), put(b"r", None), WriteVersion(14))
+        .await
+        .expect("a replay");
+    let batch = |names: &[&str], write: KeyWrite, version: u64| {
+        names
+            .iter()
+            .map(|name| (key(name), write.clone(), options(version)))
+            .collect::<Vec<_>>()
+    };
+    let sets = batch(&["batch-a", "batch-b"], put(b"b", None), 15);
+    let sets = sets
+        .iter()
+        .map(|(k, w, o)| BatchWrite::new(k, w.clone(), o.clone()))
+        .collect();
+    for answer in b.write_many(sets).await.expect("a batch of sets") {
+        answer.expect("set in a batch");
+    }
+    let deletes = batch(&["batch-gone"], KeyWrite::Delete, 16);
+    let deletes = deletes
+        .iter()
+        .map(|(k, w, o)| BatchWrite::new(k, w.clone(), o.clone()))
+        .collect();
+    for answer in b.write_many(deletes).await.expect("a batch of deletes") {
+        answer.expect("delete in a batch");
+    }
+    if b.capabilities().atomic {
+        let increment = AtomicOp::Increment {
+            delta: 5,
+            ttl: None,
+        };
+        b.atomic(&key("counter"), increment, Unknown::Absent, options(17))
+            .await
+            .expect("increment");
+        let refused = AtomicOp::CompareAndSet {
+            expected: Some(Bytes::from_static(b"nope")),
+            value: Bytes::from_static(b"v"),
+            ttl: None,
+        };
+        let outcome = b
+            .atomic(&key("cas"), refused, Unknown::Absent, options(18))
+            .await
+            .expect("compare-and-set");
+        assert!(!outcome.applied);
+    }
+    for target in [&up, &other] {
+        let entries = claim_all(b, target, 1).await;
+        let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+        let mut expected = vec![
+            key("batch-a"),
+            key("batch-b"),
+            key("batch-gone"),
+            key("deleted"),
+            key("set"),
+        ];
+        if b.capabilities().atomic {
+            expected.push(key("counter"));
+        }
+        expected.sort();
+        assert_eq!(
+            keys, expected,
+            "one record per key missed, for each backend named"
+        );
+        let entry = |name: &str| {
+            entries
+                .iter()
+                .find(|e| e.key == key(name))
+                .expect("a record")
+        };
+        let set = entry("set");
+        assert_eq!(set.version, WriteVersion(11), "the key's current version");
+        match &set.write {
+            KeyWrite::Set { value, ttl } => {
+                assert_eq!(value.as_ref(), b"two", "the key's current value");
+                let ttl = ttl.expect("the TTL left");
+                assert!(ttl <= Duration::from_secs(60) && ttl > Duration::from_secs(50));
+            }
+            other => panic!("a set's record is a set, got {other:?}"),
+        }
+        assert_eq!(entry("deleted").write, KeyWrite::Delete);
+        assert_eq!(entry("deleted").version, WriteVersion(12));
+        assert_eq!(entry("batch-gone").write, KeyWrite::Delete);
+        assert_eq!(entry("batch-a").write, put(b"b", None));
+        if b.capabilities().atomic {
+            assert_eq!(entry("counter").write, put(b"5", None));
+        }
+        let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+        b.settle_journal(target, 1, &keys)
+            .await
+            .expect("settle_journal");
+    }
+}
+
+/// [`journal`](crate::Capabilities::journal): a claimed record goes to no other claim until its
+/// lease ends; settling deletes only the records the claim still holds, so one written again
+/// after the claim stays (with the newer state) for the next claim.
+pub async fn journal_claims_are_exclusive_and_settle_only_what_they_hold(b: &dyn Backend, p: &str) {
+    let target = format!("{p}claims");
+    let missed = MissedBy::new([target.clone()]);
+    let options = |version| WriteOptions::new(WriteVersion(version)).missed_by(missed.clone());
+    let (kept, rewritten) = (format!("{p}claim:kept"), format!("{p}claim:rewritten"));
+    for key in [&kept, &rewritten] {
+        b.write(key, put(b"first", None), options(20))
+            .await
+            .expect("set");
+    }
+    let lease = Duration::from_secs(60);
+    let first = b
+        .claim_journal(&target, 7, 100, lease)
+        .await
+        .expect("claim");
+    assert_eq!(first.len(), 2);
+    assert!(
+        b.claim_journal(&target, 8, 100, lease)
+            .await
+            .expect("a second claim")
+            .is_empty(),
+        "claimed records go to no other claim"
+    );
+    b.write(&rewritten, put(b"second", None), options(21))
+        .await
+        .expect("set again");
+    b.settle_journal(&target, 7, &[&kept, &rewritten])
+        .await
+        .expect("settle");
+    let next = b
+        .claim_journal(&target, 9, 100, Duration::ZERO)
+        .await
+        .expect("claim after settling");
+    assert_eq!(
+        next,
+        vec![JournalEntry::new(
+            rewritten.clone(),
+            put(b"second", None),
+            WriteVersion(21)
+        )],
+        "a record written again after its claim stays, with the newer write"
+    );
+    let again = b
+        .claim_journal(&target, 10, 100, Duration::ZERO)
+        .await
+        .expect("claim once the lease ended");
+    assert_eq!(
+        again.len(),
+        1,
+        "a claim whose lease ended can be claimed again"
+    );
+    b.settle_journal(&target, 9, &[&rewritten])
+        .await
+        .expect("settle with a lapsed claim");
+    assert_eq!(
+        b.claim_journal(&target, 11, 100, Duration::ZERO)
+            .await
+            .expect("claim")
+            .len(),
+        1,
+        "a lapsed claim settles nothing once another claim holds the record"
+    );
+    b.settle_journal(&target, 11, &[&rewritten])
+        .await
+        .expect("settle");
+    assert!(
+        b.claim_journal(&target, 12, 100, lease)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "settled records are gone"
+    );
 }
 
 /// Backends without [`locks`](crate::Capabilities::locks): every lock call is a typed

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::backend::{
-    AtomicOp, AtomicOutcome, Backend, BatchWrite, Capabilities, HealthProbe, KeyWrite, LockGrant,
-    LockOutcome, Unknown, WriteOptions, WriteOutcome,
+    AtomicOp, AtomicOutcome, Backend, BatchWrite, Capabilities, HealthProbe, JournalEntry,
+    KeyWrite, LockGrant, LockOutcome, Unknown, WriteOptions, WriteOutcome,
 };
 use crate::error::{Error, Operation, Result};
 
@@ -278,6 +278,26 @@ impl Backend for FaultBackend {
     async fn release_lock(&self, name: &str, holder: &str) -> Result<bool> {
         let hold = self.apply(Operation::ReleaseLock).await?;
         answer(hold, self.inner.release_lock(name, holder).await).await
+    }
+
+    async fn claim_journal(
+        &self,
+        target: &str,
+        claim: u64,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<JournalEntry>> {
+        let hold = self.apply(Operation::Journal).await?;
+        answer(
+            hold,
+            self.inner.claim_journal(target, claim, max, lease).await,
+        )
+        .await
+    }
+
+    async fn settle_journal(&self, target: &str, claim: u64, keys: &[&str]) -> Result<()> {
+        let hold = self.apply(Operation::Journal).await?;
+        answer(hold, self.inner.settle_journal(target, claim, keys).await).await
     }
 
     async fn shutdown(&self) {
