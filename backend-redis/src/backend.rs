@@ -60,6 +60,25 @@ enum Link {
     Single(ConnectionManager),
     // Boxed: a cluster client is much larger than a connection manager handle.
     Cluster(Box<ClusterLink>),
+    Sentinel(Box<SentinelLink>),
+}
+
+/// The master the sentinels name, found at the first call and kept for the link's life: a
+/// failover is followed by replacing the link (see `RedisBackend::follow_master`).
+struct SentinelLink {
+    sentinel: tokio::sync::Mutex<redis::sentinel::Sentinel>,
+    master: String,
+    node: redis::sentinel::SentinelNodeConnectionInfo,
+    manager: ConnectionManagerConfig,
+    /// The connection to the master, and its address.
+    connected: OnceCell<(ConnectionManager, String)>,
+}
+
+impl SentinelLink {
+    /// The master's address, once the link has found it.
+    fn master_addr(&self) -> Option<&str> {
+        self.connected.get().map(|(_, addr)| addr.as_str())
+    }
 }
 
 struct ClusterLink {
@@ -72,6 +91,7 @@ impl std::fmt::Debug for Link {
         f.write_str(match self {
             Link::Single(_) => "Link::Single",
             Link::Cluster(_) => "Link::Cluster",
+            Link::Sentinel(_) => "Link::Sentinel",
         })
     }
 }
@@ -129,6 +149,24 @@ impl Link {
                 client,
                 connection: OnceCell::new(),
             })))
+        } else if let Some(master) = &config.sentinel_master {
+            let sentinel = redis::sentinel::Sentinel::build(config.nodes.clone())?;
+            let info = redis::IntoConnectionInfo::into_connection_info(config.master_url.as_str())?;
+            let mut node = redis::sentinel::SentinelNodeConnectionInfo::default()
+                .set_redis_connection_info(info.redis_settings().clone());
+            if config.tls {
+                node = node.set_tls_mode(match config.master_url.contains("#insecure") {
+                    true => redis::TlsMode::Insecure,
+                    false => redis::TlsMode::Secure,
+                });
+            }
+            Ok(Link::Sentinel(Box::new(SentinelLink {
+                sentinel: tokio::sync::Mutex::new(sentinel),
+                master: master.clone(),
+                node,
+                manager: Self::manager_config(config),
+                connected: OnceCell::new(),
+            })))
         } else {
             let client = match certificates {
                 Some(certificates) => {
@@ -136,16 +174,20 @@ impl Link {
                 }
                 None => redis::Client::open(config.nodes[0].as_str())?,
             };
-            let manager = ConnectionManagerConfig::new()
-                .set_response_timeout(Some(config.response_timeout))
-                .set_connection_timeout(Some(config.connect_timeout))
-                .set_number_of_retries(config.reconnect_retries)
-                .set_min_delay(Duration::from_millis(50))
-                .set_max_delay(config.reconnect_max_delay);
             Ok(Link::Single(ConnectionManager::new_lazy_with_config(
-                client, manager,
+                client,
+                Self::manager_config(config),
             )?))
         }
+    }
+
+    fn manager_config(config: &RedisConfig) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.response_timeout))
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_number_of_retries(config.reconnect_retries)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(config.reconnect_max_delay)
     }
 
     async fn conn(&self) -> RedisResult<Conn> {
@@ -158,6 +200,32 @@ impl Link {
                     .await?
                     .clone(),
             )),
+            Link::Sentinel(link) => {
+                let (manager, _) = link
+                    .connected
+                    .get_or_try_init(|| async {
+                        let client = link
+                            .sentinel
+                            .lock()
+                            .await
+                            .async_master_for(&link.master, Some(&link.node))
+                            .await?;
+                        let addr = client.get_connection_info().addr().to_string();
+                        let manager =
+                            ConnectionManager::new_lazy_with_config(client, link.manager.clone())?;
+                        Ok::<_, redis::RedisError>((manager, addr))
+                    })
+                    .await?;
+                Ok(Conn::Single(manager.clone()))
+            }
+        }
+    }
+
+    /// The master's address, for a Sentinel link that has found it.
+    fn master_addr(&self) -> Option<&str> {
+        match self {
+            Link::Sentinel(link) => link.master_addr(),
+            _ => None,
         }
     }
 }
@@ -219,7 +287,12 @@ impl RedisBackend {
     }
 
     fn failed(&self, operation: Operation, err: redis::RedisError) -> Error {
-        if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
+        // READONLY: the server was demoted to a replica (a failover): find the master again.
+        if err.is_io_error()
+            || err.is_connection_dropped()
+            || err.is_timeout()
+            || err.code() == Some("READONLY")
+        {
             self.data_suspect.store(true, Ordering::Relaxed);
         }
         classify(&self.config, operation, err)
@@ -684,14 +757,28 @@ impl Backend for RedisBackend {
     }
 
     async fn health_check(&self) -> Result<HealthProbe> {
-        if self.health_pending.swap(true, Ordering::Relaxed) {
+        // Under Sentinel every check asks the sentinels for the master afresh: the check then
+        // fails while they name none that answers as a master, and passes on the new master
+        // once they have failed over.
+        if self.health_pending.swap(true, Ordering::Relaxed)
+            || self.config.sentinel_master.is_some()
+        {
             self.replace(&self.health);
         }
-        let pinged = Self::ping(&Self::current(&self.health)).await;
+        let health = Self::current(&self.health);
+        let pinged = Self::ping(&health).await;
         self.health_pending.store(false, Ordering::Relaxed);
         match pinged {
             Ok(reply) if reply == "PONG" => {
-                if self.data_suspect.swap(false, Ordering::Relaxed) {
+                let moved = health.master_addr().is_some_and(|master| {
+                    Self::current(&self.data)
+                        .master_addr()
+                        .is_some_and(|data| data != master)
+                });
+                if moved {
+                    tracing::info!(backend = %self.config.name, "the sentinels name another master: moving there");
+                }
+                if self.data_suspect.swap(false, Ordering::Relaxed) || moved {
                     self.replace(&self.data);
                 }
                 Ok(HealthProbe::Healthy)

@@ -13,9 +13,16 @@ use resilient_core::{BackendUrl, Error, Result};
 /// ```text
 /// redis://[user:password@]host:port[/db][?options]
 /// redis+cluster://[user:password@]host1:port1,host2:port2[?options]
+/// redis+sentinel://[user:password@]sentinel1:port1,sentinel2:port2/master-name[/db][?options]
 /// rediss://...           TLS, verified against the system's roots or `ca_cert`
 /// rediss+cluster://...   TLS to a cluster
+/// rediss+sentinel://...  TLS to the sentinels and the servers they name
 /// ```
+///
+/// Under Sentinel, the hosts are the sentinels (asked without credentials) and the path names
+/// the master they watch; the credentials and the database are the master's. The backend asks
+/// the sentinels for the master when it connects, and again at every health check: when they
+/// name another server (a failover), it moves its connections there.
 ///
 /// | option | default | meaning |
 /// |---|---|---|
@@ -46,6 +53,12 @@ pub struct RedisConfig {
     pub nodes: Vec<String>,
     /// Talk the Redis Cluster protocol.
     pub cluster: bool,
+    /// Under Sentinel: the name of the master the sentinels watch (`nodes` are then the
+    /// sentinels).
+    pub sentinel_master: Option<String>,
+    /// Under Sentinel: the master's credentials and database, as a URL of the redis crate's
+    /// form with a placeholder host (never printed).
+    pub(crate) master_url: String,
     /// TLS was asked for.
     pub tls: bool,
     /// Prefix of every key and lock name.
@@ -76,6 +89,7 @@ impl fmt::Debug for RedisConfig {
                 &self.nodes.iter().map(|n| redact(n)).collect::<Vec<_>>(),
             )
             .field("cluster", &self.cluster)
+            .field("sentinel_master", &self.sentinel_master)
             .field("tls", &self.tls)
             .field("prefix", &self.prefix)
             .field("response_timeout", &self.response_timeout)
@@ -89,12 +103,13 @@ impl fmt::Debug for RedisConfig {
 }
 
 impl RedisConfig {
-    /// Reads a `redis://`, `rediss://`, `redis+cluster://` or `rediss+cluster://` URL. Unknown
-    /// options and values out of range are errors naming the option.
+    /// Reads a `redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://`,
+    /// `redis+sentinel://` or `rediss+sentinel://` URL. Unknown options and values out of range
+    /// are errors naming the option.
     pub fn from_url(url: &BackendUrl) -> Result<Self> {
         let (cluster, tls) = match url.scheme() {
-            "redis" => (false, false),
-            "rediss" => (false, true),
+            "redis" | "redis+sentinel" => (false, false),
+            "rediss" | "rediss+sentinel" => (false, true),
             "redis+cluster" => (true, false),
             "rediss+cluster" => (true, true),
             other => {
@@ -109,8 +124,70 @@ impl RedisConfig {
             config.secrets.add(password);
             config.secrets.add(&percent_encode(password));
         }
-        config.nodes = Self::nodes(url, cluster, tls, protocol.as_deref())?;
+        if url.scheme().ends_with("+sentinel") {
+            Self::sentinel(&mut config, url, protocol.as_deref())?;
+        } else {
+            config.nodes = Self::nodes(url, cluster, tls, protocol.as_deref())?;
+        }
         Ok(config)
+    }
+
+    /// The sentinels as nodes, the master's name from the path, and the master's credentials
+    /// and database.
+    fn sentinel(config: &mut Self, url: &BackendUrl, protocol: Option<&str>) -> Result<()> {
+        if url.hosts().is_empty() {
+            return Err(Error::config("redis.url", "no sentinel given"));
+        }
+        if config.ca_cert.is_some() {
+            return Err(Error::config(
+                "redis.ca_cert",
+                "not supported under Sentinel: the servers' certificates are checked against \
+                 the system's roots",
+            ));
+        }
+        let path = url.path().trim_start_matches('/');
+        let (master, db) = match path.split_once('/') {
+            Some((master, db)) => (master, db),
+            None => (path, ""),
+        };
+        if master.is_empty() {
+            return Err(Error::config(
+                "redis.url",
+                "a sentinel URL names the master in its path, such as /mymaster",
+            ));
+        }
+        if !db.is_empty() && db.parse::<u16>().is_err() {
+            return Err(Error::config(
+                "redis.url",
+                "after the master's name, the path is the database number, such as /mymaster/0",
+            ));
+        }
+        if url
+            .fragment()
+            .is_some_and(|f| f != "insecure" || !config.tls)
+        {
+            return Err(Error::config(
+                "redis.url",
+                "the only fragment is #insecure, on a rediss+sentinel:// URL",
+            ));
+        }
+        let scheme = if config.tls { "rediss" } else { "redis" };
+        let fragment = url.fragment().map(|f| format!("#{f}")).unwrap_or_default();
+        config.nodes = url
+            .hosts()
+            .iter()
+            .map(|host| format!("{scheme}://{}{fragment}", host.to_url_form()))
+            .collect();
+        let query = protocol
+            .map(|p| format!("?protocol={p}"))
+            .unwrap_or_default();
+        let db = if db.is_empty() { "0" } else { db };
+        config.master_url = format!(
+            "{scheme}://{}localhost/{db}{query}{fragment}",
+            url.userinfo_for_client()
+        );
+        config.sentinel_master = Some(master.to_owned());
+        Ok(())
     }
 
     /// The options of the table, and the one the redis crate reads (`protocol`), checked here
@@ -143,6 +220,8 @@ impl RedisConfig {
                 .unwrap_or_else(|| "redis".to_owned()),
             nodes: Vec::new(),
             cluster,
+            sentinel_master: None,
+            master_url: String::new(),
             tls,
             prefix,
             response_timeout: options
@@ -304,6 +383,32 @@ mod tests {
         let debug = format!("{c:?}");
         assert!(!debug.contains("S3cr3t"), "{debug}");
         assert_eq!(c.secrets.scrub("refused S3cr3t/pa?ss#w@rd"), "refused ***");
+    }
+
+    #[test]
+    fn sentinel_urls_name_the_sentinels_and_the_master() {
+        let c =
+            parse("redis+sentinel://app:s3cret@s1:26379,s2:26380/mymaster/2?name=cache").unwrap();
+        assert_eq!(c.nodes, ["redis://s1:26379", "redis://s2:26380"]);
+        assert_eq!(c.sentinel_master.as_deref(), Some("mymaster"));
+        assert_eq!(c.master_url, "redis://app:s3cret@localhost/2");
+        assert!(!c.cluster && !c.tls);
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let tls = parse("rediss+sentinel://s1:26379/mymaster#insecure").unwrap();
+        assert_eq!(tls.nodes, ["rediss://s1:26379#insecure"]);
+        assert_eq!(tls.master_url, "rediss://localhost/0#insecure");
+        for (bad, field) in [
+            ("redis+sentinel://s1:26379", "redis.url"),
+            ("redis+sentinel://s1:26379/mymaster/x", "redis.url"),
+            ("redis+sentinel://s1:26379/mymaster#insecure", "redis.url"),
+            (
+                "rediss+sentinel://s1:26379/m?ca_cert=/tmp/ca.pem",
+                "redis.ca_cert",
+            ),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -18,9 +18,16 @@ async fn build(url: BackendUrl) -> Result<Arc<RedisBackend>> {
     Ok(Arc::new(RedisBackend::new(RedisConfig::from_url(&url)?)?))
 }
 
-// `FACTORY` for `redis://`, `rediss://`, `redis+cluster://` and `rediss+cluster://`, and
-// `register()`.
+// `FACTORY` for `redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://`,
+// `redis+sentinel://` and `rediss+sentinel://`, and `register()`.
 resilient_core::register_backend!(
-    schemes: ["redis", "redis+cluster", "rediss", "rediss+cluster"],
+    schemes: [
+        "redis",
+        "redis+cluster",
+        "redis+sentinel",
+        "rediss",
+        "rediss+cluster",
+        "rediss+sentinel"
+    ],
     build: build,
 );

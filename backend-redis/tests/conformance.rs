@@ -38,7 +38,14 @@ async fn three_master_cluster_passes_the_conformance_suite() {
 #[test]
 fn every_redis_scheme_is_registered() {
     let schemes = resilient_core::registry::schemes();
-    for scheme in ["redis", "rediss", "redis+cluster", "rediss+cluster"] {
+    for scheme in [
+        "redis",
+        "rediss",
+        "redis+cluster",
+        "rediss+cluster",
+        "redis+sentinel",
+        "rediss+sentinel",
+    ] {
         assert!(
             schemes.contains(&scheme),
             "{scheme} missing from {schemes:?}"

@@ -8,7 +8,14 @@ fn exactly_the_enabled_backends_are_registered() {
         expected.push("memory");
     }
     if cfg!(feature = "redis") {
-        expected.extend(["redis", "redis+cluster", "rediss", "rediss+cluster"]);
+        expected.extend([
+            "redis",
+            "redis+cluster",
+            "redis+sentinel",
+            "rediss",
+            "rediss+cluster",
+            "rediss+sentinel",
+        ]);
     }
     if cfg!(feature = "postgres") {
         expected.extend(["postgres", "postgresql"]);

@@ -34,7 +34,9 @@ pub use capture::LogCapture;
 pub use postgres::PostgresServer;
 pub use process::{ServerProcess, pid_alive};
 pub use proxy::{FaultProxy, ProxyMode};
-pub use redis::{RedisCluster, RedisOptions, RedisServer, read_key};
+pub use redis::{
+    RedisCluster, RedisOptions, RedisSentinels, RedisServer, SENTINEL_MASTER, read_key, read_keys,
+};
 pub use tls::TestCertificates;
 pub use workload::{Call, Workload};
 

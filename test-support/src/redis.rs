@@ -26,6 +26,8 @@ pub struct RedisOptions {
     /// Speak only TLS, with these certificates (clients are not asked for one).
     pub tls: Option<std::sync::Arc<TestCertificates>>,
     cluster: bool,
+    /// Start as a replica of the server on this loopback port.
+    replica_of: Option<u16>,
 }
 
 impl RedisOptions {
@@ -233,6 +235,13 @@ fn args(port: u16, dir: &Path, options: &RedisOptions) -> Vec<String> {
         }
         args.extend(["--tls-auth-clients".to_owned(), "no".to_owned()]);
     }
+    if let Some(master) = options.replica_of {
+        args.extend([
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            master.to_string(),
+        ]);
+    }
     if options.cluster {
         args.extend(
             [
@@ -368,23 +377,193 @@ impl RedisCluster {
 /// 16 hex digits of version) in front of the value; a string without it is read as it is.
 /// Panics when the server cannot be reached (tests only).
 pub async fn read_key(url: &str, key: &str) -> Option<String> {
+    read_keys(url, &[key]).await.pop().flatten()
+}
+
+/// [`read_key`] for many keys, on one connection (one MGET per 1,000 keys).
+pub async fn read_keys(url: &str, keys: &[&str]) -> Vec<Option<String>> {
     let client = ::redis::Client::open(url).expect("a Redis URL");
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
         .expect("a connection to the test server");
-    let raw: Option<Vec<u8>> = ::redis::cmd("GET")
-        .arg(key)
-        .query_async(&mut conn)
-        .await
-        .expect("GET");
-    let raw = raw?;
+    let mut values = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(1000) {
+        let raw: Vec<Option<Vec<u8>>> = ::redis::cmd("MGET")
+            .arg(chunk)
+            .query_async(&mut conn)
+            .await
+            .expect("MGET");
+        values.extend(
+            raw.into_iter()
+                .map(|raw| raw.and_then(|raw| unwrap_stored(&raw))),
+        );
+    }
+    values
+}
+
+/// The value of a stored string, as [`read_key`] reads it.
+fn unwrap_stored(raw: &[u8]) -> Option<String> {
     let headed =
         raw.len() >= 20 && raw.starts_with(b"\0rs") && raw[4..20].iter().all(u8::is_ascii_hexdigit);
     let value = match (headed, raw.get(3)) {
         (true, Some(b't')) => return None,
         (true, Some(b'v')) => &raw[20..],
-        _ => &raw[..],
+        _ => raw,
     };
     Some(String::from_utf8_lossy(value).into_owned())
+}
+
+/// The master name the sentinels of a [`RedisSentinels`] watch.
+pub const SENTINEL_MASTER: &str = "mymaster";
+
+/// A master, its replicas and three sentinels on loopback, stopped on drop: Redis's own high
+/// availability. The sentinels mark a master down after 1 s without an answer, and two of
+/// them agreeing start a failover to a replica.
+#[derive(Debug)]
+pub struct RedisSentinels {
+    servers: Vec<RedisServer>,
+    sentinels: Vec<Sentinel>,
+}
+
+/// One `redis-server --sentinel`.
+#[derive(Debug)]
+struct Sentinel {
+    process: ServerProcess,
+    port: u16,
+    // Dropped after the process: the sentinel rewrites its config file there.
+    _dir: TempDir,
+}
+
+impl RedisSentinels {
+    /// Starts a master, `replicas` replicas of it and three sentinels, and waits until every
+    /// sentinel sees the master, every replica and the two other sentinels, so a failover can
+    /// be decided the moment the master dies.
+    pub fn start(replicas: usize) -> Result<Self> {
+        let master = RedisServer::start()?;
+        let master_port = master.port();
+        let mut servers = vec![master];
+        for _ in 0..replicas {
+            servers.push(RedisServer::start_with(RedisOptions {
+                replica_of: Some(master_port),
+                ..RedisOptions::default()
+            })?);
+        }
+        let binary = binaries::find("redis-server", "redis-server")?;
+        let sentinels = (0..3)
+            .map(|_| Sentinel::start(&binary, master_port))
+            .collect::<Result<Vec<_>>>()?;
+        let group = Self { servers, sentinels };
+        let give_up = std::time::Instant::now() + READY_TIMEOUT;
+        let ready = format!("slaves={replicas},sentinels=3");
+        for sentinel in &group.sentinels {
+            loop {
+                let info = sentinel.info().unwrap_or_default();
+                if info.contains("status=ok") && info.contains(&ready) {
+                    break;
+                }
+                if std::time::Instant::now() > give_up {
+                    return Err(
+                        format!("sentinel {} never saw the group: {info}", sentinel.port).into(),
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(group)
+    }
+
+    /// `redis+sentinel://127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3/mymaster`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!("redis+sentinel://{}/{SENTINEL_MASTER}", hosts.join(","))
+    }
+
+    /// The port of the server the first sentinel that answers names as the master now.
+    pub fn master_port(&self) -> Result<u16> {
+        for sentinel in &self.sentinels {
+            let Ok(info) = sentinel.info() else { continue };
+            let port = info
+                .split(',')
+                .find_map(|field| field.strip_prefix("address="))
+                .and_then(|addr| addr.rsplit(':').next())
+                .and_then(|port| port.trim().parse().ok());
+            if let Some(port) = port {
+                return Ok(port);
+            }
+        }
+        Err("no sentinel names a master".into())
+    }
+
+    /// The servers: the first started as the master, the others as its replicas.
+    pub fn servers(&self) -> &[RedisServer] {
+        &self.servers
+    }
+
+    /// The server on `port`, mutable (to kill or restart it).
+    pub fn server_mut(&mut self, port: u16) -> Option<&mut RedisServer> {
+        self.servers.iter_mut().find(|s| s.port() == port)
+    }
+}
+
+impl Sentinel {
+    fn start(binary: &Path, master_port: u16) -> Result<Self> {
+        let mut last_error = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let dir = tempfile::Builder::new().prefix("sentinel-").tempdir()?;
+            let config = dir.path().join("sentinel.conf");
+            std::fs::write(
+                &config,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\n\
+                     sentinel resolve-hostnames no\n\
+                     sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_port} 2\n\
+                     sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                     sentinel failover-timeout {SENTINEL_MASTER} 5000\n\
+                     sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
+                    dir = dir.path().display()
+                ),
+            )?;
+            let process = ServerProcess::start(
+                "redis-sentinel",
+                binary.to_path_buf(),
+                vec![
+                    config.to_string_lossy().into_owned(),
+                    "--sentinel".to_owned(),
+                ],
+                None,
+                dir.path().join("sentinel.log"),
+            )?;
+            let mut sentinel = Self {
+                process,
+                port,
+                _dir: dir,
+            };
+            let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+            match wait_ready(&mut sentinel.process, READY_TIMEOUT, || {
+                command_sequence(addr, &[vec!["PING".to_owned()]]).is_ok_and(|r| r == "PONG")
+            }) {
+                Ok(()) => return Ok(sentinel),
+                Err(e) if e.to_string().contains("Address already in use") => last_error = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| "could not start a sentinel".into()))
+    }
+
+    /// `INFO sentinel`'s line for the master: `master0:name=...,status=...,address=...`.
+    fn info(&self) -> Result<String> {
+        let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port));
+        let info = command_sequence(addr, &[vec!["INFO".to_owned(), "sentinel".to_owned()]])?;
+        Ok(info
+            .lines()
+            .find(|l| l.starts_with("master0:"))
+            .unwrap_or_default()
+            .to_owned())
+    }
 }

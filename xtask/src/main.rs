@@ -31,11 +31,14 @@ use std::time::Instant;
 const FEATURE_SETS: &[(&str, &str)] = &[
     ("", ""),
     ("memory", "memory"),
-    ("redis", "redis,redis+cluster,rediss,rediss+cluster"),
+    (
+        "redis",
+        "redis,redis+cluster,redis+sentinel,rediss,rediss+cluster,rediss+sentinel",
+    ),
     ("postgres", "postgres,postgresql"),
     (
         "memory,redis,postgres",
-        "memory,postgres,postgresql,redis,redis+cluster,rediss,rediss+cluster",
+        "memory,postgres,postgresql,redis,redis+cluster,redis+sentinel,rediss,rediss+cluster,rediss+sentinel",
     ),
 ];
 
