@@ -203,3 +203,52 @@ pub fn ms(d: Duration) -> String {
         format!("{:.0} µs", ms * 1e3)
     }
 }
+
+/// What [`lock_loop`] saw.
+#[derive(Debug)]
+pub enum LockSeen<'a> {
+    /// A hold, as one line: `hold <start µs> <end µs> <fencing token> <backend>`, the times by
+    /// the system clock every process shares (when the acquire returned, when the release began).
+    Hold(String),
+    /// An acquire that failed.
+    Failed(&'a resilient_storage::Error),
+}
+
+/// One instance of a multi-process deployment taking lock `L` in a loop until `end`: lease
+/// 2 s, hold 50 ms, release, then 20 ms for the others to find it free (10 ms after finding it
+/// held, 50 ms after a failed acquire). Each hold and failure goes to `seen`.
+pub async fn lock_loop(
+    storage: &ResilientStorage,
+    holder: &str,
+    end: Instant,
+    mut seen: impl FnMut(LockSeen<'_>),
+) {
+    const TTL: Duration = Duration::from_secs(2);
+    const HOLD: Duration = Duration::from_millis(50);
+    let micros_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros()
+    };
+    while Instant::now() < end {
+        match storage.acquire_lock("L", holder, TTL).await {
+            Ok(LockOutcome::Acquired(grant)) => {
+                let start = micros_now();
+                tokio::time::sleep(HOLD).await;
+                let end = micros_now();
+                let _ = storage.release_lock("L", holder).await;
+                seen(LockSeen::Hold(format!(
+                    "hold {start} {end} {} {}",
+                    grant.token.0, grant.backend
+                )));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(error) => {
+                seen(LockSeen::Failed(&error));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::defaults;
+use common::{defaults, wait_for_drain};
 use resilient_storage::{DEFAULT_DEADLINE, LoadOptions, LoadSource, ResilientStorage};
 use resilient_test_support::{PostgresServer, RedisServer, read_key};
 
@@ -51,20 +51,7 @@ async fn every_call_returns_within_the_deadline_while_redis_is_frozen_and_counts
         .unwrap();
     assert_eq!(loaded.source, LoadSource::Loaded);
     // Write-behind copies reach PostgreSQL in the background: wait until they have landed.
-    let start = Instant::now();
-    while storage
-        .health()
-        .backends
-        .values()
-        .any(|b| b.pending_replay > 0)
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "write-behind copies still pending after 10 s: {:?}",
-            storage.health()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_drain(&storage, Duration::from_secs(10)).await;
 
     redis.freeze().unwrap();
     let until = Instant::now() + Duration::from_secs(5);

@@ -8,10 +8,13 @@
 //! master just before it died may never have reached the replica). Checked: no call failed,
 //! Redis serves again, and every acknowledged write reads back through the storage.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::wait_for_drain;
 use resilient_storage::ResilientStorage;
 use resilient_test_support::{PostgresServer, RedisSentinels, read_keys};
 
@@ -94,19 +97,7 @@ async fn a_sentinel_failover_under_load_fails_no_call_and_loses_no_acknowledged_
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
     // The writes made while PostgreSQL served are replayed to the new master.
-    let start = Instant::now();
-    while storage
-        .health()
-        .backends
-        .values()
-        .any(|b| b.pending_replay > 0)
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "replay never drained"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_drain(&storage, Duration::from_secs(20)).await;
 
     let acked = acked.lock().unwrap().clone();
     let keys: Vec<&str> = acked.iter().map(|(key, _)| key.as_str()).collect();

@@ -822,6 +822,23 @@ impl Held {
 /// How long each fleet instance runs at most: longer than any fleet scenario.
 const FLEET_SECONDS: u64 = 120;
 
+/// Instances `a` (over Redis at `redis_a`), `b` and `c` (over `redis`), all over PostgreSQL at
+/// `postgres`, running for a warm-up before the fault.
+async fn fleet_of_three(
+    seed: u64,
+    redis_a: &str,
+    redis: &str,
+    postgres: &str,
+    timing: Timing,
+) -> Result<Fleet, Failure> {
+    let mut fleet = Fleet::new(seed)?;
+    fleet.spawn("a", redis_a, postgres, FLEET_SECONDS)?;
+    fleet.spawn("b", redis, postgres, FLEET_SECONDS)?;
+    fleet.spawn("c", redis, postgres, FLEET_SECONDS)?;
+    tokio::time::sleep(timing.pick(3000, 2000)).await;
+    Ok(fleet)
+}
+
 /// Waits until Redis holds, for every key, the last acknowledged write or a later one (read with
 /// a plain client), or `within` passes. Returns how long that took, and the keys still behind.
 async fn fleet_on_redis(
@@ -928,11 +945,7 @@ async fn fleet_partition(seed: u64, timing: Timing) -> Result<Report, Failure> {
     let postgres = PostgresServer::start()?;
     let proxy = FaultProxy::start(redis.addr()).await?;
     let proxied = format!("redis://{}", proxy.addr());
-    let mut fleet = Fleet::new(seed)?;
-    fleet.spawn("a", &proxied, &postgres.url(), FLEET_SECONDS)?;
-    fleet.spawn("b", &redis.url(), &postgres.url(), FLEET_SECONDS)?;
-    fleet.spawn("c", &redis.url(), &postgres.url(), FLEET_SECONDS)?;
-    tokio::time::sleep(timing.pick(3000, 2000)).await;
+    let mut fleet = fleet_of_three(seed, &proxied, &redis.url(), &postgres.url(), timing).await?;
 
     proxy.set_mode(ProxyMode::Blackhole);
     let cut = timing.pick(8000, 5000);
@@ -976,11 +989,8 @@ async fn fleet_partition(seed: u64, timing: Timing) -> Result<Report, Failure> {
 async fn fleet_instance_killed(seed: u64, timing: Timing) -> Result<Report, Failure> {
     let mut redis = RedisServer::start_with(RedisOptions::default().appendonly(true))?;
     let postgres = PostgresServer::start()?;
-    let mut fleet = Fleet::new(seed)?;
-    for name in ["a", "b", "c"] {
-        fleet.spawn(name, &redis.url(), &postgres.url(), FLEET_SECONDS)?;
-    }
-    tokio::time::sleep(timing.pick(3000, 2000)).await;
+    let mut fleet =
+        fleet_of_three(seed, &redis.url(), &redis.url(), &postgres.url(), timing).await?;
 
     blocking(|| redis.kill())?;
     // The kill lands somewhere in the first half of the outage, by the seed.
@@ -1017,11 +1027,8 @@ async fn fleet_instance_killed(seed: u64, timing: Timing) -> Result<Report, Fail
 async fn fleet_redis_restarted_empty(seed: u64, timing: Timing) -> Result<Report, Failure> {
     let mut redis = RedisServer::start()?;
     let postgres = PostgresServer::start()?;
-    let mut fleet = Fleet::new(seed)?;
-    for name in ["a", "b", "c"] {
-        fleet.spawn(name, &redis.url(), &postgres.url(), FLEET_SECONDS)?;
-    }
-    tokio::time::sleep(timing.pick(3000, 2000)).await;
+    let mut fleet =
+        fleet_of_three(seed, &redis.url(), &redis.url(), &postgres.url(), timing).await?;
     blocking(|| redis.kill())?;
     let outage = timing.pick(6000, 4000);
     tokio::time::sleep(outage).await;

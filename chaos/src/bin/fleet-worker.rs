@@ -5,7 +5,8 @@
 //! - 4 writer tasks, each owning 8 keys `<name>:<task>:<n>`, write a growing sequence number to
 //!   one key after another (5 ms apart) and read it back at once: a read older than this
 //!   instance's own last write of the key is reported.
-//! - 1 task takes lock `L` in a loop (TTL 2 s, hold 50 ms, release).
+//! - 1 task takes lock `L` in a loop (`resilient_chaos::lock_loop`: TTL 2 s, hold 50 ms,
+//!   release).
 //!
 //! Every line reaches the output file as it happens (no buffering in the process), so an
 //! instance killed with SIGKILL leaves every acknowledgement it made, by the system clock the
@@ -24,22 +25,14 @@ use std::fs::File;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use resilient_chaos::{LockSeen, lock_loop};
 use resilient_storage::prelude::*;
 
 const WRITERS: usize = 4;
 const KEYS_PER_WRITER: usize = 8;
 const PACE: Duration = Duration::from_millis(5);
-const TTL: Duration = Duration::from_secs(2);
-const HOLD: Duration = Duration::from_millis(50);
-
-fn micros_now() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros()
-}
 
 /// The output file, one `write` call per line.
 #[derive(Clone)]
@@ -101,10 +94,14 @@ async fn run(
             write_loop(&storage, &out, &prefix, end).await;
         }));
     }
-    let (locker, out_l) = (storage.clone(), out.clone());
+    let (locker, lock_out) = (storage.clone(), out.clone());
     let holder = name.to_owned();
     tasks.push(tokio::spawn(async move {
-        lock_loop(&locker, &out_l, &holder, end).await;
+        lock_loop(&locker, &holder, end, |seen| match seen {
+            LockSeen::Hold(line) => lock_out.line(line),
+            LockSeen::Failed(error) => lock_out.line(format!("failed acquire {error}")),
+        })
+        .await;
     }));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -152,29 +149,6 @@ async fn write_loop(storage: &ResilientStorage, out: &Out, prefix: &str, end: In
                 Err(error) => out.line(format!("failed get {error}")),
             }
             tokio::time::sleep(PACE).await;
-        }
-    }
-}
-
-async fn lock_loop(storage: &ResilientStorage, out: &Out, holder: &str, end: Instant) {
-    while Instant::now() < end {
-        match storage.acquire_lock("L", holder, TTL).await {
-            Ok(LockOutcome::Acquired(grant)) => {
-                let start = micros_now();
-                tokio::time::sleep(HOLD).await;
-                let end = micros_now();
-                let _ = storage.release_lock("L", holder).await;
-                out.line(format!(
-                    "hold {start} {end} {} {}",
-                    grant.token.0, grant.backend
-                ));
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            Err(error) => {
-                out.line(format!("failed acquire {error}"));
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
         }
     }
 }

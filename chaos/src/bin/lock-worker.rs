@@ -14,19 +14,10 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use resilient_chaos::{LockSeen, lock_loop};
 use resilient_storage::prelude::*;
-
-const TTL: Duration = Duration::from_secs(2);
-const HOLD: Duration = Duration::from_millis(50);
-
-fn micros_now() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros()
-}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -78,28 +69,16 @@ async fn run(
         .await?;
     let mut lines = Vec::new();
     let mut errors = 0u64;
-    let end = Instant::now() + length;
-    while Instant::now() < end {
-        match storage.acquire_lock("L", holder, TTL).await {
-            Ok(LockOutcome::Acquired(grant)) => {
-                let start = micros_now();
-                tokio::time::sleep(HOLD).await;
-                let end = micros_now();
-                let _ = storage.release_lock("L", holder).await;
-                lines.push(format!(
-                    "hold {start} {end} {} {}",
-                    grant.token.0, grant.backend
-                ));
-                // Time for the other instances to find the lock free.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            Err(_) => {
-                errors += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    lock_loop(
+        &storage,
+        holder,
+        Instant::now() + length,
+        |seen| match seen {
+            LockSeen::Hold(line) => lines.push(line),
+            LockSeen::Failed(_) => errors += 1,
+        },
+    )
+    .await;
     storage.shutdown().await;
     lines.push(format!("errors {errors}"));
     let mut file = std::fs::File::create(output)?;

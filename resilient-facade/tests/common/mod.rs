@@ -17,3 +17,22 @@ pub async fn defaults(redis: &RedisServer, postgres: &PostgresServer) -> Resilie
         .await
         .unwrap()
 }
+
+/// Waits until no backend has replay records or write-behind copies pending; fails the test
+/// after `within`.
+pub async fn wait_for_drain(storage: &ResilientStorage, within: std::time::Duration) {
+    let start = std::time::Instant::now();
+    while storage
+        .health()
+        .backends
+        .values()
+        .any(|b| b.pending_replay > 0)
+    {
+        assert!(
+            start.elapsed() < within,
+            "replay records still pending after {within:?}: {:?}",
+            storage.health()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
