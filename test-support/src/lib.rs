@@ -35,7 +35,8 @@ pub use postgres::PostgresServer;
 pub use process::{ServerProcess, pid_alive};
 pub use proxy::{FaultProxy, ProxyMode};
 pub use redis::{
-    RedisCluster, RedisOptions, RedisSentinels, RedisServer, SENTINEL_MASTER, read_key, read_keys,
+    RedisCluster, RedisOptions, RedisSentinels, RedisServer, SENTINEL_MASTER, read_cluster_keys,
+    read_key, read_keys,
 };
 pub use tls::TestCertificates;
 pub use workload::{Call, Workload};

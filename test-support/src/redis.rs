@@ -316,18 +316,25 @@ impl RedisCluster {
     /// Starts `masters` nodes (at least 3), joins them with `redis-cli --cluster create`, and
     /// waits until every node reports `cluster_state:ok`.
     pub fn start(masters: usize) -> Result<Self> {
+        Self::start_with_replicas(masters, 0)
+    }
+
+    /// [`start`](Self::start) with `replicas` replicas per master (the cluster promotes one
+    /// when its master has not answered for the node timeout, 2 s); also waits until every
+    /// master's replicas have finished their first sync.
+    pub fn start_with_replicas(masters: usize, replicas: usize) -> Result<Self> {
         let cli = binaries::find("redis-cli", "redis-tools")?;
         let options = RedisOptions {
             cluster: true,
             ..RedisOptions::default()
         };
-        let nodes = (0..masters.max(3))
+        let nodes = (0..masters.max(3) * (1 + replicas))
             .map(|_| RedisServer::start_with(options.clone()))
             .collect::<Result<Vec<_>>>()?;
         let output = Command::new(cli)
             .args(["--cluster", "create"])
             .args(nodes.iter().map(|n| n.addr().to_string()))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()?;
         if !output.status.success() {
             return Err(format!(
@@ -352,7 +359,49 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        Ok(Self { nodes })
+        let cluster = Self { nodes };
+        for port in cluster.masters()? {
+            loop {
+                let node = cluster.nodes.iter().find(|n| n.port() == port);
+                let info = node
+                    .and_then(|n| n.command(&["INFO", "replication"]).ok())
+                    .unwrap_or_default();
+                // A replica counts once its first sync is done: one that never synced is not
+                // promoted (too far behind to be trusted).
+                if info.matches("state=online").count() >= replicas {
+                    break;
+                }
+                if std::time::Instant::now() > give_up {
+                    return Err(format!("master {port} never had its replicas: {info}").into());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// The ports of the nodes that are masters holding slots now, by `CLUSTER NODES` on the
+    /// first node that answers.
+    pub fn masters(&self) -> Result<Vec<u16>> {
+        for node in &self.nodes {
+            let Ok(nodes) = node.command(&["CLUSTER", "NODES"]) else {
+                continue;
+            };
+            let masters = nodes
+                .lines()
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split(' ').collect();
+                    let flags = fields.get(2)?;
+                    let serving = flags.contains("master") && !flags.contains("fail");
+                    // Field 8 on: the slots it holds.
+                    (serving && fields.len() > 8)
+                        .then(|| fields[1].split(['@', ':']).nth(1)?.parse().ok())
+                        .flatten()
+                })
+                .collect();
+            return Ok(masters);
+        }
+        Err("no cluster node answers".into())
     }
 
     /// The nodes.
@@ -470,6 +519,19 @@ impl RedisSentinels {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        // A replica that never finished its first sync is not promoted.
+        loop {
+            let info = group.servers[0]
+                .command(&["INFO", "replication"])
+                .unwrap_or_default();
+            if info.matches("state=online").count() >= replicas {
+                break;
+            }
+            if std::time::Instant::now() > give_up {
+                return Err(format!("the replicas never synced: {info}").into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Ok(group)
     }
 
@@ -566,4 +628,24 @@ impl Sentinel {
             .unwrap_or_default()
             .to_owned())
     }
+}
+
+/// [`read_key`] on a Redis Cluster, for many keys: each read where the cluster says the key
+/// lives now.
+pub async fn read_cluster_keys(urls: &[String], keys: &[&str]) -> Vec<Option<String>> {
+    let client = ::redis::cluster::ClusterClient::new(urls.to_vec()).expect("cluster URLs");
+    let mut conn = client
+        .get_async_connection()
+        .await
+        .expect("a connection to the test cluster");
+    let mut values = Vec::with_capacity(keys.len());
+    for key in keys {
+        let raw: Option<Vec<u8>> = ::redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .expect("GET");
+        values.push(raw.and_then(|raw| unwrap_stored(&raw)));
+    }
+    values
 }
