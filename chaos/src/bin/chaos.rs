@@ -1,9 +1,9 @@
-//! The chaos suite: six scenarios against throwaway Redis and PostgreSQL servers and the fault
+//! The chaos suite: eleven scenarios against throwaway Redis and PostgreSQL servers and the fault
 //! proxy, each printing its seed and figures and checking what the library promises.
 //!
 //! ```text
-//! cargo xtask chaos                 # the full suite, about 3 minutes
-//! cargo xtask chaos --short         # the CI form, about a minute
+//! cargo xtask chaos                 # the full suite, about 5 minutes
+//! cargo xtask chaos --short         # the CI form, about 2 minutes
 //! cargo xtask chaos --seed 42       # replays a run
 //! cargo xtask chaos --only 3,6      # some scenarios
 //! ```
@@ -22,7 +22,9 @@ use resilient_chaos::{
 };
 use resilient_storage::prelude::*;
 use resilient_storage::{LockOptions, StorageEvent};
-use resilient_test_support::{FaultProxy, PostgresServer, ProxyMode, RedisOptions, RedisServer};
+use resilient_test_support::{
+    FaultProxy, PostgresServer, ProxyMode, RedisCluster, RedisOptions, RedisSentinels, RedisServer,
+};
 
 /// Counts live heap bytes, to check that flapping does not grow memory.
 #[global_allocator]
@@ -120,7 +122,7 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 11] = [
     "Redis SIGKILL under 50 concurrent tasks",
     "Redis frozen (SIGSTOP), then blackholed by the proxy",
     "Redis down, then restarted empty",
@@ -130,6 +132,8 @@ const SCENARIOS: [&str; 9] = [
     "fleet: one of three instances cut off from Redis while the others reach it",
     "fleet: an instance SIGKILLed in the middle of a Redis outage, and restarted",
     "fleet: three instances through a Redis restart with an empty dataset",
+    "fleet: three instances over Redis Sentinel, the master SIGKILLed",
+    "fleet: three instances over Redis Cluster with replicas, a master SIGKILLed",
 ];
 
 fn main() -> ExitCode {
@@ -174,7 +178,9 @@ fn main() -> ExitCode {
                 6 => lock_safety(seed, timing).await,
                 7 => fleet_partition(seed, timing).await,
                 8 => fleet_instance_killed(seed, timing).await,
-                _ => fleet_redis_restarted_empty(seed, timing).await,
+                9 => fleet_redis_restarted_empty(seed, timing).await,
+                10 => fleet_sentinel_failover(seed, timing).await,
+                _ => fleet_cluster_failover(seed, timing).await,
             }
         });
         match result {
@@ -842,23 +848,22 @@ async fn fleet_of_three(
 /// Waits until Redis holds, for every key, the last acknowledged write or a later one (read with
 /// a plain client), or `within` passes. Returns how long that took, and the keys still behind.
 async fn fleet_on_redis(
-    redis_url: &str,
+    redis: &RedisAt,
     result: &FleetResult,
     within: Duration,
 ) -> Result<(Duration, usize), Failure> {
     let start = Instant::now();
-    let mut read = redis_reader(redis_url).await?;
+    let keys: Vec<&str> = result.acked.keys().map(String::as_str).collect();
     loop {
-        let mut behind = 0;
-        for (key, acked) in &result.acked {
-            let held = read(key.clone())
-                .await
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-            if held < *acked {
-                behind += 1;
-            }
-        }
+        let held = redis.read(&keys).await;
+        let behind = keys
+            .iter()
+            .zip(&held)
+            .filter(|(key, held)| {
+                let held = held.as_deref().and_then(|v| v.parse::<u64>().ok());
+                held.unwrap_or(0) < result.acked[**key]
+            })
+            .count();
         if behind == 0 || start.elapsed() >= within {
             return Ok((start.elapsed(), behind));
         }
@@ -866,15 +871,32 @@ async fn fleet_on_redis(
     }
 }
 
+/// Where the fleet's Redis is, for reading it with a plain client.
+enum RedisAt {
+    /// One server.
+    Server(String),
+    /// A cluster: its nodes' URLs.
+    Cluster(Vec<String>),
+}
+
+impl RedisAt {
+    async fn read(&self, keys: &[&str]) -> Vec<Option<String>> {
+        match self {
+            RedisAt::Server(url) => resilient_test_support::read_keys(url, keys).await,
+            RedisAt::Cluster(urls) => resilient_test_support::read_cluster_keys(urls, keys).await,
+        }
+    }
+}
+
 /// The checks every fleet scenario makes, from outside the instances, once they have stopped.
 async fn fleet_checks(
     report: &mut Report,
-    redis_url: &str,
+    redis: &RedisAt,
     result: &FleetResult,
 ) -> Result<(), Failure> {
     report.ops = result.acks;
     report.failures = result.failed("set") + result.failed("get");
-    let (took, behind) = fleet_on_redis(redis_url, result, Duration::from_secs(15)).await?;
+    let (took, behind) = fleet_on_redis(redis, result, Duration::from_secs(15)).await?;
     for error in &result.errors {
         report.note(format!("failed: {error}"));
     }
@@ -963,7 +985,8 @@ async fn fleet_partition(seed: u64, timing: Timing) -> Result<Report, Failure> {
         ..FleetResult::default()
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (_, behind_during) = fleet_on_redis(&redis.url(), &earlier_a, Duration::ZERO).await?;
+    let at = RedisAt::Server(redis.url());
+    let (_, behind_during) = fleet_on_redis(&at, &earlier_a, Duration::ZERO).await?;
     proxy.set_mode(ProxyMode::Pass);
     tokio::time::sleep(timing.pick(6000, 4000)).await;
     fleet.stop(Duration::from_secs(10)).await;
@@ -978,7 +1001,7 @@ async fn fleet_partition(seed: u64, timing: Timing) -> Result<Report, Failure> {
         ),
         behind_during == 0 && !earlier_a.acked.is_empty(),
     );
-    fleet_checks(&mut report, &redis.url(), &result).await?;
+    fleet_checks(&mut report, &RedisAt::Server(redis.url()), &result).await?;
     report.note(format!("`a` cut off from Redis for {}", ms(cut)));
     Ok(report)
 }
@@ -1019,7 +1042,7 @@ async fn fleet_instance_killed(seed: u64, timing: Timing) -> Result<Report, Fail
         ms(kill_after),
         killed.len()
     ));
-    fleet_checks(&mut report, &redis.url(), &result).await?;
+    fleet_checks(&mut report, &RedisAt::Server(redis.url()), &result).await?;
     Ok(report)
 }
 
@@ -1042,6 +1065,103 @@ async fn fleet_redis_restarted_empty(seed: u64, timing: Timing) -> Result<Report
         "Redis down for {}, then restarted empty",
         ms(outage)
     ));
-    fleet_checks(&mut report, &redis.url(), &result).await?;
+    fleet_checks(&mut report, &RedisAt::Server(redis.url()), &result).await?;
+    Ok(report)
+}
+
+/// Waits until `promoted` says a replica took over, or 40 s pass; the time it took.
+async fn until_promoted(
+    killed_at: Instant,
+    mut promoted: impl FnMut() -> bool,
+) -> Option<Duration> {
+    while killed_at.elapsed() < Duration::from_secs(40) {
+        if promoted() {
+            return Some(killed_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Three instances over Redis Sentinel (a master, one replica, three sentinels) and
+/// PostgreSQL; the master is SIGKILLed and the sentinels promote the replica.
+async fn fleet_sentinel_failover(seed: u64, timing: Timing) -> Result<Report, Failure> {
+    let mut group = blocking(|| RedisSentinels::start(1))?;
+    let postgres = PostgresServer::start()?;
+    let url = group.url();
+    let mut fleet = fleet_of_three(seed, &url, &url, &postgres.url(), timing).await?;
+    let old = group.master_port()?;
+    blocking(|| group.server_mut(old).map(RedisServer::kill))
+        .ok_or("the master is not in the group")??;
+    let killed_at = Instant::now();
+    let promoted = until_promoted(killed_at, || group.master_port().is_ok_and(|p| p != old)).await;
+    tokio::time::sleep(timing.pick(10_000, 8000)).await;
+    fleet.stop(Duration::from_secs(10)).await;
+    let result = fleet.read()?;
+
+    let mut report = Report::default();
+    report.note(format!(
+        "the sentinels promoted the replica {} after the master's SIGKILL",
+        promoted.map_or("never".into(), ms)
+    ));
+    report.check("a replica was promoted", promoted.is_some());
+    let master = RedisAt::Server(format!("redis://127.0.0.1:{}", group.master_port()?));
+    fleet_checks(&mut report, &master, &result).await?;
+    report.check(
+        format!("no failed call ({} failed)", report.failures),
+        report.failures == 0,
+    );
+    Ok(report)
+}
+
+/// Three instances over Redis Cluster (three masters with one replica each) and PostgreSQL;
+/// a master is SIGKILLed and the cluster promotes its replica.
+async fn fleet_cluster_failover(seed: u64, timing: Timing) -> Result<Report, Failure> {
+    let mut cluster = blocking(|| RedisCluster::start_with_replicas(3, 1))?;
+    let postgres = PostgresServer::start()?;
+    let hosts: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port()))
+        .collect();
+    let url = format!("redis+cluster://{}", hosts.join(","));
+    let mut fleet = fleet_of_three(seed, &url, &url, &postgres.url(), timing).await?;
+    let masters = cluster.masters()?;
+    let victim = *masters.first().ok_or("the cluster has no master")?;
+    blocking(|| {
+        cluster
+            .nodes_mut()
+            .iter_mut()
+            .find(|n| n.port() == victim)
+            .map(RedisServer::kill)
+    })
+    .ok_or("the master is not in the cluster")??;
+    let killed_at = Instant::now();
+    let promoted = until_promoted(killed_at, || {
+        let now = cluster.masters().unwrap_or_default();
+        now.len() == masters.len() && !now.contains(&victim)
+    })
+    .await;
+    tokio::time::sleep(timing.pick(10_000, 8000)).await;
+    fleet.stop(Duration::from_secs(10)).await;
+    let result = fleet.read()?;
+
+    let mut report = Report::default();
+    report.note(format!(
+        "the cluster promoted a replica {} after its master's SIGKILL",
+        promoted.map_or("never".into(), ms)
+    ));
+    report.check("a replica was promoted", promoted.is_some());
+    let live = cluster
+        .nodes()
+        .iter()
+        .filter(|n| n.port() != victim)
+        .map(RedisServer::url)
+        .collect();
+    fleet_checks(&mut report, &RedisAt::Cluster(live), &result).await?;
+    report.check(
+        format!("no failed call ({} failed)", report.failures),
+        report.failures == 0,
+    );
     Ok(report)
 }
