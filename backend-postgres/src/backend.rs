@@ -779,11 +779,22 @@ impl Backend for PostgresBackend {
     ) -> Result<Vec<JournalEntry>> {
         let rows: Vec<(String, Option<Vec<u8>>, i64, Option<f64>)> = self
             .call(Operation::Journal, async {
-                sqlx::query_as(self.sql.claim_journal.clone())
+                // Two statements: the rows are read with a snapshot taken after the claim, so
+                // a write the claim's UPDATE followed is read too (a later one clears the claim).
+                let claimed: Vec<(String, i64)> = sqlx::query_as(self.sql.claim_journal.clone())
                     .bind(target)
                     .bind(i64::try_from(max).unwrap_or(i64::MAX))
                     .bind(claim as i64)
                     .bind(millis(lease))
+                    .fetch_all(&self.pool)
+                    .await?;
+                if claimed.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let (keys, versions): (Vec<String>, Vec<i64>) = claimed.into_iter().unzip();
+                sqlx::query_as(self.sql.journal_rows.clone())
+                    .bind(&keys)
+                    .bind(&versions)
                     .fetch_all(&self.pool)
                     .await
             })

@@ -31,6 +31,7 @@ pub(crate) struct Statements {
     /// The writes above, each also recording itself for the backends that missed it.
     pub(crate) journaled: Journaled,
     pub(crate) claim_journal: SqlStr,
+    pub(crate) journal_rows: SqlStr,
     pub(crate) settle_journal: SqlStr,
     pub(crate) schema_key: String,
 }
@@ -50,8 +51,10 @@ pub(crate) struct Journaled {
 }
 
 /// A `WITH` item that records each `(key, version)` row of `records` for each backend named
-/// in parameter `$targets` (`text[]`), in key order (as the writes take their rows, so two
-/// statements cannot deadlock). A record written again is claimed by no one.
+/// in parameter `$targets` (`text[]`), in key order. `records` reads the rows the write
+/// returned, so the write runs first: every statement locks data rows, then journal rows, each
+/// in key order, and two statements cannot deadlock. A record written again is claimed by no
+/// one.
 fn journal_cte(journal: &str, records: &str, targets: usize) -> String {
     format!(
         "j AS (INSERT INTO {journal} (target, key, version) \
@@ -141,7 +144,7 @@ impl Statements {
                SELECT k, NULL, now(), ver FROM unnest($1::text[], $2::int8[]) AS u(k, ver) \
                ORDER BY k \
                ON CONFLICT (key) DO UPDATE SET value = NULL, expires_at = now(), \
-                 version = EXCLUDED.version)"
+                 version = EXCLUDED.version RETURNING key, version)"
         );
         let delete_many_answer = "SELECT key FROM old";
         // $4: the version.
@@ -158,25 +161,31 @@ impl Statements {
              tombstone AS (\
                INSERT INTO {values} (key, value, expires_at, version) VALUES ($1, NULL, now(), $2) \
                ON CONFLICT (key) DO UPDATE SET value = NULL, expires_at = now(), \
-                 version = EXCLUDED.version)"
+                 version = EXCLUDED.version RETURNING key, version)"
         );
         let delete_versioned_answer = "SELECT coalesce((SELECT live FROM old), false)";
-        let one = "VALUES ($1::text, $4::int8)";
+        // Each journal step reads the rows its write returned, so every statement locks the
+        // data rows first (in key order), then the journal rows (in key order).
+        let written = "SELECT key, version FROM w";
         let returned = "SELECT $1::text, $4::int8 FROM w";
         let journaled = Journaled {
-            set_versioned: journaled(&set_versioned, journal_cte(&journal, one, 5), "SELECT 1"),
+            set_versioned: journaled(
+                &format!("{set_versioned} RETURNING key, version"),
+                journal_cte(&journal, written, 5),
+                "SELECT 1",
+            ),
             delete_versioned: sql(format!(
                 "{delete_versioned_with}, {} {delete_versioned_answer}",
-                journal_cte(&journal, "VALUES ($1::text, $2::int8)", 3)
+                journal_cte(&journal, "SELECT key, version FROM tombstone", 3)
             )),
             set_many: journaled(
-                &set_many,
-                journal_cte(&journal, "SELECT * FROM unnest($1::text[], $4::int8[])", 5),
+                &format!("{set_many} RETURNING key, version"),
+                journal_cte(&journal, written, 5),
                 "SELECT 1",
             ),
             delete_many: sql(format!(
                 "{delete_many_with}, {} {delete_many_answer}",
-                journal_cte(&journal, "SELECT * FROM unnest($1::text[], $2::int8[])", 3)
+                journal_cte(&journal, "SELECT key, version FROM tombstones", 3)
             )),
             increment: journaled(
                 &increment,
@@ -334,23 +343,27 @@ impl Statements {
             )),
             journaled,
             // $1 target, $2 how many, $3 the claim, $4 its lease in ms. Records no live claim
-            // holds, skipping rows another claim is taking now; each comes back with its key's
-            // current row: the live value (or NULL), its version (NULL: no row, then the
-            // record's), its TTL left in ms (NULL: none).
+            // holds, skipping rows another claim is taking now; the keys and the records'
+            // versions come back. The keys' current rows are read by `journal_rows`, a
+            // statement of its own: this one's snapshot may predate a write its UPDATE follows.
             claim_journal: sql(format!(
                 "WITH c AS (\
                    SELECT key FROM {journal} WHERE target = $1 \
                    AND (claimed_until IS NULL OR claimed_until <= now()) \
-                   ORDER BY key LIMIT $2 FOR UPDATE SKIP LOCKED), \
-                 u AS (\
-                   UPDATE {journal} AS j SET claim = $3, \
-                     claimed_until = now() + $4::float8 * interval '1 millisecond' \
-                   FROM c WHERE j.target = $1 AND j.key = c.key RETURNING j.key, j.version) \
-                 SELECT u.key, CASE WHEN t.value IS NOT NULL \
+                   ORDER BY key LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 UPDATE {journal} AS j SET claim = $3, \
+                   claimed_until = now() + $4::float8 * interval '1 millisecond' \
+                 FROM c WHERE j.target = $1 AND j.key = c.key RETURNING j.key, j.version"
+            )),
+            // $1 keys, $2 the records' versions: each key's current row, the live value (or
+            // NULL), its version (the record's when there is no row), its TTL left in ms.
+            journal_rows: sql(format!(
+                "SELECT u.key, CASE WHEN t.value IS NOT NULL \
                      AND (t.expires_at IS NULL OR t.expires_at > now()) THEN t.value END, \
                    COALESCE(t.version, u.version), \
                    (extract(epoch FROM t.expires_at - now()) * 1000)::float8 \
-                 FROM u LEFT JOIN {values} AS t ON t.key = u.key"
+                 FROM unnest($1::text[], $2::int8[]) AS u(key, version) \
+                 LEFT JOIN {values} AS t ON t.key = u.key"
             )),
             // $1 target, $2 the claim, $3 keys: the records that claim still holds, taken in
             // key order.
