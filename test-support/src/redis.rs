@@ -125,6 +125,22 @@ impl RedisServer {
         })
     }
 
+    /// Waits until this master has `replicas` replicas whose first sync is done (a replica that
+    /// never synced is not promoted: too far behind to be trusted), or `give_up` passes.
+    fn wait_replicas_online(&self, replicas: usize, give_up: std::time::Instant) -> Result<()> {
+        loop {
+            let info = self.command(&["INFO", "replication"]).unwrap_or_default();
+            if info.matches("state=online").count() >= replicas {
+                return Ok(());
+            }
+            if std::time::Instant::now() > give_up {
+                let port = self.port;
+                return Err(format!("the replicas of {port} never synced: {info}").into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
@@ -361,21 +377,9 @@ impl RedisCluster {
         }
         let cluster = Self { nodes };
         for port in cluster.masters()? {
-            loop {
-                let node = cluster.nodes.iter().find(|n| n.port() == port);
-                let info = node
-                    .and_then(|n| n.command(&["INFO", "replication"]).ok())
-                    .unwrap_or_default();
-                // A replica counts once its first sync is done: one that never synced is not
-                // promoted (too far behind to be trusted).
-                if info.matches("state=online").count() >= replicas {
-                    break;
-                }
-                if std::time::Instant::now() > give_up {
-                    return Err(format!("master {port} never had its replicas: {info}").into());
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            let master = cluster.nodes.iter().find(|n| n.port() == port);
+            let master = master.ok_or_else(|| format!("no node on port {port}"))?;
+            master.wait_replicas_online(replicas, give_up)?;
         }
         Ok(cluster)
     }
@@ -519,19 +523,7 @@ impl RedisSentinels {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        // A replica that never finished its first sync is not promoted.
-        loop {
-            let info = group.servers[0]
-                .command(&["INFO", "replication"])
-                .unwrap_or_default();
-            if info.matches("state=online").count() >= replicas {
-                break;
-            }
-            if std::time::Instant::now() > give_up {
-                return Err(format!("the replicas never synced: {info}").into());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        group.servers[0].wait_replicas_online(replicas, give_up)?;
         Ok(group)
     }
 
