@@ -1,5 +1,6 @@
 //! The breaker, the strategies and the router allocate nothing on the healthy path of a get:
-//! the only allocation is the backend call's own boxed future (from async-trait).
+//! the only allocation is the backend call's own boxed future (from async-trait), and none at
+//! all when the backend answers at once (an in-process store).
 
 use std::future::Future;
 use std::pin::pin;
@@ -33,6 +34,35 @@ impl Backend for Ready {
     }
     async fn get(&self, _: &str) -> Result<Option<Bytes>> {
         Ok(Some(self.0.clone()))
+    }
+    async fn write(&self, _: &str, _: KeyWrite, _: WriteOptions) -> Result<WriteOutcome> {
+        Ok(WriteOutcome::applied(false))
+    }
+}
+
+/// Answers every get at once, as an in-process store does, never through a future.
+#[derive(Debug)]
+struct AtOnce(Bytes);
+
+#[async_trait]
+impl Backend for AtOnce {
+    fn name(&self) -> &str {
+        "at-once"
+    }
+    fn scheme(&self) -> &str {
+        "at-once"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+    }
+    async fn health_check(&self) -> Result<HealthProbe> {
+        Ok(HealthProbe::Healthy)
+    }
+    async fn get(&self, _: &str) -> Result<Option<Bytes>> {
+        unreachable!("answered at once")
+    }
+    fn try_get_now(&self, _: &str) -> Option<Result<Option<Bytes>>> {
+        Some(Ok(Some(self.0.clone())))
     }
     async fn write(&self, _: &str, _: KeyWrite, _: WriteOptions) -> Result<WriteOutcome> {
         Ok(WriteOutcome::applied(false))
@@ -128,4 +158,30 @@ fn a_healthy_get_through_the_router_allocates_only_the_backend_future() {
         counted.count_total, calls,
         "one boxed backend future per call and nothing else: {counted:?}"
     );
+}
+
+#[test]
+fn gets_answered_at_once_allocate_nothing() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let value = Bytes::from_static(b"value");
+    let storage = runtime.block_on(async {
+        ResilientStorage::builder()
+            .backend(Arc::new(AtOnce(value.clone())), 1)
+            .memory_fallback(false)
+            .build()
+            .await
+            .unwrap()
+    });
+    let _context = runtime.enter();
+    complete(storage.get("key")).unwrap();
+    let counted = allocation_counter::measure(|| {
+        for _ in 0..1_000 {
+            assert!(complete(storage.get("key")).unwrap().is_some());
+        }
+    });
+    assert_eq!(counted.count_total, 0, "{counted:?}");
+    assert_eq!(storage.health().active_backend.as_deref(), Some("at-once"));
 }

@@ -27,7 +27,9 @@ pub struct BreakerConfig {
     /// Trip after this many failures in a row.
     pub consecutive_failures: u32,
     /// Trip when this share of the calls in the window failed (0 < rate ≤ 1), judged after
-    /// every call once the window holds `minimum_calls`, exactly to a millionth.
+    /// every call once the window holds `minimum_calls`, exactly to a millionth. A read the
+    /// router answers at once from process memory (an in-process store, a pending replay
+    /// record) is not one of these calls: it could not have failed.
     pub failure_rate: f64,
     /// Trip when this share of the calls in the window were slow (0 < rate ≤ 1), judged as
     /// `failure_rate` is.

@@ -181,6 +181,24 @@ impl Permit<'_> {
             .on_success(self.generation, self.probe, elapsed, now_ms);
     }
 
+    /// The call was answered at once from this process's memory (an in-process store's read
+    /// or set, a pending replay record), so it never met anything that could fail or slow
+    /// down: it ends a run of failures but is not counted in the rate window, and reads no
+    /// clock. A half-open probe still closes the breaker, at the time read then.
+    pub(crate) fn success_at_once(mut self) {
+        if self.probe {
+            let now_ms = self.breaker.ms(Instant::now());
+            return self.success_at_ms(Duration::ZERO, now_ms);
+        }
+        self.done = true;
+        let breaker = self.breaker;
+        if breaker.is_current(self.generation, CLOSED)
+            && breaker.consecutive.load(Ordering::Relaxed) != 0
+        {
+            breaker.consecutive.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// The call failed in a way that counts (see [`Error::is_transient`](crate::Error::is_transient)).
     pub fn failure(self) {
         self.failure_at(Instant::now());
@@ -373,6 +391,10 @@ impl CircuitBreaker {
     }
 
     /// [`closed_for`](Self::closed_for) in milliseconds, at `now_ms` since the breaker's epoch.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.load(Ordering::Acquire) == CLOSED
+    }
+
     pub(crate) fn closed_ms(&self, now_ms: u64) -> Option<u64> {
         (self.state.load(Ordering::Acquire) == CLOSED)
             .then(|| now_ms.saturating_sub(self.closed_since_ms.load(Ordering::Acquire)))

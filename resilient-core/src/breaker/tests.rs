@@ -162,6 +162,40 @@ fn opens_on_failure_rate_once_the_minimum_calls_are_seen() {
 }
 
 #[test]
+fn an_answer_given_at_once_ends_a_run_of_failures_but_is_not_counted_in_the_window() {
+    let b = CircuitBreaker::new(config().consecutive_failures(3).failure_rate(0.5, 4));
+    let t = Instant::now();
+    fail(&b, t);
+    fail(&b, t);
+    b.try_acquire_at(t).expect("admitted").success_at_once();
+    assert_eq!(b.snapshot_at(t).consecutive_failures, 0);
+    assert_eq!(b.state(), CircuitState::Closed);
+    // Two failures and two calls that reached the backend: four calls, half failed. Had the
+    // answer given at once counted, it would be 2 of 5.
+    succeed(&b, t);
+    assert_eq!(
+        b.state(),
+        CircuitState::Closed,
+        "3 calls, under the minimum"
+    );
+    succeed(&b, t);
+    assert_eq!(b.state(), CircuitState::Open, "2 of 4 calls failed");
+}
+
+#[test]
+fn an_answer_given_at_once_to_a_probe_closes_the_breaker() {
+    let b = CircuitBreaker::new(config());
+    let t = Instant::now();
+    (0..3).for_each(|_| fail(&b, t));
+    let probe = b
+        .try_acquire_at(t + Duration::from_secs(1))
+        .expect("a probe");
+    assert!(probe.is_probe());
+    probe.success_at_once();
+    assert_eq!(b.state(), CircuitState::Closed);
+}
+
+#[test]
 fn failures_that_left_the_window_do_not_count() {
     let b = CircuitBreaker::new(config().consecutive_failures(100).failure_rate(0.5, 4));
     let t = Instant::now();

@@ -310,6 +310,50 @@ impl ResilientStorage {
         .await
     }
 
+    /// The strategy's fixed first choice for data, when it is plainly available (see
+    /// [`SelectionStrategy::fixed_first`](crate::SelectionStrategy::fixed_first)).
+    fn fixed_first(&self) -> Option<(usize, &Slot)> {
+        let first = self.inner.strategy.fixed_first()?;
+        let slot = self.inner.slots.get(first)?;
+        slot.plainly_available().then_some((first, &**slot))
+    }
+
+    /// The common path of a read, without a future: the strategy's fixed first choice,
+    /// plainly available and already active, answers at once (`call` gives `Some`: an
+    /// in-process store's read, a pending replay record). No clock is read and nothing is
+    /// allocated. `None` sends the call to [`route`](Self::route) instead, which asks the
+    /// backend again: when it could not answer at once, when it answered with an error (the
+    /// full path fails over and reports it), when a tracing span would be recorded, or after
+    /// shutdown. So `call` must be safe to repeat, as a read is.
+    pub(super) fn route_now<'a, T>(
+        &'a self,
+        operation: Operation,
+        call: impl FnOnce(usize, &'a dyn Backend) -> Option<Result<T>>,
+    ) -> Option<Result<(T, usize)>> {
+        let inner = &self.inner;
+        if tracing::level_enabled!(tracing::Level::INFO)
+            && !tracing::info_span!("storage", operation = operation.as_str()).is_disabled()
+        {
+            return None;
+        }
+        if inner.life.shut_down.load(Ordering::Acquire) {
+            return None;
+        }
+        let (first, slot) = self.fixed_first()?;
+        if inner.active.index.load(Ordering::Relaxed) != first {
+            return None;
+        }
+        // Closed (just checked): admitted without reading the clock.
+        let permit = slot.breaker.try_acquire().ok()?;
+        // An error, or no answer at once, drops the permit unused.
+        let value = call(first, &*slot.backend)?.ok()?;
+        permit.success_at_once();
+        slot.metrics
+            .attempt(operation, Outcome::Answered, Duration::ZERO);
+        tracing::debug!(backend = %slot.name, outcome = ?Outcome::Answered, "attempt answered at once");
+        Some(Ok((value, first)))
+    }
+
     pub(super) async fn attempts<'a, T, C: Into<Call<'a, T>>>(
         &'a self,
         operation: Operation,
@@ -325,36 +369,77 @@ impl ResilientStorage {
         let start = Instant::now();
         // Needed only past a first attempt that answered: computed then.
         let deadline_at = || deadline.unwrap_or_else(|| start + inner.policy.deadline);
-        let start_ms = self.ms(start);
+        let mut attempts = Vec::new();
+        // The common path: the strategy's fixed first choice, plainly available, is tried
+        // without building every backend's view. Only a failure goes on to the full order.
+        let mut tried = None;
+        if route == Route::Data
+            && prefer.is_none()
+            && let Some((first, slot)) = self.fixed_first()
+        {
+            let remaining = deadline.map_or(inner.policy.deadline, |at| {
+                at.saturating_duration_since(start)
+            });
+            let tried_first = self
+                .attempt(slot, operation, route, start, remaining, || {
+                    call(first, &*slot.backend).into()
+                })
+                .await;
+            match tried_first {
+                Tried::Answered(value) => {
+                    if inner.active.index.load(Ordering::Relaxed) != first {
+                        let views = self.views(route, start, self.ms(start));
+                        let mut only = Candidates::new();
+                        only.push(first);
+                        let routing = Routing {
+                            backends: &views,
+                            now: start,
+                        };
+                        self.served(operation, first, 0, &only, &[], &routing);
+                    }
+                    return Ok((value, first));
+                }
+                Tried::Refused(error) => return Err(error),
+                Tried::Failed(error) => {
+                    attempts.push(Attempt {
+                        backend: slot.name.clone(),
+                        error,
+                    });
+                    tried = Some(first);
+                }
+            }
+        }
         let mut views = Views::new();
-        let candidates = self.candidates(route, start, start_ms, prefer, &mut views);
+        let start_ms = self.ms(start);
+        let mut candidates = self.candidates(route, start, start_ms, prefer, &mut views);
+        if let Some(first) = tried {
+            // Listed first, as the strategy would have, so a failover is reported from it.
+            let rest = candidates;
+            candidates = Candidates::new();
+            candidates.push(first);
+            rest.iter().for_each(|index| candidates.push(index));
+        }
         if candidates.is_empty() {
             return Err(self.unavailable(operation, route));
         }
-        let mut attempts = Vec::new();
         for (position, index) in candidates.iter().enumerate() {
+            if position == 0 && tried.is_some() {
+                continue;
+            }
             let slot = &inner.slots[index];
-            let (now, now_ms, remaining) = match (position, deadline) {
-                (0, None) => (start, start_ms, inner.policy.deadline),
-                (0, Some(_)) => (
-                    start,
-                    start_ms,
-                    deadline_at().saturating_duration_since(start),
-                ),
+            let (now, remaining) = match (position, deadline) {
+                (0, None) => (start, inner.policy.deadline),
+                (0, Some(_)) => (start, deadline_at().saturating_duration_since(start)),
                 _ => {
                     let now = Instant::now();
-                    (
-                        now,
-                        self.ms(now),
-                        deadline_at().saturating_duration_since(now),
-                    )
+                    (now, deadline_at().saturating_duration_since(now))
                 }
             };
             if remaining.is_zero() {
                 break;
             }
             let error = match self
-                .attempt(slot, operation, route, (now, now_ms), remaining, || {
+                .attempt(slot, operation, route, now, remaining, || {
                     call(index, &*slot.backend).into()
                 })
                 .await
@@ -397,7 +482,7 @@ impl ResilientStorage {
         slot: &Slot,
         operation: Operation,
         route: Route,
-        (now, now_ms): (Instant, u64),
+        now: Instant,
         remaining: Duration,
         call: impl FnOnce() -> Call<'a, T>,
     ) -> Tried<T> {
@@ -428,10 +513,13 @@ impl ResilientStorage {
         tracing::debug!(backend = %slot.name, ?outcome, ?elapsed, "attempt");
         let error = match result {
             Ok(Ok(value)) => {
-                // An answer given at once (`Call::Ready`) ended when it began, and says nothing
-                // about latency.
-                let end_ms = if at_once { now_ms } else { self.ms(end) };
-                permit.success_at_ms(elapsed, end_ms);
+                // An answer given at once (`Call::Ready`) came from this process's memory: it
+                // says nothing about latency, nor about the rate of the backend's failures.
+                if at_once {
+                    permit.success_at_once();
+                } else {
+                    permit.success_at_ms(elapsed, self.ms(end));
+                }
                 if route == Route::Lock && self.moves_lock_authority() {
                     slot.lock_served(end);
                 }

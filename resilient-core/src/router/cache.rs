@@ -509,7 +509,12 @@ impl ResilientStorage {
         let full = self.inner.policy.keys.full_key(key)?;
         let cache = &self.inner.cache;
         let fail_safe = options.fail_safe.is_some();
-        let (stored, read_failed) = match self.get(key).await {
+        // A hit answered at once needs no future of `get`'s.
+        let read = match self.get_now(&full) {
+            Some(Ok((Some(value), _))) => Ok(Some(value)),
+            _ => self.get(key).await,
+        };
+        let (stored, read_failed) = match read {
             Ok(stored) => (stored.map(Entry::decode), false),
             Err(error) if error.is_caller_error() => return Err(error),
             Err(error) => {

@@ -21,24 +21,53 @@ impl ResilientStorage {
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let key = self.inner.policy.keys.full_key(key)?;
         let key = &*key;
+        if let Some(answer) = self.get_now(key) {
+            let (value, served) = answer?;
+            return match value {
+                None if self.inner.policy.read_behind => {
+                    Ok(self.read_behind(served, key, Instant::now()).await)
+                }
+                value => Ok(value),
+            };
+        }
         let start = self.inner.policy.read_behind.then(Instant::now);
         let (value, served) = self
-            .route(Operation::Get, Route::Data, key, None, |index, b| {
-                // A backend with writes still to replay is not routed to; this covers a read
-                // that raced with the end of its replay. A write-behind copy not yet sent is
-                // read from its record too.
-                match self.inner.slots[index].replay.get(key) {
-                    Some(hint) => Call::Ready(Ok(hint.read(Instant::now()))),
-                    None => match b.try_get_now(key) {
-                        Some(answer) => Call::Ready(answer),
-                        None => Call::Pending(b.get(key)),
-                    },
-                }
-            })
+            .route(
+                Operation::Get,
+                Route::Data,
+                key,
+                None,
+                |index, b| match self.read_at_once(index, b, key) {
+                    Some(answer) => Call::Ready(answer),
+                    None => Call::Pending(b.get(key)),
+                },
+            )
             .await?;
         match (value, start) {
             (None, Some(start)) => Ok(self.read_behind(served, key, start).await),
             (value, _) => Ok(value),
+        }
+    }
+
+    /// `key` (already validated and prefixed) read without a future, when the common path
+    /// answers at once (see [`route_now`](Self::route_now)): the value and the backend that
+    /// gave it.
+    pub(super) fn get_now(&self, key: &str) -> Option<Result<(Option<Bytes>, usize)>> {
+        self.route_now(Operation::Get, |index, b| self.read_at_once(index, b, key))
+    }
+
+    /// A read of `key` on backend `index` answered without a future, if it can be. A backend
+    /// with writes still to replay is not routed to; this covers a read that raced with the
+    /// end of its replay. A write-behind copy not yet sent is read from its record too.
+    fn read_at_once(
+        &self,
+        index: usize,
+        backend: &dyn crate::Backend,
+        key: &str,
+    ) -> Option<Result<Option<Bytes>>> {
+        match self.inner.slots[index].replay.get(key) {
+            Some(hint) => Some(Ok(hint.read(Instant::now()))),
+            None => backend.try_get_now(key),
         }
     }
 

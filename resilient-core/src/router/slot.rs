@@ -140,6 +140,17 @@ impl Slot {
         }
     }
 
+    /// Available for data without reading the clock: breaker closed, routable, nothing to
+    /// replay first. A narrower test than [`view`](Self::view)'s (a breaker that would admit
+    /// a probe fails it), for the common path of [`SelectionStrategy::fixed_first`].
+    ///
+    /// [`SelectionStrategy::fixed_first`]: crate::SelectionStrategy::fixed_first
+    pub(crate) fn plainly_available(&self) -> bool {
+        self.breaker.is_closed()
+            && self.health.state().is_routable()
+            && !self.replay.blocks_traffic()
+    }
+
     /// `data`: the view is for a key-value operation, which a backend with writes still to
     /// replay must not serve.
     /// `now_ms`: `now` in milliseconds since the storage's epoch, which its breaker and health

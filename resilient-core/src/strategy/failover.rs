@@ -68,6 +68,12 @@ impl SelectionStrategy for Failover {
         routing.available().for_each(|i| out.push(i));
     }
 
+    // Only while the highest priority is active: with a lower one active, whether to fail
+    // back depends on the higher ones' views.
+    fn fixed_first(&self) -> Option<usize> {
+        (self.active.load(Ordering::Relaxed) == 0).then_some(0)
+    }
+
     fn served(&self, routing: &Routing<'_>, first: usize, index: usize) {
         let active = self.active.load(Ordering::Relaxed);
         if active == index {
@@ -98,6 +104,23 @@ mod tests {
         index: usize,
     ) {
         f.served(&Routing { backends: b, now }, first, index);
+    }
+
+    #[test]
+    fn its_first_choice_is_fixed_only_while_the_primary_is_active() {
+        let f = Failover::new(Duration::from_secs(2));
+        assert_eq!(f.fixed_first(), Some(0));
+        let t = Instant::now();
+        let down = [view(false, 0, None), view(true, 10_000, None)];
+        serve(&f, &down, t, 1, 1);
+        assert_eq!(
+            f.fixed_first(),
+            None,
+            "failing back depends on the primary's view"
+        );
+        let back = [view(true, 2_000, None), view(true, 10_000, None)];
+        assert_eq!(order(&f, &back, t + Duration::from_secs(5)), vec![0, 1]);
+        assert_eq!(f.fixed_first(), Some(0));
     }
 
     #[test]

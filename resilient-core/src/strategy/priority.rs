@@ -14,6 +14,10 @@ impl SelectionStrategy for Priority {
     fn select(&self, routing: &Routing<'_>, out: &mut Candidates) {
         routing.available().for_each(|i| out.push(i));
     }
+
+    fn fixed_first(&self) -> Option<usize> {
+        Some(0)
+    }
 }
 
 #[cfg(test)]
