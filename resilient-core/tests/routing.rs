@@ -515,3 +515,79 @@ async fn health_recovery_does_not_cut_the_first_open_time_short() {
         CircuitState::Open
     );
 }
+
+/// An in-process store that answers every read at once with a transient error.
+#[derive(Debug)]
+struct FailsAtOnce;
+
+#[resilient_core::async_trait]
+impl Backend for FailsAtOnce {
+    fn name(&self) -> &str {
+        "at-once"
+    }
+    fn scheme(&self) -> &str {
+        "at-once"
+    }
+    fn capabilities(&self) -> resilient_core::Capabilities {
+        resilient_core::Capabilities::new()
+    }
+    async fn health_check(&self) -> resilient_core::Result<resilient_core::HealthProbe> {
+        Ok(resilient_core::HealthProbe::Healthy)
+    }
+    async fn get(&self, _: &str) -> resilient_core::Result<Option<Bytes>> {
+        unreachable!("answered at once")
+    }
+    fn try_get_now(&self, _: &str) -> Option<resilient_core::Result<Option<Bytes>>> {
+        Some(Err(Error::backend(
+            "at-once",
+            Operation::Get,
+            "failed at once",
+        )))
+    }
+    async fn write(
+        &self,
+        _: &str,
+        _: resilient_core::KeyWrite,
+        _: resilient_core::WriteOptions,
+    ) -> resilient_core::Result<resilient_core::WriteOutcome> {
+        Ok(resilient_core::WriteOutcome::applied(false))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_answered_at_once_fails_over_and_counts_toward_the_breaker() {
+    let spare = fault("spare");
+    spare
+        .set("k", Bytes::from_static(b"v"), None)
+        .await
+        .unwrap();
+    let storage = resilient_core::ResilientStorage::builder()
+        .strategy(Strategy::Priority)
+        .memory_fallback(false)
+        .breaker(common::breaker())
+        .health(HealthConfig::default().enabled(false))
+        .backend(std::sync::Arc::new(FailsAtOnce), 1)
+        .backend(spare.clone() as std::sync::Arc<dyn Backend>, 2)
+        .build()
+        .await
+        .unwrap();
+    let mut events = storage.subscribe();
+    assert_eq!(storage.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    assert!(
+        drain(&mut events).iter().any(|e| matches!(
+            e,
+            StorageEvent::Failover { from, to, .. } if from == "at-once" && to == "spare"
+        )),
+        "the failover is reported from the backend that failed at once"
+    );
+    // Two more: three in a row trip the breaker, though none is in its rate window.
+    for _ in 0..2 {
+        storage.get("k").await.unwrap();
+    }
+    let report = storage.health();
+    assert_eq!(
+        report.backends["at-once"].circuit_state,
+        CircuitState::Open,
+        "{report:?}"
+    );
+}

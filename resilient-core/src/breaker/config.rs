@@ -29,7 +29,8 @@ pub struct BreakerConfig {
     /// Trip when this share of the calls in the window failed (0 < rate ≤ 1), judged after
     /// every call once the window holds `minimum_calls`, exactly to a millionth. A read the
     /// router answers at once from process memory (an in-process store, a pending replay
-    /// record) is not one of these calls: it could not have failed.
+    /// record) is not one of these calls, whichever way it went; a failure answered at once
+    /// still adds to `consecutive_failures`.
     pub failure_rate: f64,
     /// Trip when this share of the calls in the window were slow (0 < rate ≤ 1), judged as
     /// `failure_rate` is.

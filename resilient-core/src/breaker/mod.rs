@@ -181,10 +181,10 @@ impl Permit<'_> {
             .on_success(self.generation, self.probe, elapsed, now_ms);
     }
 
-    /// The call was answered at once from this process's memory (an in-process store's read
-    /// or set, a pending replay record), so it never met anything that could fail or slow
-    /// down: it ends a run of failures but is not counted in the rate window, and reads no
-    /// clock. A half-open probe still closes the breaker, at the time read then.
+    /// The call was answered at once from this process's memory (an in-process store's read,
+    /// a pending replay record): it took no time worth timing and is not counted in the rate
+    /// window, whose rates are those of calls that had to wait. It ends a run of failures,
+    /// and reads no clock. A half-open probe still closes the breaker, at the time read then.
     pub(crate) fn success_at_once(mut self) {
         if self.probe {
             let now_ms = self.breaker.ms(Instant::now());
@@ -196,6 +196,25 @@ impl Permit<'_> {
             && breaker.consecutive.load(Ordering::Relaxed) != 0
         {
             breaker.consecutive.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The call failed, answered at once as for [`success_at_once`](Self::success_at_once):
+    /// it adds to the run of failures (which trips the breaker at its threshold) but not to
+    /// the rate window, so at-once answers weigh alike whichever way they went.
+    pub(crate) fn failure_at_once(mut self) {
+        self.done = true;
+        let breaker = self.breaker;
+        if self.probe {
+            breaker.trip_if_current(self.generation, HALF_OPEN, breaker.ms(Instant::now()));
+            return;
+        }
+        if !breaker.is_current(self.generation, CLOSED) {
+            return;
+        }
+        let consecutive = breaker.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
+        if consecutive >= breaker.config.consecutive_failures {
+            breaker.trip_if_current(self.generation, CLOSED, breaker.ms(Instant::now()));
         }
     }
 
@@ -390,11 +409,12 @@ impl CircuitBreaker {
         self.closed_ms(self.ms(now)).map(Duration::from_millis)
     }
 
-    /// [`closed_for`](Self::closed_for) in milliseconds, at `now_ms` since the breaker's epoch.
+    /// True when the breaker is closed: a call is admitted without reading the clock.
     pub(crate) fn is_closed(&self) -> bool {
         self.state.load(Ordering::Acquire) == CLOSED
     }
 
+    /// [`closed_for`](Self::closed_for) in milliseconds, at `now_ms` since the breaker's epoch.
     pub(crate) fn closed_ms(&self, now_ms: u64) -> Option<u64> {
         (self.state.load(Ordering::Acquire) == CLOSED)
             .then(|| now_ms.saturating_sub(self.closed_since_ms.load(Ordering::Acquire)))

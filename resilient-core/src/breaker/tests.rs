@@ -183,6 +183,27 @@ fn an_answer_given_at_once_ends_a_run_of_failures_but_is_not_counted_in_the_wind
 }
 
 #[test]
+fn a_failure_answered_at_once_adds_to_the_run_but_not_to_the_window() {
+    let b = CircuitBreaker::new(config().consecutive_failures(3).failure_rate(0.5, 2));
+    let t = Instant::now();
+    b.try_acquire_at(t).expect("admitted").failure_at_once();
+    succeed(&b, t);
+    succeed(&b, t);
+    assert_eq!(
+        b.state(),
+        CircuitState::Closed,
+        "0 of 2 calls in the window failed"
+    );
+    for _ in 0..2 {
+        b.try_acquire_at(t).expect("admitted").failure_at_once();
+    }
+    assert_eq!(b.snapshot_at(t).consecutive_failures, 2);
+    assert_eq!(b.state(), CircuitState::Closed);
+    b.try_acquire_at(t).expect("admitted").failure_at_once();
+    assert_eq!(b.state(), CircuitState::Open, "3 failures in a row");
+}
+
+#[test]
 fn an_answer_given_at_once_to_a_probe_closes_the_breaker() {
     let b = CircuitBreaker::new(config());
     let t = Instant::now();

@@ -1,6 +1,8 @@
 //! The attempt loop every call goes through: the candidates (strategy order, or the lock
 //! backend), each attempt under its breaker, the attempt timeout and the call's deadline, the
-//! first answer wins; then the strategy and the active backend learn who served.
+//! first answer wins; then the strategy and the active backend learn who served (unless the
+//! strategy's fixed first choice, already active, served at once). Before it, reads try
+//! [`route_now`](ResilientStorage::route_now), the common path without a future.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -319,20 +321,22 @@ impl ResilientStorage {
     }
 
     /// The common path of a read, without a future: the strategy's fixed first choice,
-    /// plainly available and already active, answers at once (`call` gives `Some`: an
-    /// in-process store's read, a pending replay record). No clock is read and nothing is
-    /// allocated. `None` sends the call to [`route`](Self::route) instead, which asks the
-    /// backend again: when it could not answer at once, when it answered with an error (the
-    /// full path fails over and reports it), when a tracing span would be recorded, or after
-    /// shutdown. So `call` must be safe to repeat, as a read is.
+    /// plainly available and already active, answers at once (`call` gives `Some(Ok(..))`: an
+    /// in-process store's read, a pending replay record), with no allocation and, but for a
+    /// replay record's expiry, no clock reading. `None` sends the call to
+    /// [`route`](Self::route) instead, which asks the backend again: when it could not answer
+    /// at once, when it answered with an error (the full path counts it and fails over), when
+    /// a tracing span would be recorded, or after shutdown. So `call` must be safe to repeat,
+    /// as a read is.
     pub(super) fn route_now<'a, T>(
         &'a self,
         operation: Operation,
         call: impl FnOnce(usize, &'a dyn Backend) -> Option<Result<T>>,
-    ) -> Option<Result<(T, usize)>> {
+    ) -> Option<(T, usize)> {
         let inner = &self.inner;
+        // The full path makes the span; asking builds none.
         if tracing::level_enabled!(tracing::Level::INFO)
-            && !tracing::info_span!("storage", operation = operation.as_str()).is_disabled()
+            && tracing::span_enabled!(tracing::Level::INFO)
         {
             return None;
         }
@@ -348,10 +352,10 @@ impl ResilientStorage {
         // An error, or no answer at once, drops the permit unused.
         let value = call(first, &*slot.backend)?.ok()?;
         permit.success_at_once();
-        slot.metrics
-            .attempt(operation, Outcome::Answered, Duration::ZERO);
-        tracing::debug!(backend = %slot.name, outcome = ?Outcome::Answered, "attempt answered at once");
-        Some(Ok((value, first)))
+        let (outcome, elapsed) = (Outcome::Answered, Duration::ZERO);
+        slot.metrics.attempt(operation, outcome, elapsed);
+        tracing::debug!(backend = %slot.name, ?outcome, ?elapsed, "attempt");
+        Some((value, first))
     }
 
     pub(super) async fn attempts<'a, T, C: Into<Call<'a, T>>>(
@@ -373,13 +377,14 @@ impl ResilientStorage {
         // The common path: the strategy's fixed first choice, plainly available, is tried
         // without building every backend's view. Only a failure goes on to the full order.
         let mut tried = None;
+        let remaining = deadline.map_or(inner.policy.deadline, |at| {
+            at.saturating_duration_since(start)
+        });
         if route == Route::Data
             && prefer.is_none()
+            && !remaining.is_zero()
             && let Some((first, slot)) = self.fixed_first()
         {
-            let remaining = deadline.map_or(inner.policy.deadline, |at| {
-                at.saturating_duration_since(start)
-            });
             let tried_first = self
                 .attempt(slot, operation, route, start, remaining, || {
                     call(first, &*slot.backend).into()
@@ -529,7 +534,11 @@ impl ResilientStorage {
                 return Tried::Answered(value);
             }
             Ok(Err(error)) if error.is_transient() => {
-                permit.failure_at(end);
+                if at_once {
+                    permit.failure_at_once();
+                } else {
+                    permit.failure_at(end);
+                }
                 error
             }
             Ok(Err(error)) => {

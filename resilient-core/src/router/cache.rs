@@ -509,10 +509,11 @@ impl ResilientStorage {
         let full = self.inner.policy.keys.full_key(key)?;
         let cache = &self.inner.cache;
         let fail_safe = options.fail_safe.is_some();
-        // A hit answered at once needs no future of `get`'s.
+        // Answered at once, the read needs no future of `get`'s.
         let read = match self.get_now(&full) {
-            Some(Ok((Some(value), _))) => Ok(Some(value)),
-            _ => self.get(key).await,
+            Some((Some(value), _)) => Ok(Some(value)),
+            Some(miss) => Ok(self.missed_now(&full, miss).await),
+            None => self.get(key).await,
         };
         let (stored, read_failed) = match read {
             Ok(stored) => (stored.map(Entry::decode), false),

@@ -22,13 +22,10 @@ impl ResilientStorage {
         let key = self.inner.policy.keys.full_key(key)?;
         let key = &*key;
         if let Some(answer) = self.get_now(key) {
-            let (value, served) = answer?;
-            return match value {
-                None if self.inner.policy.read_behind => {
-                    Ok(self.read_behind(served, key, Instant::now()).await)
-                }
-                value => Ok(value),
-            };
+            return Ok(match answer {
+                (Some(value), _) => Some(value),
+                miss => self.missed_now(key, miss).await,
+            });
         }
         let start = self.inner.policy.read_behind.then(Instant::now);
         let (value, served) = self
@@ -52,8 +49,24 @@ impl ResilientStorage {
     /// `key` (already validated and prefixed) read without a future, when the common path
     /// answers at once (see [`route_now`](Self::route_now)): the value and the backend that
     /// gave it.
-    pub(super) fn get_now(&self, key: &str) -> Option<Result<(Option<Bytes>, usize)>> {
+    pub(super) fn get_now(&self, key: &str) -> Option<(Option<Bytes>, usize)> {
         self.route_now(Operation::Get, |index, b| self.read_at_once(index, b, key))
+    }
+
+    /// What [`get`](Self::get) answers after [`get_now`](Self::get_now) answered `(value,
+    /// served)`: under a policy that copies writes down, a miss is asked again of the next
+    /// shared backend.
+    pub(super) async fn missed_now(
+        &self,
+        key: &str,
+        (value, served): (Option<Bytes>, usize),
+    ) -> Option<Bytes> {
+        match value {
+            None if self.inner.policy.read_behind => {
+                self.read_behind(served, key, Instant::now()).await
+            }
+            value => value,
+        }
     }
 
     /// A read of `key` on backend `index` answered without a future, if it can be. A backend
