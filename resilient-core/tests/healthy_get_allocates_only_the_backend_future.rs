@@ -14,9 +14,22 @@ use resilient_core::{
     KeyWrite, ResilientStorage, Result, Strategy, WriteOptions, WriteOutcome, async_trait,
 };
 
-/// Answers every get at once, from a value it already holds.
+/// Answers every get from a value it already holds: through a future that is ready at once,
+/// or, `at_once`, without a future, as an in-process store does (`try_get_now`).
 #[derive(Debug)]
-struct Ready(Bytes);
+struct Ready {
+    value: Bytes,
+    at_once: bool,
+}
+
+impl Ready {
+    fn new(value: &'static [u8], at_once: bool) -> Self {
+        Self {
+            value: Bytes::from_static(value),
+            at_once,
+        }
+    }
+}
 
 #[async_trait]
 impl Backend for Ready {
@@ -33,40 +46,23 @@ impl Backend for Ready {
         Ok(HealthProbe::Healthy)
     }
     async fn get(&self, _: &str) -> Result<Option<Bytes>> {
-        Ok(Some(self.0.clone()))
+        assert!(!self.at_once, "answered at once");
+        Ok(Some(self.value.clone()))
+    }
+    fn try_get_now(&self, _: &str) -> Option<Result<Option<Bytes>>> {
+        self.at_once.then(|| Ok(Some(self.value.clone())))
     }
     async fn write(&self, _: &str, _: KeyWrite, _: WriteOptions) -> Result<WriteOutcome> {
         Ok(WriteOutcome::applied(false))
     }
 }
 
-/// Answers every get at once, as an in-process store does, never through a future.
-#[derive(Debug)]
-struct AtOnce(Bytes);
-
-#[async_trait]
-impl Backend for AtOnce {
-    fn name(&self) -> &str {
-        "at-once"
-    }
-    fn scheme(&self) -> &str {
-        "at-once"
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::new()
-    }
-    async fn health_check(&self) -> Result<HealthProbe> {
-        Ok(HealthProbe::Healthy)
-    }
-    async fn get(&self, _: &str) -> Result<Option<Bytes>> {
-        unreachable!("answered at once")
-    }
-    fn try_get_now(&self, _: &str) -> Option<Result<Option<Bytes>>> {
-        Some(Ok(Some(self.0.clone())))
-    }
-    async fn write(&self, _: &str, _: KeyWrite, _: WriteOptions) -> Result<WriteOutcome> {
-        Ok(WriteOutcome::applied(false))
-    }
+/// A current-thread runtime with a timer, as the router needs.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
 }
 
 /// Polls a future that completes without waiting, with a no-op waker: no executor machinery
@@ -129,15 +125,12 @@ fn selecting_candidates_allocates_nothing() {
 
 #[test]
 fn a_healthy_get_through_the_router_allocates_only_the_backend_future() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let storage = runtime.block_on(async {
         ResilientStorage::builder()
-            .backend(Arc::new(Ready(Bytes::from_static(b"value"))), 1)
+            .backend(Arc::new(Ready::new(b"value", false)), 1)
             .backend_with(
-                Arc::new(Ready(Bytes::from_static(b"other"))),
+                Arc::new(Ready::new(b"other", false)),
                 BackendOptions::new(2).named("spare"),
             )
             .memory_fallback(false)
@@ -162,14 +155,10 @@ fn a_healthy_get_through_the_router_allocates_only_the_backend_future() {
 
 #[test]
 fn gets_answered_at_once_allocate_nothing() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    let value = Bytes::from_static(b"value");
+    let runtime = runtime();
     let storage = runtime.block_on(async {
         ResilientStorage::builder()
-            .backend(Arc::new(AtOnce(value.clone())), 1)
+            .backend(Arc::new(Ready::new(b"value", true)), 1)
             .memory_fallback(false)
             .build()
             .await
@@ -183,5 +172,5 @@ fn gets_answered_at_once_allocate_nothing() {
         }
     });
     assert_eq!(counted.count_total, 0, "{counted:?}");
-    assert_eq!(storage.health().active_backend.as_deref(), Some("at-once"));
+    assert_eq!(storage.health().active_backend.as_deref(), Some("ready"));
 }
