@@ -6,6 +6,10 @@
 //!   are counted in [`MemoryBackend::evictions`].
 //! - TTL per entry; a new set replaces the old TTL. Expiry is decided on tokio's clock, so tests
 //!   can pause time; moka reclaims the memory of expired entries on its own schedule.
+//! - Every call is answered at once, on moka's synchronous cache: the router reads and writes
+//!   it without a future ([`Backend::try_get_now`], [`Backend::try_write_now`]). No call waits
+//!   for I/O; when many threads write at once faster than moka's bookkeeping drains its write
+//!   log, moka pauses the writing thread in 50 µs steps until it has room.
 //! - Locks with expiry, holder checks, and fencing tokens that only grow: microseconds since
 //!   the Unix epoch or one more than the last token, as the Redis and PostgreSQL backends issue
 //!   them.
@@ -13,16 +17,14 @@
 //! Registered for `memory://` (options `max_bytes`, `name`).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::policy::{EvictionPolicy, Expiry};
+use moka::sync::Cache;
 use resilient_core::key::MAX_TTL;
 use resilient_core::{
     AtomicOp, AtomicOutcome, Backend, BackendUrl, Bytes, Capabilities, Error, FencingToken,
@@ -93,11 +95,16 @@ impl MemoryConfig {
 #[derive(Debug, Clone)]
 struct Entry {
     value: Bytes,
-    ttl: Option<Duration>,
     expires_at: Option<Instant>,
 }
 
 impl Entry {
+    /// The time it has left, from tokio's clock (which tests may pause), for moka's expiry.
+    fn ttl(&self) -> Option<Duration> {
+        self.expires_at
+            .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
     fn live(&self, now: Instant) -> bool {
         self.expires_at.is_none_or(|at| now < at)
     }
@@ -117,7 +124,7 @@ impl Expiry<String, Entry> for PerEntryTtl {
         entry: &Entry,
         _: std::time::Instant,
     ) -> Option<Duration> {
-        entry.ttl
+        entry.ttl()
     }
 
     fn expire_after_update(
@@ -127,7 +134,7 @@ impl Expiry<String, Entry> for PerEntryTtl {
         _: std::time::Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        entry.ttl
+        entry.ttl()
     }
 }
 
@@ -225,7 +232,7 @@ impl MemoryBackend {
     }
 
     /// `set`: refuses an entry larger than the store.
-    async fn store(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
+    fn store(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
         let size = weight(key, &value);
         if size > self.config.max_bytes || size > u64::from(u32::MAX) {
             // The request is at fault, not the store: a caller error, which no breaker counts.
@@ -240,26 +247,26 @@ impl MemoryBackend {
         }
         let expires_at = ttl.map(|ttl| deadline(Instant::now(), ttl));
         self.cache
-            .insert(
-                key.to_owned(),
-                Entry {
-                    value,
-                    ttl,
-                    expires_at,
-                },
-            )
-            .await;
+            .insert(key.to_owned(), Entry { value, expires_at });
         Ok(())
     }
 
     /// `delete`: true when a live entry was there.
-    async fn remove(&self, key: &str) -> Result<bool> {
+    fn remove(&self, key: &str) -> bool {
         let now = Instant::now();
-        Ok(self
-            .cache
-            .remove(key)
-            .await
-            .is_some_and(|entry| entry.live(now)))
+        self.cache.remove(key).is_some_and(|entry| entry.live(now))
+    }
+
+    /// A set or a delete, applied before it returns.
+    fn apply(&self, key: &str, write: &KeyWrite) -> Option<Result<WriteOutcome>> {
+        match write {
+            KeyWrite::Set { value, ttl } => Some(
+                self.store(key, value.clone(), *ttl)
+                    .map(|()| WriteOutcome::applied(false)),
+            ),
+            KeyWrite::Delete => Some(Ok(WriteOutcome::applied(self.remove(key)))),
+            _ => None,
+        }
     }
 
     fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
@@ -292,7 +299,6 @@ impl MemoryBackend {
             |entry: &Entry| entry.expires_at.map(|at| at.saturating_duration_since(now));
         let entry = |value: Bytes, ttl: Option<Duration>| Entry {
             value,
-            ttl,
             expires_at: ttl.map(|ttl| deadline(now, ttl)),
         };
         let (applied, value, ttl) = match op {
@@ -375,18 +381,12 @@ impl Backend for MemoryBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        Ok(self.cache.get(key).await.and_then(Entry::live_value))
+        Ok(self.cache.get(key).and_then(Entry::live_value))
     }
 
-    // moka's read is ready at once unless it must wait for its housekeeping lock; then the
-    // read goes through `get`.
+    // Every read is answered at once.
     fn try_get_now(&self, key: &str) -> Option<Result<Option<Bytes>>> {
-        // Polled where it is made: moving moka's read future costs as much as the read.
-        let read = std::pin::pin!(self.cache.get(key));
-        match read.poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(entry) => Some(Ok(entry.and_then(Entry::live_value))),
-            Poll::Pending => None,
-        }
+        Some(Ok(self.cache.get(key).and_then(Entry::live_value)))
     }
 
     // Process-local, so versions do not matter here: every write applies.
@@ -396,14 +396,18 @@ impl Backend for MemoryBackend {
         write: KeyWrite,
         _options: WriteOptions,
     ) -> Result<WriteOutcome> {
-        match write {
-            KeyWrite::Set { value, ttl } => {
-                self.store(key, value, ttl).await?;
-                Ok(WriteOutcome::applied(false))
-            }
-            KeyWrite::Delete => self.remove(key).await.map(WriteOutcome::applied),
-            _ => Err(Error::unsupported(&self.config.name, Operation::Set)),
-        }
+        self.apply(key, &write)
+            .unwrap_or_else(|| Err(Error::unsupported(&self.config.name, Operation::Set)))
+    }
+
+    // Every set and delete is applied at once.
+    fn try_write_now(
+        &self,
+        key: &str,
+        write: &KeyWrite,
+        _options: &WriteOptions,
+    ) -> Option<Result<WriteOutcome>> {
+        self.apply(key, write)
     }
 
     // One entry computed at a time per key (moka's `and_compute_with`). The store loses its
@@ -424,12 +428,11 @@ impl Backend for MemoryBackend {
                 let decided = self.decide(key, live.as_ref(), op, now);
                 let put = decided.as_ref().ok().and_then(|(_, entry)| entry.clone());
                 answer = Some(decided.map(|(outcome, _)| outcome));
-                std::future::ready(match put {
+                match put {
                     Some(entry) => moka::ops::compute::Op::Put(entry),
                     None => moka::ops::compute::Op::Nop,
-                })
-            })
-            .await;
+                }
+            });
         let mut outcome = answer.unwrap_or_else(|| {
             Err(Error::backend(
                 &self.config.name,
@@ -584,7 +587,7 @@ mod tests {
         for i in 0..1_000 {
             m.set(&format!("k{i}"), value.clone(), None).await.unwrap();
         }
-        m.cache.run_pending_tasks().await;
+        m.cache.run_pending_tasks();
         assert!(
             m.cache.weighted_size() <= 100_000,
             "{}",

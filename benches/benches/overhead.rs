@@ -56,10 +56,10 @@ fn memory(c: &mut Criterion) {
         storage.set("key", value.clone(), None).await.unwrap();
         storage
     });
-    // The baseline is moka configured as the memory backend configures it (bytes weigher, LRU,
-    // per-entry expiry, eviction listener), so the ratio is the cost of the resilience layer
-    // and not of moka features that both sides pay for.
-    let moka: moka::future::Cache<String, Entry> = moka::future::Cache::builder()
+    // The baseline is moka's synchronous cache configured as the memory backend configures it
+    // (bytes weigher, LRU, per-entry expiry, eviction listener), so the ratio is the cost of
+    // the resilience layer and not of moka features that both sides pay for.
+    let moka: moka::sync::Cache<String, Entry> = moka::sync::Cache::builder()
         .max_capacity(256 * 1024 * 1024)
         .weigher(|k: &String, v: &Entry| (k.len() + v.value.len() + 64) as u32)
         .eviction_policy(moka::policy::EvictionPolicy::lru())
@@ -70,7 +70,7 @@ fn memory(c: &mut Criterion) {
         value: value.clone(),
         ttl: None,
     };
-    rt.block_on(moka.insert("key".to_owned(), entry.clone()));
+    moka.insert("key".to_owned(), entry.clone());
 
     let mut group = c.benchmark_group("memory_get");
     group.bench_function("resilient", |b| {
@@ -78,7 +78,7 @@ fn memory(c: &mut Criterion) {
             .iter(|| async { storage.get("key").await.unwrap() })
     });
     group.bench_function("baseline", |b| {
-        b.to_async(&rt).iter(|| async { moka.get("key").await })
+        b.to_async(&rt).iter(|| async { moka.get("key") })
     });
     group.finish();
 
@@ -89,7 +89,7 @@ fn memory(c: &mut Criterion) {
     });
     group.bench_function("baseline", |b| {
         b.to_async(&rt)
-            .iter(|| async { moka.insert("key".to_owned(), entry.clone()).await })
+            .iter(|| async { moka.insert("key".to_owned(), entry.clone()) })
     });
     group.finish();
 }

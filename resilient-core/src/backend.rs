@@ -339,7 +339,8 @@ pub enum WriteMode {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct WriteOptions {
-    /// The write's version, stamped by the router.
+    /// The write's version, stamped by the router (0 in a storage whose only backend keeps no
+    /// versions: nothing compares it).
     pub version: WriteVersion,
     /// Unconditional, or a replay.
     pub mode: WriteMode,
@@ -590,6 +591,21 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// much as the read.
     fn try_get_now(&self, key: &str) -> Option<Result<Option<Bytes>>> {
         let _ = key;
+        None
+    }
+
+    /// Writes or deletes a key at once, without a future, when this backend can (an in-process
+    /// store whose write is applied before it returns); `None` (the default) sends the write to
+    /// [`write`](Self::write). The router tries it first on every set and delete, so it must
+    /// never wait for I/O or for another task. It must change nothing when it answers `None` or
+    /// an error: the router may then send the same write to `write`.
+    fn try_write_now(
+        &self,
+        key: &str,
+        write: &KeyWrite,
+        options: &WriteOptions,
+    ) -> Option<Result<WriteOutcome>> {
+        let _ = (key, write, options);
         None
     }
 

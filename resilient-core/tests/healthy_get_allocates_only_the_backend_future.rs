@@ -1,6 +1,6 @@
 //! The breaker, the strategies and the router allocate nothing on the healthy path of a get:
 //! the only allocation is the backend call's own boxed future (from async-trait), and none at
-//! all when the backend answers at once (an in-process store).
+//! all when the backend answers at once (an in-process store), nor for its sets and deletes.
 
 use std::future::Future;
 use std::pin::pin;
@@ -14,8 +14,9 @@ use resilient_core::{
     KeyWrite, ResilientStorage, Result, Strategy, WriteOptions, WriteOutcome, async_trait,
 };
 
-/// Answers every get from a value it already holds: through a future that is ready at once,
-/// or, `at_once`, without a future, as an in-process store does (`try_get_now`).
+/// Answers every get from a value it already holds, and applies every write: through a future
+/// that is ready at once, or, `at_once`, without a future, as an in-process store does
+/// (`try_get_now`, `try_write_now`).
 #[derive(Debug)]
 struct Ready {
     value: Bytes,
@@ -53,7 +54,16 @@ impl Backend for Ready {
         self.at_once.then(|| Ok(Some(self.value.clone())))
     }
     async fn write(&self, _: &str, _: KeyWrite, _: WriteOptions) -> Result<WriteOutcome> {
+        assert!(!self.at_once, "answered at once");
         Ok(WriteOutcome::applied(false))
+    }
+    fn try_write_now(
+        &self,
+        _: &str,
+        _: &KeyWrite,
+        _: &WriteOptions,
+    ) -> Option<Result<WriteOutcome>> {
+        self.at_once.then(|| Ok(WriteOutcome::applied(true)))
     }
 }
 
@@ -173,4 +183,32 @@ fn gets_answered_at_once_allocate_nothing() {
     });
     assert_eq!(counted.count_total, 0, "{counted:?}");
     assert_eq!(storage.health().active_backend.as_deref(), Some("ready"));
+}
+
+#[test]
+fn sets_and_deletes_answered_at_once_allocate_nothing() {
+    let runtime = runtime();
+    // Two backends: every write is stamped with a version.
+    let storage = runtime.block_on(async {
+        ResilientStorage::builder()
+            .backend(Arc::new(Ready::new(b"value", true)), 1)
+            .backend_with(
+                Arc::new(Ready::new(b"other", false)),
+                BackendOptions::new(2).named("spare"),
+            )
+            .memory_fallback(false)
+            .build()
+            .await
+            .unwrap()
+    });
+    let _context = runtime.enter();
+    let value = Bytes::from_static(b"value");
+    complete(storage.set("key", value.clone(), None)).unwrap();
+    let counted = allocation_counter::measure(|| {
+        for _ in 0..1_000 {
+            complete(storage.set("key", value.clone(), None)).unwrap();
+            assert!(complete(storage.delete("key")).unwrap());
+        }
+    });
+    assert_eq!(counted.count_total, 0, "{counted:?}");
 }

@@ -516,7 +516,7 @@ async fn health_recovery_does_not_cut_the_first_open_time_short() {
     );
 }
 
-/// An in-process store that answers every read at once with a transient error.
+/// An in-process store that answers every read and write at once with a transient error.
 #[derive(Debug)]
 struct FailsAtOnce;
 
@@ -550,8 +550,54 @@ impl Backend for FailsAtOnce {
         _: resilient_core::KeyWrite,
         _: resilient_core::WriteOptions,
     ) -> resilient_core::Result<resilient_core::WriteOutcome> {
-        Ok(resilient_core::WriteOutcome::applied(false))
+        unreachable!("answered at once")
     }
+    fn try_write_now(
+        &self,
+        _: &str,
+        _: &resilient_core::KeyWrite,
+        _: &resilient_core::WriteOptions,
+    ) -> Option<resilient_core::Result<resilient_core::WriteOutcome>> {
+        Some(Err(Error::backend(
+            "at-once",
+            Operation::Set,
+            "failed at once",
+        )))
+    }
+}
+
+/// `FailsAtOnce` first, a fault-injectable spare second, under PRIORITY (which always tries
+/// the first).
+async fn fails_at_once_then(
+    spare: &std::sync::Arc<resilient_core::testing::FaultBackend>,
+) -> resilient_core::ResilientStorage {
+    resilient_core::ResilientStorage::builder()
+        .strategy(Strategy::Priority)
+        .memory_fallback(false)
+        .breaker(common::breaker())
+        .health(HealthConfig::default().enabled(false))
+        .backend(std::sync::Arc::new(FailsAtOnce), 1)
+        .backend(spare.clone() as std::sync::Arc<dyn Backend>, 2)
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_failed_at_once_fails_over_and_counts_toward_the_breaker() {
+    let spare = fault("spare");
+    let storage = fails_at_once_then(&spare).await;
+    storage.set("k", "v", None).await.unwrap();
+    assert_eq!(spare.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    assert!(storage.delete("k").await.unwrap(), "the spare held it");
+    assert_eq!(spare.get("k").await.unwrap(), None);
+    storage.set("k", "w", None).await.unwrap();
+    let report = storage.health();
+    assert_eq!(
+        report.backends["at-once"].circuit_state,
+        CircuitState::Open,
+        "three failures in a row: {report:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -561,16 +607,7 @@ async fn a_failure_answered_at_once_fails_over_and_counts_toward_the_breaker() {
         .set("k", Bytes::from_static(b"v"), None)
         .await
         .unwrap();
-    let storage = resilient_core::ResilientStorage::builder()
-        .strategy(Strategy::Priority)
-        .memory_fallback(false)
-        .breaker(common::breaker())
-        .health(HealthConfig::default().enabled(false))
-        .backend(std::sync::Arc::new(FailsAtOnce), 1)
-        .backend(spare.clone() as std::sync::Arc<dyn Backend>, 2)
-        .build()
-        .await
-        .unwrap();
+    let storage = fails_at_once_then(&spare).await;
     let mut events = storage.subscribe();
     assert_eq!(storage.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
     assert!(

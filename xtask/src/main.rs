@@ -513,12 +513,12 @@ impl Machine {
 const GROUPS: &[(&str, &str, Goal)] = &[
     (
         "memory_get",
-        "memory get (hit), through ResilientStorage vs moka get",
+        "memory get (hit), through ResilientStorage vs moka's sync cache get",
         Goal::AtMost(1.55),
     ),
     (
         "memory_set",
-        "memory set, through ResilientStorage vs moka insert",
+        "memory set, through ResilientStorage vs moka's sync cache insert",
         Goal::AtMost(1.2),
     ),
     (
@@ -828,8 +828,9 @@ mod tests {
         };
         let summary = summary(&target, &machine).unwrap();
         assert!(
-            summary
-                .contains("| memory get (hit), through ResilientStorage vs moka get | not run |"),
+            summary.contains(
+                "| memory get (hit), through ResilientStorage vs moka's sync cache get | not run |"
+            ),
             "{summary}"
         );
         assert!(summary.contains("load unknown"), "{summary}");

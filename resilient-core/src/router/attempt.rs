@@ -1,7 +1,7 @@
 //! The attempt loop every call goes through: the candidates (strategy order, or the lock
 //! backend), each attempt under its breaker, the attempt timeout and the call's deadline, the
 //! first answer wins; then the strategy and the active backend learn who served (unless the
-//! strategy's fixed first choice, already active, served at once). Before it, reads try
+//! strategy's fixed first choice, already active, served at once). Before it, gets, sets and deletes try
 //! [`route_now`](ResilientStorage::route_now), the common path without a future.
 
 use std::sync::atomic::Ordering;
@@ -320,14 +320,15 @@ impl ResilientStorage {
         slot.plainly_available().then_some((first, &**slot))
     }
 
-    /// The common path of a read, without a future: the strategy's fixed first choice,
-    /// plainly available and already active, answers at once (`call` gives `Some(Ok(..))`: an
-    /// in-process store's read, a pending replay record), with no allocation and, but for a
-    /// replay record's expiry, no clock reading. `None` sends the call to
-    /// [`route`](Self::route) instead, which asks the backend again: when it could not answer
-    /// at once, when it answered with an error (the full path counts it and fails over), when
-    /// a tracing span would be recorded, or after shutdown. So `call` must be safe to repeat,
-    /// as a read is.
+    /// The common path of a read or a write, without a future: the strategy's fixed first
+    /// choice, plainly available and already active, answers at once (`call` gives
+    /// `Some(Ok(..))`: an in-process store's read or write, a pending replay record), with no
+    /// allocation and, but for a replay record's expiry, no clock reading. `None` sends the
+    /// call to [`route`](Self::route) instead, which asks the backend again: when it could not
+    /// answer at once, when it answered with an error (the full path counts it and fails
+    /// over), when a tracing span would be recorded, or after shutdown. So `call` must be safe
+    /// to repeat, as a read is, and as a write answered `None` or an error is (it changed
+    /// nothing: [`Backend::try_write_now`]'s contract).
     pub(super) fn route_now<'a, T>(
         &'a self,
         operation: Operation,

@@ -381,7 +381,11 @@ impl StorageBuilder {
                     replay_wake,
                 },
                 epoch,
-                versions: VersionClock::default(),
+                // Versions order a write against another backend's copy of the key: with one
+                // backend, only one that keeps them needs them.
+                versions: VersionClock::new(
+                    slots.len() > 1 || slots.iter().any(|slot| slot.capabilities.versioned),
+                ),
                 cache: super::cache::CacheState::new(self.fail_safe_memory),
                 atomics: super::atomic::Turns::new(&slots),
                 slots,

@@ -8,11 +8,11 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::attempt::{settle, timed};
+use super::attempt::{Call, settle, timed};
 use super::replay_log::LoggedWrite;
 use super::slot::Slot;
 use super::{CallFuture, ResilientStorage, Route, WritePolicy};
-use crate::backend::{KeyWrite, WriteMode, WriteOptions, WriteOutcome, WriteVersion};
+use crate::backend::{Backend, KeyWrite, WriteMode, WriteOptions, WriteOutcome, WriteVersion};
 use crate::error::{Error, Operation, Result};
 use crate::events::StorageEvent;
 use crate::key::check_ttl;
@@ -47,6 +47,11 @@ impl ResilientStorage {
             check_ttl(ttl)?;
         }
         let key = &*key;
+        // The write an at-once backend takes by reference: no copy of the value's handle.
+        let write = KeyWrite::Set { value, ttl };
+        let KeyWrite::Set { value, .. } = &write else {
+            unreachable!("built as a set just above")
+        };
         // Records of a TTL'd write expire from here, and write-through copies share the call's
         // deadline from here; other writes need no clock reading of their own.
         let write_through = self.inner.policy.write_policy == WritePolicy::WriteThrough;
@@ -56,15 +61,22 @@ impl ResilientStorage {
             expires_at: ttl.zip(written).and_then(|(ttl, at)| at.checked_add(ttl)),
         };
         let superseded = self.supersede(key, version, || hint(ttl));
-        let routed = self
-            .route(Operation::Set, Route::Data, key, None, |index, b| {
-                let write = KeyWrite::Set {
-                    value: value.clone(),
-                    ttl,
-                };
-                b.write(key, write, self.write_options(index, version).mode(mode))
-            })
-            .await;
+        let options = |index| self.write_options(index, version).mode(mode);
+        let routed = match self.route_now(Operation::Set, |index, b| {
+            b.try_write_now(key, &write, &options(index))
+        }) {
+            Some(answer) => Ok(answer),
+            // Boxed: the future of a call that waits is large, and would make every set's
+            // future as large, answered at once or not.
+            None => {
+                Box::pin(
+                    self.route(Operation::Set, Route::Data, key, None, |index, b| {
+                        write_call(b, key, write.clone(), options(index))
+                    }),
+                )
+                .await
+            }
+        };
         let (outcome, served) = self.settled(key, version, superseded, routed)?;
         if !outcome.applied {
             return Ok(outcome);
@@ -117,11 +129,17 @@ impl ResilientStorage {
             (self.inner.policy.write_policy == WritePolicy::WriteThrough).then(Instant::now);
         let version = self.inner.versions.next();
         let superseded = self.supersede(key, version, || LoggedWrite::Delete);
-        let routed = self
-            .route(Operation::Delete, Route::Data, key, None, |index, b| {
-                b.write(key, KeyWrite::Delete, self.write_options(index, version))
-            })
-            .await;
+        let routed = match self.route_now(Operation::Delete, |index, b| {
+            b.try_write_now(key, &KeyWrite::Delete, &self.write_options(index, version))
+        }) {
+            Some(answer) => Ok(answer),
+            None => {
+                self.route(Operation::Delete, Route::Data, key, None, |index, b| {
+                    write_call(b, key, KeyWrite::Delete, self.write_options(index, version))
+                })
+                .await
+            }
+        };
         let (outcome, served) = self.settled(key, version, superseded, routed)?;
         self.hand_off(served, key, version, || LoggedWrite::Delete);
         if self.inner.policy.write_policy == WritePolicy::WriteBehind {
@@ -346,5 +364,19 @@ impl ResilientStorage {
                 self.record_missed(slot, key, hint(slot), version);
             }
         }
+    }
+}
+
+/// A write on `backend`: answered at once when it can be ([`Backend::try_write_now`]), else
+/// its future.
+fn write_call<'a>(
+    backend: &'a dyn Backend,
+    key: &'a str,
+    write: KeyWrite,
+    options: WriteOptions,
+) -> Call<'a, WriteOutcome> {
+    match backend.try_write_now(key, &write, &options) {
+        Some(answer) => Call::Ready(answer),
+        None => Call::Pending(backend.write(key, write, options)),
     }
 }
