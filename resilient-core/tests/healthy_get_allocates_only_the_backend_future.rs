@@ -75,6 +75,22 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A `Ready` backend (answering at once or not) over a spare that answers through futures.
+fn with_spare(runtime: &tokio::runtime::Runtime, at_once: bool) -> ResilientStorage {
+    runtime.block_on(async {
+        ResilientStorage::builder()
+            .backend(Arc::new(Ready::new(b"value", at_once)), 1)
+            .backend_with(
+                Arc::new(Ready::new(b"other", false)),
+                BackendOptions::new(2).named("spare"),
+            )
+            .memory_fallback(false)
+            .build()
+            .await
+            .unwrap()
+    })
+}
+
 /// Polls a future that completes without waiting, with a no-op waker: no executor machinery
 /// is counted.
 fn complete<F: Future>(future: F) -> F::Output {
@@ -136,18 +152,7 @@ fn selecting_candidates_allocates_nothing() {
 #[test]
 fn a_healthy_get_through_the_router_allocates_only_the_backend_future() {
     let runtime = runtime();
-    let storage = runtime.block_on(async {
-        ResilientStorage::builder()
-            .backend(Arc::new(Ready::new(b"value", false)), 1)
-            .backend_with(
-                Arc::new(Ready::new(b"other", false)),
-                BackendOptions::new(2).named("spare"),
-            )
-            .memory_fallback(false)
-            .build()
-            .await
-            .unwrap()
-    });
+    let storage = with_spare(&runtime, false);
     let _context = runtime.enter();
     // The first call records the active backend and sends an event: not the steady state.
     complete(storage.get("key")).unwrap();
@@ -189,18 +194,7 @@ fn gets_answered_at_once_allocate_nothing() {
 fn sets_and_deletes_answered_at_once_allocate_nothing() {
     let runtime = runtime();
     // Two backends: every write is stamped with a version.
-    let storage = runtime.block_on(async {
-        ResilientStorage::builder()
-            .backend(Arc::new(Ready::new(b"value", true)), 1)
-            .backend_with(
-                Arc::new(Ready::new(b"other", false)),
-                BackendOptions::new(2).named("spare"),
-            )
-            .memory_fallback(false)
-            .build()
-            .await
-            .unwrap()
-    });
+    let storage = with_spare(&runtime, true);
     let _context = runtime.enter();
     let value = Bytes::from_static(b"value");
     complete(storage.set("key", value.clone(), None)).unwrap();
