@@ -294,8 +294,11 @@ impl Entry {
     }
 }
 
+/// `d` in whole microseconds, saturating; in 64 bits (no division of a `u128`).
 fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+    d.as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::from(d.subsec_micros()))
 }
 
 /// Why a load ended without a value; shared by every caller of the flight.
@@ -507,13 +510,12 @@ impl ResilientStorage {
     {
         options.validate()?;
         let full = self.inner.policy.keys.full_key(key)?;
-        let cache = &self.inner.cache;
-        let fail_safe = options.fail_safe.is_some();
-        // Answered at once, the read needs no future of `get`'s.
+        // Answered at once, the read needs no future of `get`'s; the others are boxed, so a
+        // hit answered at once does not carry (and move) their room.
         let read = match self.get_now(&full) {
             Some((Some(value), _)) => Ok(Some(value)),
-            Some(miss) => Ok(self.missed_now(&full, miss).await),
-            None => self.get(key).await,
+            Some(miss) => Ok(Box::pin(self.missed_now(&full, miss)).await),
+            None => Box::pin(self.get(key)).await,
         };
         let (stored, read_failed) = match read {
             Ok(stored) => (stored.map(Entry::decode), false),
@@ -523,49 +525,106 @@ impl ResilientStorage {
                 (None, true)
             }
         };
-        let local = fail_safe.then(|| cache.last_known.get(&*full)).flatten();
+        match self.serve_fresh(key, &full, options, stored, read_failed, loader) {
+            Ok(loaded) => Ok(loaded),
+            // Boxed: a hit's future does not carry the room a load needs.
+            Err(not_fresh) => {
+                Box::pin(self.load_or_serve_stale(key, &full, options, not_fresh)).await
+            }
+        }
+    }
+
+    /// A hit: the fresh value read (or, while the storage fails, this process's fresh copy),
+    /// remembered for fail-safe and refreshed eagerly when due. Otherwise what the load needs.
+    fn serve_fresh<F, Fut, V, E>(
+        &self,
+        key: &str,
+        full: &str,
+        options: &LoadOptions,
+        stored: Option<Entry>,
+        read_failed: bool,
+        loader: F,
+    ) -> std::result::Result<Loaded, NotFresh<F>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        V: Into<Bytes>,
+        E: Into<BoxError>,
+    {
+        let cache = &self.inner.cache;
+        let fail_safe = options.fail_safe.is_some();
+        let local = fail_safe.then(|| cache.last_known.get(full)).flatten();
         let now = cache.clock.now();
-        // This process's copy stands in for the storage only while the storage fails: after a
-        // miss (the key deleted to invalidate it, say) it is never served as fresh.
-        let fresh = match read_failed {
-            true => local.as_ref(),
-            false => stored.as_ref(),
-        }
-        .filter(|entry| entry.fresh(now));
-        if let Some(entry) = fresh {
-            // A value without an envelope (a plain `set`) has no TTL to keep a copy by.
-            if fail_safe
-                && !read_failed
-                && entry.loaded_at != 0
-                && local
-                    .as_ref()
-                    .is_none_or(|l| l.loaded_at != entry.loaded_at)
-            {
-                cache.last_known.insert(full.to_string(), entry.clone());
+        // This process's copy stands in for the storage only while the storage fails (then
+        // nothing was read): after a miss (the key deleted to invalidate it, say) it is never
+        // served as fresh.
+        let (entry, local) = match (read_failed, stored, local) {
+            (false, Some(entry), local) if entry.fresh(now) => (entry, local),
+            (true, None, Some(entry)) if entry.fresh(now) => (entry, None),
+            (_, stored, local) => {
+                return Err(NotFresh {
+                    stored,
+                    local,
+                    now,
+                    loader,
+                });
             }
-            if let Some(share) = options.eager_refresh
-                && entry.loaded_at != 0
-            {
-                #[allow(
-                    clippy::cast_possible_truncation,
-                    clippy::cast_sign_loss,
-                    clippy::cast_precision_loss
-                )]
-                let due = entry
-                    .loaded_at
-                    .saturating_add((micros(options.ttl) as f64 * share) as u64);
-                // A failing loader is left alone for the throttle, eager refresh included.
-                if now >= due && !cache.throttled(&full, Instant::now()) {
-                    drop(self.flight(key, &full, options, Some(entry.loaded_at), loader));
-                }
-            }
-            telemetry::cache_outcome("hit");
-            return Ok(Loaded {
-                value: entry.value.clone(),
-                source: LoadSource::Cached,
-                age: entry.age(now),
-            });
+        };
+        // A value without an envelope (a plain `set`) has no TTL to keep a copy by.
+        if fail_safe
+            && !read_failed
+            && entry.loaded_at != 0
+            && local.is_none_or(|l| l.loaded_at != entry.loaded_at)
+        {
+            cache.last_known.insert(full.to_owned(), entry.clone());
         }
+        if let Some(share) = options.eager_refresh
+            && entry.loaded_at != 0
+        {
+            #[allow(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                clippy::cast_precision_loss
+            )]
+            let due = entry
+                .loaded_at
+                .saturating_add((micros(options.ttl) as f64 * share) as u64);
+            // A failing loader is left alone for the throttle, eager refresh included.
+            if now >= due && !cache.throttled(full, Instant::now()) {
+                drop(self.flight(key, full, options, Some(entry.loaded_at), loader));
+            }
+        }
+        telemetry::cache_outcome("hit");
+        Ok(Loaded {
+            age: entry.age(now),
+            value: entry.value,
+            source: LoadSource::Cached,
+        })
+    }
+
+    /// No fresh value: fail-safe's stale one while the loader is throttled, else the load
+    /// (joined or started), with the stale value standing in when it fails or is slow.
+    async fn load_or_serve_stale<F, Fut, V, E>(
+        &self,
+        key: &str,
+        full: &str,
+        options: &LoadOptions,
+        not_fresh: NotFresh<F>,
+    ) -> Result<Loaded>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        V: Into<Bytes>,
+        E: Into<BoxError>,
+    {
+        let NotFresh {
+            stored,
+            local,
+            now,
+            loader,
+        } = not_fresh;
+        let cache = &self.inner.cache;
+        let fail_safe = options.fail_safe.is_some();
         // Fail-safe's fallback: the newer of the stored value and this process's copy, while
         // within the window.
         let stale = [stored, local]
@@ -574,12 +633,12 @@ impl ResilientStorage {
             .filter(|entry| fail_safe && entry.servable(now, options))
             .max_by_key(|entry| entry.loaded_at);
         if let Some(entry) = &stale
-            && cache.throttled(&full, Instant::now())
+            && cache.throttled(full, Instant::now())
         {
             return Ok(self.serve_stale(entry, now, StaleReason::Throttled));
         }
         let seen = stale.as_ref().map(|entry| entry.loaded_at);
-        let mut flight = self.flight(key, &full, options, seen, loader);
+        let mut flight = self.flight(key, full, options, seen, loader);
         let finished = async {
             match flight.wait_for(Option::is_some).await {
                 Ok(result) => result.clone().unwrap_or(Err(LoadFailure::Panicked)),
@@ -860,6 +919,14 @@ impl ResilientStorage {
         let now = self.inner.cache.clock.now();
         (entry.fresh(now) && Some(entry.loaded_at) != seen).then_some(entry)
     }
+}
+
+/// What a load needs after [`ResilientStorage::serve_fresh`] found no fresh value.
+struct NotFresh<F> {
+    stored: Option<Entry>,
+    local: Option<Entry>,
+    now: u64,
+    loader: F,
 }
 
 enum FleetTurn {
