@@ -1,9 +1,11 @@
 //! [`RedisBackend`]: the [`Backend`] trait on the redis crate.
 
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -35,8 +37,10 @@ use crate::{envelope, scripts, slots};
 pub struct RedisBackend {
     config: RedisConfig,
     certificates: Option<TlsCertificates>,
-    data: RwLock<Arc<Link>>,
-    health: RwLock<Arc<Link>>,
+    // Swapped whole when replaced. Read on every call: an `ArcSwap` read takes no lock and no
+    // count on a line the other threads write, as a `RwLock` or an `Arc` clone would.
+    data: ArcSwap<Link>,
+    health: ArcSwap<Link>,
     // Set when a data call lost its connection, failed with a timeout or was abandoned before
     // its reply (the caller's timeout): its connection may be dead or out of step, with a
     // reply owed to a request the server never got. The next passing health check replaces
@@ -190,7 +194,11 @@ impl Link {
             .set_max_delay(config.reconnect_max_delay)
     }
 
+    /// A handle on the connection, connecting it first where that is needed.
     async fn conn(&self) -> RedisResult<Conn> {
+        if let Some(conn) = self.connected() {
+            return Ok(conn);
+        }
         match self {
             Link::Single(manager) => Ok(Conn::Single(manager.clone())),
             Link::Cluster(cluster) => Ok(Conn::Cluster(
@@ -218,6 +226,18 @@ impl Link {
                     .await?;
                 Ok(Conn::Single(manager.clone()))
             }
+        }
+    }
+
+    /// A handle on the connection, if it needs no connecting first.
+    fn connected(&self) -> Option<Conn> {
+        match self {
+            Link::Single(manager) => Some(Conn::Single(manager.clone())),
+            Link::Cluster(cluster) => cluster.connection.get().cloned().map(Conn::Cluster),
+            Link::Sentinel(link) => link
+                .connected
+                .get()
+                .map(|(manager, _)| Conn::Single(manager.clone())),
         }
     }
 
@@ -260,8 +280,8 @@ impl RedisBackend {
             })
         };
         Ok(Self {
-            data: RwLock::new(Arc::new(link("data connection")?)),
-            health: RwLock::new(Arc::new(link("health connection")?)),
+            data: ArcSwap::from_pointee(link("data connection")?),
+            health: ArcSwap::from_pointee(link("health connection")?),
             data_suspect: AtomicBool::new(false),
             health_pending: AtomicBool::new(false),
             certificates,
@@ -275,10 +295,9 @@ impl RedisBackend {
     }
 
     async fn query<T: FromRedisValue>(&self, operation: Operation, cmd: &Cmd) -> Result<T> {
-        let link = Self::current(&self.data);
         let in_flight = InFlight(&self.data_suspect);
         let run = async {
-            let mut conn = link.conn().await?;
+            let mut conn = self.data_conn().await?;
             cmd.query_async::<T>(&mut conn).await
         };
         let result = run.await;
@@ -298,14 +317,24 @@ impl RedisBackend {
         classify(&self.config, operation, err)
     }
 
-    fn current(link: &RwLock<Arc<Link>>) -> Arc<Link> {
-        link.read().unwrap_or_else(|p| p.into_inner()).clone()
+    fn current(link: &ArcSwap<Link>) -> Arc<Link> {
+        link.load_full()
+    }
+
+    /// A handle on the data link's connection: once it is connected (every call but the
+    /// first), cloned without holding the link, so the call leaves the link's count alone.
+    /// A call keeps its handle, and so its connection, if the link is replaced meanwhile.
+    async fn data_conn(&self) -> RedisResult<Conn> {
+        if let Some(conn) = self.data.load().connected() {
+            return Ok(conn);
+        }
+        Self::current(&self.data).conn().await
     }
 
     /// Swaps in a new, unconnected link; calls holding the old one finish on it.
-    fn replace(&self, link: &RwLock<Arc<Link>>) {
+    fn replace(&self, link: &ArcSwap<Link>) {
         match Link::new(&self.config, self.certificates.as_ref()) {
-            Ok(fresh) => *link.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh),
+            Ok(fresh) => link.store(Arc::new(fresh)),
             // The same settings built a link before: this does not happen; keep the old one.
             Err(e) => {
                 tracing::debug!(error = %self.config.secrets.scrub(&e.to_string()), "could not rebuild a link")
@@ -335,10 +364,9 @@ impl RedisBackend {
         keys: &[&[u8]],
         args: &[&[u8]],
     ) -> Result<T> {
-        let link = Self::current(&self.data);
         let in_flight = InFlight(&self.data_suspect);
         let run = async {
-            let mut conn = link.conn().await?;
+            let mut conn = self.data_conn().await?;
             let mut invocation = script.prepare_invoke();
             for key in keys {
                 invocation.key(*key);
@@ -353,8 +381,12 @@ impl RedisBackend {
         result.map_err(|e| self.failed(operation, e))
     }
 
-    fn data_key(&self, key: &str) -> Vec<u8> {
-        [self.config.prefix.as_bytes(), key.as_bytes()].concat()
+    /// `key` as stored: with the prefix, if there is one (only then copied).
+    fn data_key<'k>(&self, key: &'k str) -> Cow<'k, [u8]> {
+        match self.config.prefix.is_empty() {
+            true => Cow::Borrowed(key.as_bytes()),
+            false => Cow::Owned([self.config.prefix.as_bytes(), key.as_bytes()].concat()),
+        }
     }
 
     fn lock_keys(&self, name: &str) -> (Vec<u8>, Vec<u8>) {
@@ -378,19 +410,19 @@ impl RedisBackend {
         ttl: Option<Duration>,
         version: WriteVersion,
     ) -> Result<()> {
-        let cmd = set_command(self.data_key(key), envelope::value(version.0, value), ttl);
+        let cmd = set_command(&self.data_key(key), envelope::value(version.0, value), ttl);
         self.query(Operation::Set, &cmd).await
     }
 
     /// Replaces the key with a tombstone of `version` for `tombstone_ttl` (one `SET ... GET`);
     /// true when a value was there.
     async fn remove(&self, key: &str, version: WriteVersion) -> Result<bool> {
-        let cmd = self.tombstone_command(self.data_key(key), version);
+        let cmd = self.tombstone_command(&self.data_key(key), version);
         let old: Option<Vec<u8>> = self.query(Operation::Delete, &cmd).await?;
         Ok(existed(old))
     }
 
-    fn tombstone_command(&self, key: Vec<u8>, version: WriteVersion) -> Cmd {
+    fn tombstone_command(&self, key: &[u8], version: WriteVersion) -> Cmd {
         let mut cmd = set_command(
             key,
             envelope::tombstone(version.0),
@@ -467,7 +499,7 @@ fn millis(ttl: Duration) -> Vec<u8> {
 }
 
 /// `SET key stored [PX ttl]`.
-fn set_command(key: Vec<u8>, stored: Bytes, ttl: Option<Duration>) -> Cmd {
+fn set_command(key: &[u8], stored: Bytes, ttl: Option<Duration>) -> Cmd {
     let mut cmd = redis::cmd("SET");
     cmd.arg(key).arg(&stored[..]);
     if let Some(ttl) = ttl {
@@ -636,7 +668,7 @@ impl RedisBackend {
 
     /// The command a write of a batch sends, as [`write`](Backend::write) would.
     fn batch_call(&self, write: &BatchWrite<'_>) -> Result<BatchCall> {
-        let key = self.data_key(write.key);
+        let key = self.data_key(write.key).into_owned();
         let version = write.options.version;
         let (cmd, kind) = match (&write.write, write.options.mode) {
             (write, WriteMode::IfNewer) => {
@@ -648,13 +680,10 @@ impl RedisBackend {
                 (cmd, CallKind::Replay)
             }
             (KeyWrite::Set { value, ttl }, _) => (
-                set_command(key.clone(), envelope::value(version.0, value), *ttl),
+                set_command(&key, envelope::value(version.0, value), *ttl),
                 CallKind::Set,
             ),
-            (KeyWrite::Delete, _) => (
-                self.tombstone_command(key.clone(), version),
-                CallKind::Delete,
-            ),
+            (KeyWrite::Delete, _) => (self.tombstone_command(&key, version), CallKind::Delete),
             _ => return Err(Error::unsupported(&self.config.name, Operation::WriteMany)),
         };
         Ok(BatchCall { key, cmd, kind })
@@ -668,7 +697,6 @@ impl RedisBackend {
         positions: &[usize],
     ) -> Result<Vec<Result<WriteOutcome>>> {
         let operation = Operation::WriteMany;
-        let link = Self::current(&self.data);
         let in_flight = InFlight(&self.data_suspect);
         let send = |conn: &Conn, positions: &[usize]| {
             let mut pipe = redis::pipe();
@@ -680,7 +708,7 @@ impl RedisBackend {
             async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
         };
         let run = async {
-            let mut conn = link.conn().await?;
+            let mut conn = self.data_conn().await?;
             let mut replies = send(&conn, positions).await?;
             let missing: Vec<usize> = (0..replies.len())
                 .filter(|&j| matches!(&replies[j], Value::ServerError(e) if e.code() == "NOSCRIPT"))
@@ -790,7 +818,7 @@ impl Backend for RedisBackend {
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let value: Option<Vec<u8>> = self
-            .query(Operation::Get, redis::cmd("GET").arg(self.data_key(key)))
+            .query(Operation::Get, redis::cmd("GET").arg(&*self.data_key(key)))
             .await?;
         Ok(value.and_then(|v| envelope::decode(Bytes::from(v)).value()))
     }
@@ -798,13 +826,8 @@ impl Backend for RedisBackend {
     /// One MGET, or one per Cluster slot group sent at once.
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Result<Option<Bytes>>>> {
         // Without a prefix the keys go as they are: no copy per key.
-        let data: Vec<std::borrow::Cow<'_, [u8]>> = keys
-            .iter()
-            .map(|key| match self.config.prefix.is_empty() {
-                true => std::borrow::Cow::Borrowed(key.as_bytes()),
-                false => std::borrow::Cow::Owned(self.data_key(key)),
-            })
-            .collect();
+        let data: Vec<std::borrow::Cow<'_, [u8]>> =
+            keys.iter().map(|key| self.data_key(key)).collect();
         let groups = slot_groups(self.config.cluster, data.iter().map(|k| &**k));
         let answers = futures_util::future::join_all(
             groups.iter().map(|positions| self.mget(&data, positions)),
