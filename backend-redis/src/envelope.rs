@@ -96,9 +96,14 @@ pub fn stored_value(raw: &[u8]) -> Option<&[u8]> {
 }
 
 /// Reads a stored string; takes no copy of the value.
-pub(crate) fn decode(stored: Bytes) -> Stored {
+pub(crate) fn decode(mut stored: Bytes) -> Stored {
     match kind(&stored) {
-        Some(VALUE) => Stored::Value(stored.slice(HEADER_LEN..)),
+        Some(VALUE) => {
+            // In place: `slice` would take a second handle, which for a buffer made from a
+            // `Vec` (every reply) allocates a shared count.
+            bytes::Buf::advance(&mut stored, HEADER_LEN);
+            Stored::Value(stored)
+        }
         Some(_) => Stored::Tombstone,
         None => Stored::Plain(stored),
     }

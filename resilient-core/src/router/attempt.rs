@@ -5,7 +5,6 @@
 //! [`route_now`](ResilientStorage::route_now), the common path without a future.
 
 use std::sync::atomic::Ordering;
-use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -20,34 +19,23 @@ use crate::error::{Attempt, Attempts, Error, Operation, Result};
 use crate::events::StorageEvent;
 use crate::strategy::{BackendView, Candidates, Routing};
 
-/// A call that did not finish within its budget.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct TimedOut;
-
 /// Runs `call`, begun at `start`, under `budget`; returns its result, when it ended and how
-/// long it took. A call that completes on its first poll never arms a timer; any other arms
-/// one then, at `start + budget` (no clock reading of its own). Unlike `tokio::time::timeout`,
-/// which polls its future again as it starts, the call is polled once per wake-up.
+/// long it took. A call that completes on its first poll never arms a timer; any other gets
+/// `tokio::time::timeout`.
 pub(super) async fn timed<T>(
     start: Instant,
     budget: Duration,
     mut call: CallFuture<'_, T>,
-) -> (std::result::Result<Result<T>, TimedOut>, Instant, Duration) {
-    let mut timer = std::pin::pin!(None::<tokio::time::Sleep>);
-    let result = std::future::poll_fn(|cx| {
-        if let Poll::Ready(result) = call.as_mut().poll(cx) {
-            return Poll::Ready(Ok(result));
-        }
-        if timer.is_none() {
-            // The budget is at most a day (`limits::DELAY`): the sum cannot overflow.
-            timer.set(Some(tokio::time::sleep_until(start + budget)));
-        }
-        match timer.as_mut().as_pin_mut().map(|sleep| sleep.poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Err(TimedOut)),
-            _ => Poll::Pending,
-        }
-    })
-    .await;
+) -> (
+    std::result::Result<Result<T>, tokio::time::error::Elapsed>,
+    Instant,
+    Duration,
+) {
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+    let result = match first {
+        std::task::Poll::Ready(result) => Ok(result),
+        std::task::Poll::Pending => tokio::time::timeout(budget, call).await,
+    };
     let end = Instant::now();
     (result, end, end.saturating_duration_since(start))
 }
@@ -57,7 +45,7 @@ pub(super) async fn timed<T>(
 /// caller error, which says nothing about the backend). Returns the outcome for metrics.
 pub(super) fn settle<T>(
     permit: crate::breaker::Permit<'_>,
-    result: &std::result::Result<Result<T>, TimedOut>,
+    result: &std::result::Result<Result<T>, tokio::time::error::Elapsed>,
     elapsed: Duration,
 ) -> Outcome {
     match result {
@@ -88,7 +76,7 @@ pub(super) async fn side_attempt<T>(
     operation: Operation,
     budget: Duration,
     call: CallFuture<'_, T>,
-) -> Option<std::result::Result<Result<T>, TimedOut>> {
+) -> Option<std::result::Result<Result<T>, tokio::time::error::Elapsed>> {
     let now = Instant::now();
     let permit = slot.breaker.try_acquire_at(now).ok()?;
     let (result, _, elapsed) = timed(now, budget, call).await;
