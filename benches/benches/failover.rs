@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use resilient_benches::{percentile, storage_over, write_result};
+use resilient_benches::{
+    get_from_64_tasks, percentile, raw_get_from_64_tasks, storage_over, write_result,
+};
 use resilient_storage::prelude::*;
 use resilient_storage::{BackendOptions, HealthConfig};
 use resilient_test_support::PostgresServer;
@@ -313,41 +315,8 @@ async fn interleaved() {
     ab_rounds_of(
         "redis_get_64_tasks",
         20,
-        || async {
-            let tasks: Vec<_> = (0..64)
-                .map(|_| {
-                    let storage = storage.clone();
-                    tokio::spawn(async move {
-                        for _ in 0..16 {
-                            storage.get("key").await.unwrap().unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for task in tasks {
-                task.await.unwrap();
-            }
-        },
-        || async {
-            let tasks: Vec<_> = (0..64)
-                .map(|_| {
-                    let mut conn = raw.clone();
-                    tokio::spawn(async move {
-                        for _ in 0..16 {
-                            redis::cmd("GET")
-                                .arg("key")
-                                .query_async::<Option<Vec<u8>>>(&mut conn)
-                                .await
-                                .unwrap()
-                                .unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for task in tasks {
-                task.await.unwrap();
-            }
-        },
+        || get_from_64_tasks(&storage, "key"),
+        || raw_get_from_64_tasks(&raw, "key"),
     )
     .await;
     // A set through a Redis-only storage (no fallback, so no write-behind copy): one SET of the

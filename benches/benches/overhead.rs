@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use resilient_benches::{storage_of, storage_over};
+use resilient_benches::{get_from_64_tasks, raw_get_from_64_tasks, storage_of, storage_over};
 use resilient_storage::memory::{MemoryBackend, MemoryConfig};
 use resilient_storage::prelude::*;
 use resilient_storage::{BreakerConfig, CircuitBreaker};
@@ -197,42 +197,10 @@ fn redis(c: &mut Criterion) {
     // 64 tasks, 16 gets each, per iteration: time per iteration is the inverse of throughput.
     let mut group = c.benchmark_group("redis_get_64_tasks");
     group.bench_function("resilient", |b| {
-        b.to_async(&rt).iter(|| async {
-            let tasks: Vec<_> = (0..64)
-                .map(|_| {
-                    let storage = storage.clone();
-                    tokio::spawn(async move {
-                        for _ in 0..16 {
-                            storage.get("key").await.unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for task in tasks {
-                task.await.unwrap();
-            }
-        })
+        b.to_async(&rt).iter(|| get_from_64_tasks(&storage, "key"))
     });
     group.bench_function("baseline", |b| {
-        b.to_async(&rt).iter(|| async {
-            let tasks: Vec<_> = (0..64)
-                .map(|_| {
-                    let mut conn = raw.clone();
-                    tokio::spawn(async move {
-                        for _ in 0..16 {
-                            redis::cmd("GET")
-                                .arg("key")
-                                .query_async::<Option<Vec<u8>>>(&mut conn)
-                                .await
-                                .unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for task in tasks {
-                task.await.unwrap();
-            }
-        })
+        b.to_async(&rt).iter(|| raw_get_from_64_tasks(&raw, "key"))
     });
     group.finish();
     rt.block_on(async { storage.shutdown().await });

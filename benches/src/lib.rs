@@ -60,3 +60,42 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
 }
+
+/// The throughput load of the Redis benchmarks: 64 tasks, each reading `key` 16 times through
+/// `storage`, all awaited.
+pub async fn get_from_64_tasks(storage: &ResilientStorage, key: &'static str) {
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let storage = storage.clone();
+            tokio::spawn(async move {
+                for _ in 0..16 {
+                    storage.get(key).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// [`get_from_64_tasks`] with plain `GET`s on the redis crate's connection manager: the baseline.
+pub async fn raw_get_from_64_tasks(conn: &redis::aio::ConnectionManager, key: &'static str) {
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let mut conn = conn.clone();
+            tokio::spawn(async move {
+                for _ in 0..16 {
+                    redis::cmd("GET")
+                        .arg(key)
+                        .query_async::<Option<Vec<u8>>>(&mut conn)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
