@@ -508,7 +508,15 @@ pub mod rules {
     pub fn now_micros() -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+            .map_or(0, micros)
+    }
+
+    /// `d` in whole microseconds, saturating; in 64 bits (`as_micros` divides a 128-bit
+    /// number, as much time as a clock reading).
+    pub(crate) fn micros(d: std::time::Duration) -> u64 {
+        d.as_secs()
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::from(d.subsec_micros()))
     }
 
     #[cfg(test)]

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::telemetry;
 use super::{ResilientStorage, fnv1a};
+use crate::backend::rules::micros;
 use crate::backend::{LockOutcome, WriteMode};
 use crate::error::{BoxError, Error, Result};
 use crate::events::StorageEvent;
@@ -292,13 +293,6 @@ impl Entry {
     fn cost(&self) -> u32 {
         u32::try_from(self.value.len() + 64).unwrap_or(u32::MAX)
     }
-}
-
-/// `d` in whole microseconds, saturating; in 64 bits (no division of a `u128`).
-fn micros(d: Duration) -> u64 {
-    d.as_secs()
-        .saturating_mul(1_000_000)
-        .saturating_add(u64::from(d.subsec_micros()))
 }
 
 /// Why a load ended without a value; shared by every caller of the flight.

@@ -119,14 +119,7 @@ impl VersionClock {
         if !self.stamps {
             return WriteVersion(0);
         }
-        // In 64 bits: `as_micros` divides a 128-bit number, a third of this call's time.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| {
-                d.as_secs()
-                    .saturating_mul(1_000_000)
-                    .saturating_add(u64::from(d.subsec_micros()))
-            });
+        let now = crate::backend::rules::now_micros();
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
             let next = now.max(last.saturating_add(1));
