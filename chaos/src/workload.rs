@@ -60,6 +60,45 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")
 }
 
+/// A read that returned other than the last write, kept so a failed run says what it saw.
+#[derive(Debug, Clone)]
+pub struct WrongRead {
+    /// The key read.
+    pub key: String,
+    /// What the read had to return.
+    pub expected: Option<String>,
+    /// What it returned.
+    pub got: Option<String>,
+    /// How long after the key's last write or delete returned the read was made.
+    pub since_write: Option<Duration>,
+    /// When the read returned, from the workload's start.
+    pub at: Duration,
+    /// The storage's active backend as the read returned.
+    pub active_backend: Option<String>,
+    /// Replay records pending per backend as the read returned.
+    pub pending_replay: Vec<(String, usize)>,
+}
+
+impl std::fmt::Display for WrongRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.3} s: {} read {:?}, expected {:?} (written {} ms before); active {}; pending {:?}",
+            self.at.as_secs_f64(),
+            self.key,
+            self.got,
+            self.expected,
+            self.since_write
+                .map_or_else(|| "never".to_owned(), |d| d.as_millis().to_string()),
+            self.active_backend.as_deref().unwrap_or("none"),
+            self.pending_replay,
+        )
+    }
+}
+
+/// Wrong reads kept in full: the first ones of a run.
+const WRONG_READ_SAMPLES: usize = 20;
+
 /// Counters the demo and the scenarios read while the workload runs.
 #[derive(Debug)]
 pub struct Live {
@@ -71,6 +110,8 @@ pub struct Live {
     pub wrong_reads: AtomicU64,
     window: Mutex<Histogram<u64>>,
     mark: Mutex<Option<Instant>>,
+    started: Instant,
+    wrong_samples: Mutex<Vec<WrongRead>>,
 }
 
 impl Live {
@@ -81,6 +122,32 @@ impl Live {
             wrong_reads: AtomicU64::new(0),
             window: Mutex::new(histogram()),
             mark: Mutex::new(None),
+            started: Instant::now(),
+            wrong_samples: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The first wrong reads of the run, in full (at most 20).
+    pub fn wrong_read_samples(&self) -> Vec<WrongRead> {
+        self.wrong_samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn keep_wrong_read(&self, storage: &ResilientStorage, read: impl FnOnce() -> WrongRead) {
+        let mut samples = self.wrong_samples.lock().unwrap_or_else(|p| p.into_inner());
+        if samples.len() < WRONG_READ_SAMPLES {
+            let mut read = read();
+            read.at = self.started.elapsed();
+            let health = storage.health();
+            read.active_backend = health.active_backend;
+            read.pending_replay = health
+                .backends
+                .iter()
+                .map(|(name, b)| (name.clone(), b.pending_replay))
+                .collect();
+            samples.push(read);
         }
     }
 
@@ -118,6 +185,7 @@ pub struct KvWorkload {
 struct TaskResult {
     latencies: Histogram<u64>,
     outcomes: HashMap<Outcome, u64>,
+    failed_reads: u64,
     keys: HashMap<String, KeyState>,
 }
 
@@ -132,6 +200,10 @@ pub struct KvResult {
     pub keys: HashMap<String, KeyState>,
     /// Tasks that ended by panic (their calls are not counted).
     pub panicked: usize,
+    /// The first wrong reads, in full.
+    pub wrong_reads: Vec<WrongRead>,
+    /// Reads among the [failed](Outcome::Failed) calls.
+    pub failed_reads: u64,
 }
 
 impl KvResult {
@@ -179,6 +251,8 @@ impl KvWorkload {
             outcomes: HashMap::new(),
             keys: HashMap::new(),
             panicked: 0,
+            wrong_reads: Vec::new(),
+            failed_reads: 0,
         };
         for task in self.tasks {
             let Ok(done) = task.await else {
@@ -190,7 +264,9 @@ impl KvWorkload {
                 *result.outcomes.entry(outcome).or_insert(0) += n;
             }
             result.keys.extend(done.keys);
+            result.failed_reads += done.failed_reads;
         }
+        result.wrong_reads = self.live.wrong_read_samples();
         result
     }
 }
@@ -207,6 +283,7 @@ async fn run_task(
     let mut result = TaskResult {
         latencies: histogram(),
         outcomes: HashMap::new(),
+        failed_reads: 0,
         keys: HashMap::new(),
     };
     let keys = &mut result.keys;
@@ -221,7 +298,7 @@ async fn run_task(
                     let state = keys.get(&key);
                     let expected = state.and_then(|k| k.expected.as_deref());
                     let got = got.map(|b| String::from_utf8_lossy(&b).into_owned());
-                    match (expected, got.as_deref()) {
+                    let outcome = match (expected, got.as_deref()) {
                         (e, g) if e == g => Outcome::Ok,
                         (Some(_), None) => {
                             let written = state.map(|s| s.written_at);
@@ -233,9 +310,24 @@ async fn run_task(
                             }
                         }
                         _ => Outcome::Stale,
+                    };
+                    if matches!(outcome, Outcome::Stale | Outcome::Missing) {
+                        live.keep_wrong_read(&storage, || WrongRead {
+                            key: key.clone(),
+                            expected: expected.map(str::to_owned),
+                            got: got.clone(),
+                            since_write: state.map(|s| start.duration_since(s.written_at)),
+                            at: Duration::ZERO,
+                            active_backend: None,
+                            pending_replay: Vec::new(),
+                        });
                     }
+                    outcome
                 }
-                Err(_) => Outcome::Failed,
+                Err(_) => {
+                    result.failed_reads += 1;
+                    Outcome::Failed
+                }
             }
         } else if roll < 90 {
             seq += 1;

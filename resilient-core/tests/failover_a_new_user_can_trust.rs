@@ -13,7 +13,7 @@ use common::{DEADLINE, builder, direct, fault};
 use resilient_backend_memory::{MemoryBackend, MemoryConfig};
 use resilient_core::testing::{Fault, FaultBackend};
 use resilient_core::{
-    CircuitState, HealthConfig, OverallStatus, ResilientStorage, StorageBuilder, WritePolicy,
+    CircuitState, Error, HealthConfig, OverallStatus, ResilientStorage, StorageBuilder, WritePolicy,
 };
 use tokio::time::{Instant, sleep};
 
@@ -118,6 +118,85 @@ async fn a_primary_that_restarted_empty_still_reads_what_its_copy_holds() {
         );
     }
     assert_eq!(storage.get("never-written").await.unwrap(), None);
+}
+
+/// Found by the soak: PostgreSQL frozen while a Redis that restarted empty serves read thousands
+/// of values as `None`. A miss the copy cannot confirm is an error, never a wrong `None`.
+#[tokio::test(start_paused = true)]
+async fn a_miss_its_copy_cannot_confirm_fails_instead_of_reading_none() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres]).build().await.unwrap();
+    storage.set("k", "v", None).await.unwrap();
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(direct(&*postgres, "k").await.as_deref(), Some(&b"v"[..]));
+    redis.delete("k").await.unwrap();
+    for (fault, why) in [
+        (Fault::Hang, "[postgres] did not answer within"),
+        (Fault::Fail, "[postgres] failed"),
+    ] {
+        postgres.inject(fault);
+        let error = storage.get("k").await.unwrap_err();
+        assert!(
+            matches!(error, Error::NoBackendAvailable { .. }) && error.to_string().contains(why),
+            "{error}"
+        );
+    }
+    // A batch read: each key that missed gets the error.
+    for answer in storage.get_many(&["k", "other"]).await.unwrap() {
+        let error = answer.unwrap_err();
+        assert!(error.to_string().contains("[postgres] failed"), "{error}");
+    }
+    // Three failures opened the copy's circuit: it is not asked, and the read still fails.
+    let error = storage.get("k").await.unwrap_err();
+    assert!(
+        error.to_string().contains("[postgres] is unavailable"),
+        "{error}"
+    );
+    // The copy back, the value is read.
+    postgres.inject(Fault::Pass);
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(storage.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+/// With both servers out of reach the memory store serves, but it holds only what this process
+/// wrote to it since: a miss there is not the answer. A counter kept by read-modify-write fails
+/// instead of starting again from 1 (and that 1 overwriting the real count on replay).
+#[tokio::test(start_paused = true)]
+async fn a_miss_on_the_memory_store_while_both_servers_are_out_fails() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres])
+        .memory_fallback(true)
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        increment(&storage, "counter").await;
+    }
+    sleep(Duration::from_millis(200)).await;
+    redis.inject(Fault::Fail);
+    postgres.inject(Fault::Fail);
+    let error = storage.get("counter").await.unwrap_err();
+    assert!(
+        matches!(error, Error::NoBackendAvailable { .. })
+            && error.to_string().contains("[memory] does not have the key"),
+        "{error}"
+    );
+    assert_eq!(storage.last_served_backend().as_deref(), Some("memory"));
+    // What was written during the outage is read from memory.
+    storage.set("new", "n", None).await.unwrap();
+    assert_eq!(
+        storage.get("new").await.unwrap().as_deref(),
+        Some(&b"n"[..])
+    );
+    // Back, the count is where it was.
+    redis.inject(Fault::Pass);
+    postgres.inject(Fault::Pass);
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(storage.get_json::<u64>("counter").await.unwrap(), Some(5));
+    assert_eq!(
+        storage.get("new").await.unwrap().as_deref(),
+        Some(&b"n"[..])
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -196,3 +196,61 @@ async fn the_first_failover_to_an_unused_postgres_finds_its_tables_ready() {
         "the first failed-over call took {took:?}"
     );
 }
+
+/// Found by the soak: PostgreSQL frozen while a Redis that restarted empty served read values as
+/// `None`. With PostgreSQL out of reach, a key Redis lost is an error, never a wrong `None`
+/// (whichever backend answers the miss: Redis, or the memory store while Redis's connection is
+/// re-made); with PostgreSQL back, it reads its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_redis_lost_is_an_error_while_postgres_is_out_of_reach() {
+    let redis = RedisServer::start().unwrap();
+    let postgres = PostgresServer::start().unwrap();
+    let storage = defaults(&redis, &postgres).await;
+    storage.set("k", "v", None).await.unwrap();
+    let start = Instant::now();
+    while storage.health().backends["postgres"].pending_replay > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the copy never reached PostgreSQL"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_redis, mut postgres) = tokio::task::spawn_blocking(move || {
+        let (mut redis, mut postgres) = (redis, postgres);
+        postgres.kill().unwrap();
+        redis.restart().unwrap();
+        (redis, postgres)
+    })
+    .await
+    .unwrap();
+    for _ in 0..20 {
+        if let Ok(value) = storage.get("k").await {
+            panic!(
+                "read {value:?} served by {:?} while the only copy was out of reach",
+                storage.last_served_backend()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _postgres = tokio::task::spawn_blocking(move || {
+        postgres.restart().unwrap();
+        postgres
+    })
+    .await
+    .unwrap();
+    let start = Instant::now();
+    loop {
+        match storage.get("k").await {
+            Ok(value) => {
+                assert_eq!(value.as_deref(), Some(&b"v"[..]));
+                break;
+            }
+            Err(error) => assert!(
+                start.elapsed() < FAILBACK_BOUND,
+                "PostgreSQL back, the key still fails after {FAILBACK_BOUND:?}: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    storage.shutdown().await;
+}

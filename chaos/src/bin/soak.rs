@@ -329,6 +329,9 @@ async fn soak(args: &Args) -> Result<Verdict, Failure> {
         tokio::task::block_in_place(|| redis.restart())?;
     }
     let result = workload.stop().await;
+    for read in &result.wrong_reads {
+        println!("soak: wrong read at {read}");
+    }
     let back = wait_for_failback(&storage, "redis", Duration::from_secs(30)).await;
     let drained = wait_for_drain(&storage, Duration::from_secs(30)).await;
     if back.is_none() || !drained {

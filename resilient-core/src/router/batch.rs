@@ -12,6 +12,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::attempt::side_attempt;
+use super::reads::Unanswered;
 use super::replay_log::LoggedWrite;
 use super::slot::Slot;
 use super::{CallFuture, ResilientStorage, Route, WritePolicy};
@@ -47,7 +48,8 @@ impl ResilientStorage {
     /// Reads several keys: one answer per key, in order, in one round trip per backend (one
     /// MGET per Redis Cluster slot group, sent at once; one PostgreSQL statement). Keys a
     /// backend fails alone are read from the next one. An invalid key gets its error in its
-    /// place; the call fails as a whole only when no backend answered for any key.
+    /// place, and so does a miss that no copy could confirm (as [`get`](Self::get) fails); the
+    /// call fails as a whole only when no backend answered for any key.
     ///
     /// ```
     /// # async fn example(storage: resilient_core::ResilientStorage) -> resilient_core::Result<()> {
@@ -87,10 +89,8 @@ impl ResilientStorage {
                 for group in misses.chunk_by(|a, b| a.0 == b.0) {
                     let keys: Vec<&str> = group.iter().map(|&(_, i)| &*valid[i].1).collect();
                     let found = self.read_behind_many(group[0].0, &keys, start).await;
-                    for (&(_, i), value) in group.iter().zip(found) {
-                        if value.is_some() {
-                            out[valid[i].0] = Some(Ok(value));
-                        }
+                    for (&(_, i), answer) in group.iter().zip(found) {
+                        out[valid[i].0] = Some(answer);
                     }
                 }
             }
@@ -359,29 +359,56 @@ impl ResilientStorage {
     }
 
     /// [`read_behind`](Self::read_behind) for the keys of a batch that missed on backend
-    /// `served`: one batch read of the next shared backend below it.
+    /// `served`: one batch read of each copy in turn, for the keys still without an answer,
+    /// under the same rules; a key none can answer for gets the error saying why.
     async fn read_behind_many(
         &self,
         served: usize,
         keys: &[&str],
         start: Instant,
-    ) -> Vec<Option<Bytes>> {
-        let now = Instant::now();
-        let none = || vec![None; keys.len()];
-        let (Some(slot), Some(budget)) = (
-            self.read_behind_slot(served, now),
-            self.read_behind_budget(start, now),
-        ) else {
-            return none();
-        };
-        let call = Box::pin(read_part(slot, &*slot.backend, keys.to_vec()));
-        match side_attempt(slot, Operation::GetMany, budget, call).await {
-            Some(Ok(Ok(values))) if values.len() == keys.len() => values
-                .into_iter()
-                .map(|value| value.ok().flatten())
-                .collect(),
-            _ => none(),
+    ) -> Vec<Result<Option<Bytes>>> {
+        let mut answers: Vec<Option<Option<Bytes>>> = vec![None; keys.len()];
+        // Per key: the last copy asked answered a miss it cannot vouch for.
+        let mut missed = vec![false; keys.len()];
+        let mut unanswered = Unanswered::default();
+        for slot in self.copies_of(served) {
+            let ask: Vec<usize> = (0..keys.len()).filter(|&i| answers[i].is_none()).collect();
+            if ask.is_empty() {
+                break;
+            }
+            ask.iter().for_each(|&i| missed[i] = false);
+            let Some(budget) = self.copy_budget(slot, start, Instant::now(), &mut unanswered)
+            else {
+                continue;
+            };
+            let call = Box::pin(read_part(
+                slot,
+                &*slot.backend,
+                ask.iter().map(|&i| keys[i]).collect(),
+            ));
+            match side_attempt(slot, Operation::GetMany, budget, call).await {
+                Some(Ok(Ok(values))) => {
+                    for (&i, value) in ask.iter().zip(values) {
+                        match value {
+                            Ok(Some(value)) => answers[i] = Some(Some(value)),
+                            Ok(None) if slot.capabilities.durable => answers[i] = Some(None),
+                            Ok(None) => missed[i] = true,
+                            Err(error) => unanswered.push(slot, format_args!("failed: {error}")),
+                        }
+                    }
+                }
+                outcome => unanswered.note(slot, outcome, budget),
+            }
         }
+        answers
+            .into_iter()
+            .zip(missed)
+            .map(|(answer, missed)| match (answer, missed) {
+                (Some(answer), _) => Ok(answer),
+                (None, true) => Ok(None),
+                (None, false) => unanswered.result(self, served, Operation::GetMany),
+            })
+            .collect()
     }
 }
 

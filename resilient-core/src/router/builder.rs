@@ -364,7 +364,8 @@ impl StorageBuilder {
             inner: Arc::new(Inner {
                 policy: Policy {
                     read_behind: self.write_policy != WritePolicy::Selected
-                        && slots.iter().skip(1).any(|slot| slot.capabilities.shared),
+                        && slots.len() > 1
+                        && slots.iter().any(|slot| slot.capabilities.shared),
                     keys: self.keys,
                     attempt_timeout: self.attempt_timeout,
                     deadline: self.deadline,

@@ -508,7 +508,7 @@ impl ResilientStorage {
         // hit answered at once does not carry (and move) their room.
         let read = match self.get_now(&full) {
             Some((Some(value), _)) => Ok(Some(value)),
-            Some(miss) => Ok(Box::pin(self.missed_now(&full, miss)).await),
+            Some(miss) => Box::pin(self.missed_now(&full, miss)).await,
             None => Box::pin(self.get(key)).await,
         };
         let (stored, read_failed) = match read {

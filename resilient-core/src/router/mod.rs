@@ -121,8 +121,9 @@ struct Policy {
     deadline: Duration,
     write_policy: WritePolicy,
     memory_ttl_cap: Duration,
-    /// A miss is asked again of the next shared backend (a policy that copies writes down, with
-    /// a shared backend below the first).
+    /// A miss is asked again of the shared backends that hold a copy of every write (a policy
+    /// that copies writes down, more than one backend, one of them shared): see
+    /// [`ResilientStorage::copies_of`].
     read_behind: bool,
 }
 

@@ -16,16 +16,19 @@ use crate::error::{Error, Operation, Result};
 impl ResilientStorage {
     /// Reads a key: `None` when absent or expired. A miss is an answer and never fails over;
     /// under a policy that copies writes down ([`WritePolicy::WriteBehind`](super::WritePolicy::WriteBehind), the default, or
-    /// [`WritePolicy::WriteThrough`](super::WritePolicy::WriteThrough)) a miss is asked again of the next backend shared across
-    /// processes, which holds a copy of every write.
+    /// [`WritePolicy::WriteThrough`](super::WritePolicy::WriteThrough)) a miss on a backend
+    /// that can lose its data (Redis restarted empty) is asked again of the next backend shared
+    /// across processes, which holds a copy of every write. When no such copy can answer (down,
+    /// frozen, circuit open), the read fails with [`Error::NoBackendAvailable`] rather than
+    /// answer `None` for a value the copy may hold.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let key = self.inner.policy.keys.full_key(key)?;
         let key = &*key;
         if let Some(answer) = self.get_now(key) {
-            return Ok(match answer {
-                (Some(value), _) => Some(value),
+            return match answer {
+                (Some(value), _) => Ok(Some(value)),
                 miss => self.missed_now(key, miss).await,
-            });
+            };
         }
         let start = self.inner.policy.read_behind.then(Instant::now);
         let (value, served) = self
@@ -41,7 +44,7 @@ impl ResilientStorage {
             )
             .await?;
         match (value, start) {
-            (None, Some(start)) => Ok(self.read_behind(served, key, start).await),
+            (None, Some(start)) => self.read_behind(served, key, start).await,
             (value, _) => Ok(value),
         }
     }
@@ -60,12 +63,12 @@ impl ResilientStorage {
         &self,
         key: &str,
         (value, served): (Option<Bytes>, usize),
-    ) -> Option<Bytes> {
+    ) -> Result<Option<Bytes>> {
         match value {
             None if self.inner.policy.read_behind => {
                 self.read_behind(served, key, Instant::now()).await
             }
-            value => value,
+            value => Ok(value),
         }
     }
 
@@ -97,44 +100,131 @@ impl ResilientStorage {
         }
     }
 
-    /// After a miss on backend `served` under a policy that copies writes down: the next shared
-    /// backend below it holds a copy of every write, so a primary that lost its data (restarted
-    /// empty) still reads what was written. Within the call's deadline; a failure of this read
-    /// counts against that backend's breaker and reads as the miss it followed.
+    /// After a miss on backend `served` under a policy that copies writes down: the shared
+    /// backends ([`copies_of`](Self::copies_of) it) hold a copy of every write, so a primary
+    /// that lost its data (restarted empty), or the memory store serving while they were out of
+    /// reach, still reads what was written. They are asked in order (each one's pending record
+    /// first) within the call's deadline; each failure counts against that backend's breaker.
+    /// A hit is the answer, and so is a miss on a durable copy; a miss on a copy that can lose
+    /// its data is the answer only when no copy after it is left to ask. When none of that
+    /// holds, the read fails: the miss may hide a value a copy holds, and `None` would then be
+    /// a wrong answer.
     pub(super) async fn read_behind(
         &self,
         served: usize,
         key: &str,
         start: Instant,
-    ) -> Option<Bytes> {
-        let now = Instant::now();
-        let slot = self.read_behind_slot(served, now)?;
-        if let Some(hint) = slot.replay.get(key) {
-            return hint.read(now);
+    ) -> Result<Option<Bytes>> {
+        let mut unanswered = Unanswered::default();
+        // The last copy asked answered a miss it cannot vouch for (it can lose its data).
+        let mut missed = false;
+        for slot in self.copies_of(served) {
+            let now = Instant::now();
+            if let Some(hint) = slot.replay.get(key) {
+                return Ok(hint.read(now));
+            }
+            missed = false;
+            let Some(budget) = self.copy_budget(slot, start, now, &mut unanswered) else {
+                continue;
+            };
+            match side_attempt(slot, Operation::Get, budget, slot.backend.get(key)).await {
+                Some(Ok(Ok(Some(value)))) => return Ok(Some(value)),
+                Some(Ok(Ok(None))) if slot.capabilities.durable => return Ok(None),
+                Some(Ok(Ok(None))) => missed = true,
+                outcome => unanswered.note(slot, outcome, budget),
+            }
         }
-        let budget = self.read_behind_budget(start, now)?;
-        side_attempt(slot, Operation::Get, budget, slot.backend.get(key))
-            .await?
-            .ok()?
-            .ok()?
+        match missed {
+            true => Ok(None),
+            false => unanswered.result(self, served, Operation::Get),
+        }
     }
 
-    /// The next shared backend below `served` that is available: the one a miss is asked of
-    /// again.
-    pub(super) fn read_behind_slot(&self, served: usize, now: Instant) -> Option<&Arc<Slot>> {
-        let now_ms = self.ms(now);
-        self.inner
-            .slots
-            .get(served + 1..)?
+    /// The shared backends a miss on `served` is asked of again, in priority order: none when
+    /// `served` keeps every write it acknowledges (a durable backend, whose miss is the
+    /// answer); the shared ones below it when it is shared but can lose its data (Redis
+    /// restarted empty); every other shared one when it is process-local (the memory store
+    /// holds only what this process wrote to it while the shared backends were out of reach).
+    pub(super) fn copies_of(&self, served: usize) -> impl Iterator<Item = &Arc<Slot>> {
+        let slots = &self.inner.slots;
+        let (lossy, local) = slots.get(served).map_or((false, false), |slot| {
+            (!slot.capabilities.durable, !slot.capabilities.shared)
+        });
+        slots
             .iter()
-            .find(|slot| slot.capabilities.shared && slot.view(now, now_ms, true, true).available)
+            .enumerate()
+            .filter(move |&(index, slot)| {
+                lossy && slot.capabilities.shared && (index > served || (local && index != served))
+            })
+            .map(|(_, slot)| slot)
     }
 
-    /// What a read behind a miss may take of the deadline of the call that began at `start`:
-    /// `None` when nothing is left.
-    pub(super) fn read_behind_budget(&self, start: Instant, now: Instant) -> Option<Duration> {
+    /// What a read of the copy on `slot` may take: the attempt timeout within what is left of
+    /// the deadline of the call that began at `start`. `None` (noted in `unanswered`) when the
+    /// copy is unavailable (circuit open, unhealthy) or no time is left.
+    pub(super) fn copy_budget(
+        &self,
+        slot: &Slot,
+        start: Instant,
+        now: Instant,
+        unanswered: &mut Unanswered,
+    ) -> Option<Duration> {
+        if !slot.view(now, self.ms(now), true, false).available {
+            unanswered.push(slot, "is unavailable (circuit open or unhealthy)");
+            return None;
+        }
         let policy = &self.inner.policy;
         let remaining = (start + policy.deadline).saturating_duration_since(now);
-        (!remaining.is_zero()).then(|| policy.attempt_timeout.min(remaining))
+        if remaining.is_zero() {
+            unanswered.push(slot, "was not asked: the deadline had passed");
+            return None;
+        }
+        Some(policy.attempt_timeout.min(remaining))
+    }
+}
+
+/// Why no copy answered a read behind a miss: empty when there was no copy to ask.
+#[derive(Default)]
+pub(super) struct Unanswered(Vec<String>);
+
+impl Unanswered {
+    pub(super) fn push(&mut self, slot: &Slot, why: impl std::fmt::Display) {
+        self.0.push(format!("[{}] {why}", slot.name));
+    }
+
+    /// Notes how a side attempt on `slot` that gave no answer ended.
+    pub(super) fn note<T>(
+        &mut self,
+        slot: &Slot,
+        outcome: Option<std::result::Result<Result<T>, tokio::time::error::Elapsed>>,
+        budget: Duration,
+    ) {
+        match outcome {
+            Some(Ok(Err(error))) => self.push(slot, format_args!("failed: {error}")),
+            Some(Err(_)) => self.push(slot, format_args!("did not answer within {budget:?}")),
+            None => self.push(slot, "has its circuit open"),
+            Some(Ok(Ok(_))) => {}
+        }
+    }
+
+    /// The miss itself when there was no copy to ask, else the error saying why none answered.
+    pub(super) fn result(
+        &self,
+        storage: &ResilientStorage,
+        served: usize,
+        operation: Operation,
+    ) -> Result<Option<Bytes>> {
+        if self.0.is_empty() {
+            return Ok(None);
+        }
+        Err(Error::NoBackendAvailable {
+            operation,
+            reasons: format!(
+                "[{}] does not have the key (restarted empty, or it holds only this process's \
+                 writes) and no backend holding a copy of every write could be asked: {}",
+                storage.inner.slots[served].name,
+                self.0.join("; ")
+            ),
+        })
     }
 }
