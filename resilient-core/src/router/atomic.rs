@@ -19,6 +19,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::attempt::side_attempt;
+use super::reads::Unanswered;
 use super::replay_log::LoggedWrite;
 use super::slot::Slot;
 use super::{ResilientStorage, Route, WritePolicy};
@@ -299,19 +300,14 @@ impl ResilientStorage {
     }
 
     async fn read_copy(&self, served: usize, slot: &Slot, key: &str) -> Result<Option<Bytes>> {
-        let unreachable = |why: String| Error::NoBackendAvailable {
-            operation: Operation::Atomic,
-            reasons: format!(
-                "[{}] does not know the key (restarted empty?) and [{}], which may hold it, {why}",
-                self.inner.slots[served].name, slot.name
-            ),
-        };
         let budget = self.inner.policy.attempt_timeout;
         match side_attempt(slot, Operation::Get, budget, slot.backend.get(key)).await {
             Some(Ok(Ok(value))) => Ok(value),
-            Some(Ok(Err(error))) => Err(unreachable(format!("failed: {error}"))),
-            Some(Err(_)) => Err(unreachable("did not answer in time".into())),
-            None => Err(unreachable("has its circuit open".into())),
+            outcome => {
+                let mut unanswered = Unanswered::default();
+                unanswered.note(slot, outcome, budget);
+                unanswered.result(self, served, Operation::Atomic)
+            }
         }
     }
 
