@@ -594,9 +594,10 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Reads a key at once, without a future, when this backend can (an in-process store whose
     /// read is ready without waiting); `None` (the default) sends the read to
-    /// [`get`](Self::get). The router tries it first on every read, so it must never block or
-    /// wait: it saves the allocation of `get`'s future, which on an in-process store costs as
-    /// much as the read.
+    /// [`get`](Self::get). The router tries it first on every read of a backend that is not
+    /// [shared](Capabilities::shared) (it skips the question for one that is), so it must never
+    /// block or wait: it saves the allocation of `get`'s future, which on an in-process store
+    /// costs as much as the read.
     fn try_get_now(&self, key: &str) -> Option<Result<Option<Bytes>>> {
         let _ = key;
         None
@@ -604,8 +605,9 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Writes or deletes a key at once, without a future, when this backend can (an in-process
     /// store whose write is applied before it returns); `None` (the default) sends the write to
-    /// [`write`](Self::write). The router tries it first on every set and delete, so it must
-    /// never wait for I/O or for another task. It must change nothing when it answers `None` or
+    /// [`write`](Self::write). The router tries it first on every set and delete (it may skip
+    /// the question for a [shared](Capabilities::shared) backend), so it must never wait for
+    /// I/O or for another task. It must change nothing when it answers `None` or
     /// an error: the router may then send the same write to `write`.
     fn try_write_now(
         &self,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{ATTEMPT, DEADLINE, builder, drain, fault};
 use resilient_core::BackendExt;
+use resilient_core::error::Attempt;
 use resilient_core::testing::Fault;
 use resilient_core::{
     Backend, CircuitState, Error, HealthConfig, HealthState, LockOutcome, Operation, StorageEvent,
@@ -33,6 +34,53 @@ async fn a_hung_backend_costs_the_caller_exactly_the_attempt_timeout() {
         Backend::get(&*postgres, "k").await.unwrap().as_deref(),
         Some(&b"v"[..])
     );
+}
+
+/// Attempts are woken at their deadline by a task on the runtime that built the storage. A
+/// call made on another runtime does not count on it: that runtime may be kept but no longer
+/// run (its task never wakes), or be gone.
+#[test]
+fn a_hung_call_on_another_runtime_than_the_storages_still_times_out() {
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let redis = fault("redis");
+    let home = paused();
+    let storage = home.block_on(builder(&[&redis]).build()).unwrap();
+    redis.inject(Fault::Hang);
+    // On a thread of its own: a call that hangs fails the test instead of holding it.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let away = paused();
+        let times_out = || {
+            away.block_on(async {
+                let start = Instant::now();
+                let error = storage.get("k").await.unwrap_err();
+                assert_eq!(start.elapsed(), ATTEMPT);
+                assert!(
+                    matches!(&error, Error::AllFailed { attempts, .. }
+                        if matches!(attempts.0[..], [Attempt { error: Error::Timeout { .. }, .. }])),
+                    "{error}"
+                );
+            })
+        };
+        // `home` is kept, but nothing runs it any more.
+        times_out();
+        drop(home);
+        times_out();
+        done.send(()).unwrap();
+    });
+    match finished.recv_timeout(Duration::from_secs(60)) {
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("a call on another runtime hung: it waited on the storage's own task")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the calls failed"),
+        Ok(()) => {}
+    }
 }
 
 #[tokio::test(start_paused = true)]

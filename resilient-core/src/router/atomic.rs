@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::attempt::side_attempt;
+use super::attempt::{Within, side_attempt};
 use super::reads::Unanswered;
 use super::replay_log::LoggedWrite;
 use super::slot::Slot;
@@ -188,7 +188,7 @@ impl ResilientStorage {
             });
         };
         let version = self.inner.versions.next();
-        let within = Some(deadline);
+        let within = Within::Until(deadline);
         let (mut outcome, mut served) = self
             .route_within(
                 Operation::Atomic,

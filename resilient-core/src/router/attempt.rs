@@ -5,6 +5,7 @@
 //! [`route_now`](ResilientStorage::route_now), the common path without a future.
 
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -13,29 +14,66 @@ use tracing::Instrument;
 use super::locks::lock_eligible;
 use super::slot::Slot;
 use super::telemetry::{self, Outcome};
+use super::watchdog::Watchdog;
 use super::{CallFuture, LockFailover, NONE, ResilientStorage, Route, WritePolicy};
 use crate::backend::Backend;
 use crate::error::{Attempt, Attempts, Error, Operation, Result};
 use crate::events::StorageEvent;
 use crate::strategy::{BackendView, Candidates, Routing};
 
+/// A call that did not finish within its budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct TimedOut;
+
+/// How a [`timed`] call ended: its result, or [`TimedOut`].
+pub(super) type TimedResult<T> = std::result::Result<Result<T>, TimedOut>;
+
 /// Runs `call`, begun at `start`, under `budget`; returns its result, when it ended and how
-/// long it took. A call that completes on its first poll never arms a timer; any other gets
-/// `tokio::time::timeout`.
+/// long it took. A call that completes on its first poll is never registered anywhere; any
+/// other waits under `watchdog`, which wakes it at `start + budget` (or, where the watchdog's
+/// task is gone, under a tokio timer). The call is polled once per wake-up.
 pub(super) async fn timed<T>(
+    watchdog: &Watchdog,
     start: Instant,
     budget: Duration,
     mut call: CallFuture<'_, T>,
-) -> (
-    std::result::Result<Result<T>, tokio::time::error::Elapsed>,
-    Instant,
-    Duration,
-) {
-    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
-    let result = match first {
-        std::task::Poll::Ready(result) => Ok(result),
-        std::task::Poll::Pending => tokio::time::timeout(budget, call).await,
-    };
+) -> (TimedResult<T>, Instant, Duration) {
+    // The budget is at most a day (`limits::TIMEOUT`): the sum cannot overflow.
+    let deadline = start + budget;
+    let mut watched = None;
+    let mut timer = std::pin::pin!(None::<tokio::time::Sleep>);
+    let result = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = call.as_mut().poll(cx) {
+            return Poll::Ready(Ok(result));
+        }
+        if timer.is_none() {
+            match &watched {
+                None => match watchdog.register(deadline, cx.waker()) {
+                    Some(registration) => {
+                        watched = Some(registration);
+                        return Poll::Pending;
+                    }
+                    None => timer.set(Some(tokio::time::sleep_until(deadline))),
+                },
+                Some(registration) => {
+                    if Instant::now() >= deadline {
+                        return Poll::Ready(Err(TimedOut));
+                    }
+                    if registration.watched() {
+                        registration.update(cx.waker());
+                        return Poll::Pending;
+                    }
+                    timer.set(Some(tokio::time::sleep_until(deadline)));
+                }
+            }
+        }
+        match timer.as_mut().as_pin_mut().map(|sleep| sleep.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(TimedOut)),
+            _ => Poll::Pending,
+        }
+    })
+    .await;
+    drop(watched);
     let end = Instant::now();
     (result, end, end.saturating_duration_since(start))
 }
@@ -45,7 +83,7 @@ pub(super) async fn timed<T>(
 /// caller error, which says nothing about the backend). Returns the outcome for metrics.
 pub(super) fn settle<T>(
     permit: crate::breaker::Permit<'_>,
-    result: &std::result::Result<Result<T>, tokio::time::error::Elapsed>,
+    result: &TimedResult<T>,
     elapsed: Duration,
 ) -> Outcome {
     match result {
@@ -76,10 +114,10 @@ pub(super) async fn side_attempt<T>(
     operation: Operation,
     budget: Duration,
     call: CallFuture<'_, T>,
-) -> Option<std::result::Result<Result<T>, tokio::time::error::Elapsed>> {
+) -> Option<TimedResult<T>> {
     let now = Instant::now();
     let permit = slot.breaker.try_acquire_at(now).ok()?;
-    let (result, _, elapsed) = timed(now, budget, call).await;
+    let (result, _, elapsed) = timed(&slot.watchdog, now, budget, call).await;
     let outcome = settle(permit, &result, elapsed);
     slot.metrics.attempt(operation, outcome, elapsed);
     tracing::debug!(backend = %slot.name, %operation, ?outcome, ?elapsed, "side attempt");
@@ -113,6 +151,18 @@ where
     fn from(call: std::pin::Pin<Box<F>>) -> Self {
         Call::Pending(call)
     }
+}
+
+/// When a routed call's time runs out.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Within {
+    /// The storage's deadline, from now.
+    Deadline,
+    /// The storage's deadline, from when the caller read the clock as the call began (one
+    /// reading serves the caller and the attempts).
+    From(Instant),
+    /// A deadline the caller set.
+    Until(Instant),
 }
 
 /// How one attempt ended.
@@ -270,39 +320,33 @@ impl ResilientStorage {
         call: impl Fn(usize, &'a dyn Backend) -> C,
     ) -> impl std::future::Future<Output = Result<(T, usize)>> {
         // A plain function, not `async`: no future of its own around `route_within`'s.
-        self.route_within(operation, route, key, prefer, None, call)
+        self.route_within(operation, route, key, prefer, Within::Deadline, call)
     }
 
-    /// [`route`](Self::route) within a deadline the caller set (a batch's passes share one),
-    /// instead of one from now.
+    /// [`route`](Self::route) with the deadline counted from when the caller says the call
+    /// began, or set by the caller (a batch's passes share one).
     pub(super) async fn route_within<'a, T, C: Into<Call<'a, T>>>(
         &'a self,
         operation: Operation,
         route: Route,
         key: &str,
         prefer: Option<usize>,
-        deadline: Option<Instant>,
+        within: Within,
         call: impl Fn(usize, &'a dyn Backend) -> C,
     ) -> Result<(T, usize)> {
         // Checked before a span is made: with tracing's `log` feature on (sqlx turns it on),
         // even a disabled span is built and offered to `log` on every call.
         if !tracing::level_enabled!(tracing::Level::INFO) {
-            return self
-                .attempts(operation, route, prefer, deadline, call)
-                .await;
+            return self.attempts(operation, route, prefer, within, call).await;
         }
         let span = tracing::info_span!("storage", operation = operation.as_str());
         if span.is_disabled() {
             // No subscriber wants it: skip the span's enter and exit on every poll.
-            return self
-                .attempts(operation, route, prefer, deadline, call)
-                .await;
+            return self.attempts(operation, route, prefer, within, call).await;
         }
         async {
             tracing::debug!(key, "operation");
-            let result = self
-                .attempts(operation, route, prefer, deadline, call)
-                .await;
+            let result = self.attempts(operation, route, prefer, within, call).await;
             if let Err(error) = &result {
                 tracing::debug!(%error, "operation failed");
             }
@@ -326,7 +370,9 @@ impl ResilientStorage {
     /// allocation and, but for a replay record's expiry, no clock reading. `None` sends the
     /// call to [`route`](Self::route) instead, which asks the backend again: when it could not
     /// answer at once, when it answered with an error (the full path counts it and fails
-    /// over), when a tracing span would be recorded, or after shutdown. So `call` must be safe
+    /// over), when a tracing span would be recorded, or after shutdown; at once, without
+    /// asking, when that backend is shared and has no write to replay (it cannot answer at
+    /// once). So `call` must be safe
     /// to repeat, as a read is, and as a write answered `None` or an error is (it changed
     /// nothing: [`Backend::try_write_now`]'s contract).
     pub(super) fn route_now<'a, T>(
@@ -335,6 +381,12 @@ impl ResilientStorage {
         call: impl FnOnce(usize, &'a dyn Backend) -> Option<Result<T>>,
     ) -> Option<(T, usize)> {
         let inner = &self.inner;
+        let (first, slot) = self.fixed_first()?;
+        // A backend shared across processes answers nothing at once (only an in-process store
+        // does: see `Backend::try_get_now`) but a read of a write it has still to replay.
+        if slot.capabilities.shared && slot.replay.pending() == 0 {
+            return None;
+        }
         // The full path makes the span; asking builds none.
         if tracing::level_enabled!(tracing::Level::INFO)
             && tracing::span_enabled!(tracing::Level::INFO)
@@ -344,7 +396,6 @@ impl ResilientStorage {
         if inner.life.shut_down.load(Ordering::Acquire) {
             return None;
         }
-        let (first, slot) = self.fixed_first()?;
         if inner.active.index.load(Ordering::Relaxed) != first {
             return None;
         }
@@ -364,14 +415,18 @@ impl ResilientStorage {
         operation: Operation,
         route: Route,
         prefer: Option<usize>,
-        deadline: Option<Instant>,
+        within: Within,
         call: impl Fn(usize, &'a dyn Backend) -> C,
     ) -> Result<(T, usize)> {
         let inner = &self.inner;
         if inner.life.shut_down.load(Ordering::Acquire) {
             return Err(Error::Shutdown);
         }
-        let start = Instant::now();
+        let (start, deadline) = match within {
+            Within::Deadline => (Instant::now(), None),
+            Within::From(start) => (start, None),
+            Within::Until(at) => (Instant::now(), Some(at)),
+        };
         // Needed only past a first attempt that answered: computed then.
         let deadline_at = || deadline.unwrap_or_else(|| start + inner.policy.deadline);
         let mut attempts = Vec::new();
@@ -506,7 +561,7 @@ impl ResilientStorage {
         let (result, end, elapsed, at_once) = match call() {
             Call::Ready(result) => (Ok(result), now, Duration::ZERO, true),
             Call::Pending(call) => {
-                let (result, end, elapsed) = timed(now, budget, call).await;
+                let (result, end, elapsed) = timed(&slot.watchdog, now, budget, call).await;
                 (result, end, elapsed, false)
             }
         };

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::attempt::side_attempt;
+use super::attempt::{Within, side_attempt};
 use super::reads::Unanswered;
 use super::replay_log::LoggedWrite;
 use super::slot::Slot;
@@ -311,7 +311,7 @@ impl ResilientStorage {
                     Route::Data,
                     "batch",
                     prefer,
-                    Some(deadline),
+                    Within::Until(deadline),
                     |index, backend| call(index, backend, &pending),
                 )
                 .await;

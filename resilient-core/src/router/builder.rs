@@ -334,8 +334,9 @@ impl StorageBuilder {
             .strategy
             .clone()
             .unwrap_or_else(|| self.builtin.build(self.failback_delay));
-        let slots = self.slots(backends, &events, epoch, strategy.spreads_load())?;
         let (stop, _) = watch::channel(false);
+        let watchdog = super::watchdog::Watchdog::start(stop.subscribe());
+        let slots = self.slots(backends, &events, epoch, strategy.spreads_load(), &watchdog)?;
         let mut monitors: Vec<_> = if self.health.enabled {
             slots
                 .iter()
@@ -453,6 +454,7 @@ impl StorageBuilder {
         events: &broadcast::Sender<StorageEvent>,
         epoch: tokio::time::Instant,
         spreads_load: bool,
+        watchdog: &Arc<super::watchdog::Watchdog>,
     ) -> Result<Vec<Arc<Slot>>> {
         let mut names = HashSet::new();
         let mut slots: Vec<Arc<Slot>> = Vec::with_capacity(backends.len());
@@ -486,6 +488,7 @@ impl StorageBuilder {
                 events.clone(),
                 epoch,
                 missed_by,
+                watchdog.clone(),
             )));
         }
         Ok(slots)

@@ -147,7 +147,13 @@ async fn holder_call<'a, T>(
 ) -> Option<T> {
     let permit = holder.breaker.try_acquire().ok()?;
     let start = Instant::now();
-    let (result, _, elapsed) = timed(start, attempt_timeout, call(&*holder.backend)).await;
+    let (result, _, elapsed) = timed(
+        &holder.watchdog,
+        start,
+        attempt_timeout,
+        call(&*holder.backend),
+    )
+    .await;
     settle(permit, &result, elapsed);
     match result {
         Ok(Ok(value)) => Some(value),
@@ -176,8 +182,13 @@ async fn replay<'e>(
             BatchWrite::new(&entry.key, entry.write.clone(), options)
         })
         .collect();
-    let (result, _, elapsed) =
-        timed(start, attempt_timeout, target.backend.write_many(writes)).await;
+    let (result, _, elapsed) = timed(
+        &target.watchdog,
+        start,
+        attempt_timeout,
+        target.backend.write_many(writes),
+    )
+    .await;
     let answers = match result {
         Ok(Ok(answers)) => answers,
         other => {

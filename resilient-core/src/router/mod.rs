@@ -14,6 +14,7 @@ mod replay_log;
 mod slot;
 mod status;
 mod telemetry;
+mod watchdog;
 mod writes;
 
 use std::future::Future;

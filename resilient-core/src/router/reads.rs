@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::attempt::{Call, side_attempt};
+use super::attempt::{Call, TimedResult, Within, side_attempt};
 use super::slot::Slot;
 use super::{ResilientStorage, Route};
 use crate::error::{Error, Operation, Result};
@@ -30,13 +30,15 @@ impl ResilientStorage {
                 miss => self.missed_now(key, miss).await,
             };
         }
+        // The call's start, for a read behind a miss: the attempts count from it too.
         let start = self.inner.policy.read_behind.then(Instant::now);
         let (value, served) = self
-            .route(
+            .route_within(
                 Operation::Get,
                 Route::Data,
                 key,
                 None,
+                start.map_or(Within::Deadline, Within::From),
                 |index, b| match self.read_at_once(index, b, key) {
                     Some(answer) => Call::Ready(answer),
                     None => Call::Pending(b.get(key)),
@@ -81,8 +83,11 @@ impl ResilientStorage {
         backend: &dyn crate::Backend,
         key: &str,
     ) -> Option<Result<Option<Bytes>>> {
-        match self.inner.slots[index].replay.get(key) {
+        let slot = &self.inner.slots[index];
+        match slot.replay.get(key) {
             Some(hint) => Some(Ok(hint.read(Instant::now()))),
+            // Only an in-process store answers at once.
+            None if slot.capabilities.shared => None,
             None => backend.try_get_now(key),
         }
     }
@@ -196,7 +201,7 @@ impl Unanswered {
     pub(super) fn note<T>(
         &mut self,
         slot: &Slot,
-        outcome: Option<std::result::Result<Result<T>, tokio::time::error::Elapsed>>,
+        outcome: Option<TimedResult<T>>,
         budget: Duration,
     ) {
         match outcome {

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::replay_log::ReplayLog;
 use super::telemetry::BackendMetrics;
+use super::watchdog::Watchdog;
 use crate::backend::{Backend, Capabilities, MissedBy};
 use crate::backend::{BatchWrite, WriteMode, WriteOptions, WriteVersion};
 use crate::breaker::{BreakerConfig, CircuitBreaker};
@@ -36,6 +37,8 @@ pub(crate) struct Slot {
     /// When it last answered an acquire or extend: it may hold leases until the longest lease
     /// after that.
     lock_answered: std::sync::Mutex<Option<Instant>>,
+    /// Wakes its attempts at their deadline (one per storage, shared by its slots).
+    pub(crate) watchdog: Arc<Watchdog>,
 }
 
 impl Slot {
@@ -50,6 +53,7 @@ impl Slot {
         events: broadcast::Sender<StorageEvent>,
         epoch: Instant,
         missed_by: MissedBy,
+        watchdog: Arc<Watchdog>,
     ) -> Self {
         let capabilities = backend.capabilities();
         let backend_name = name.clone();
@@ -96,6 +100,7 @@ impl Slot {
             metrics,
             lock_down_since: std::sync::Mutex::new(None),
             lock_answered: std::sync::Mutex::new(None),
+            watchdog,
         }
     }
 
@@ -381,8 +386,13 @@ async fn replay_batch(
         .iter()
         .map(|(key, hint, version)| BatchWrite::new(key, hint.replay_at(start), options(*version)))
         .collect();
-    let (result, _, elapsed) =
-        super::attempt::timed(start, attempt_timeout, slot.backend.write_many(writes)).await;
+    let (result, _, elapsed) = super::attempt::timed(
+        &slot.watchdog,
+        start,
+        attempt_timeout,
+        slot.backend.write_many(writes),
+    )
+    .await;
     let answers = match result {
         Ok(Ok(answers)) => answers,
         Ok(Err(error)) if error.is_transient() => {
@@ -437,7 +447,8 @@ async fn replay_one_by_one(
         let start = Instant::now();
         let options = WriteOptions::new(version).mode(WriteMode::IfNewer);
         let call = slot.backend.write(&key, hint.replay_at(start), options);
-        let (result, _, elapsed) = super::attempt::timed(start, attempt_timeout, call).await;
+        let (result, _, elapsed) =
+            super::attempt::timed(&slot.watchdog, start, attempt_timeout, call).await;
         super::attempt::settle(permit, &result, elapsed);
         match result {
             Ok(Ok(_)) => {

@@ -345,7 +345,7 @@ impl ResilientStorage {
                 let Some((permit, copy)) = copy else {
                     return false;
                 };
-                let (result, _, elapsed) = timed(now, budget, copy).await;
+                let (result, _, elapsed) = timed(&slot.watchdog, now, budget, copy).await;
                 if let Ok(Err(error)) = &result
                     && error.is_transient()
                 {
