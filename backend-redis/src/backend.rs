@@ -142,9 +142,11 @@ impl Link {
             if let Some(certificates) = certificates {
                 builder = builder.certs(certificates.clone());
             }
+            if let Some(timeout) = config.response_timeout {
+                builder = builder.response_timeout(timeout);
+            }
             let client = builder
                 .connection_timeout(config.connect_timeout)
-                .response_timeout(config.response_timeout)
                 .retries(config.reconnect_retries as u32)
                 .min_retry_wait(50)
                 .max_retry_wait(config.reconnect_max_delay.as_millis() as u64)
@@ -187,7 +189,10 @@ impl Link {
 
     fn manager_config(config: &RedisConfig) -> ConnectionManagerConfig {
         ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.response_timeout))
+            // None unless asked for: the router's attempt timeout bounds every call, and the
+            // crate's own is a second timer per command (see ARCHITECTURE.md, "Why attempts
+            // share one timer").
+            .set_response_timeout(config.response_timeout)
             .set_connection_timeout(Some(config.connect_timeout))
             .set_number_of_retries(config.reconnect_retries)
             .set_min_delay(Duration::from_millis(50))

@@ -28,7 +28,7 @@ use resilient_core::{BackendUrl, Error, Result};
 /// |---|---|---|
 /// | `name` | `redis` | name in reports |
 /// | `prefix` | none | prepended to every key and lock name (no `{`, `}` or NUL) |
-/// | `response_timeout` | `1s` | a command without a reply by then fails |
+/// | `response_timeout` | none | a command without a reply by then fails in the redis crate as well |
 /// | `connect_timeout` | `500ms` | a connection attempt without a handshake by then fails |
 /// | `reconnect_retries` | `1` | extra connection attempts per reconnect |
 /// | `reconnect_max_delay` | `500ms` | the longest wait between those attempts |
@@ -41,9 +41,11 @@ use resilient_core::{BackendUrl, Error, Result};
 /// `tombstone_ttl` from 1 ms to 365 days. The path is the database number (`/2`; none on a
 /// cluster); the fragment `#insecure` (TLS without certificate checks) is the only one allowed.
 ///
-/// The defaults make a dead server fail each call within about 150 ms and a frozen one at the
-/// response timeout, and bring the connection back within about half a second of the server.
-/// The router's attempt timeout (500 ms by default) bounds every call in any case.
+/// The defaults make a dead server fail each call within about 150 ms and bring the connection
+/// back within about half a second of the server. A frozen server's calls are cut by the
+/// router's attempt timeout (500 ms by default), which bounds every call the storage makes; the
+/// redis crate's own response timeout, a second timer on every command, is off unless
+/// `response_timeout` is set (set it when you call the backend outside a storage).
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct RedisConfig {
@@ -63,8 +65,8 @@ pub struct RedisConfig {
     pub tls: bool,
     /// Prefix of every key and lock name.
     pub prefix: String,
-    /// See the option table.
-    pub response_timeout: Duration,
+    /// See the option table: `None` leaves the bound to the router's attempt timeout.
+    pub response_timeout: Option<Duration>,
     /// See the option table.
     pub connect_timeout: Duration,
     /// See the option table.
@@ -224,9 +226,7 @@ impl RedisConfig {
             master_url: String::new(),
             tls,
             prefix,
-            response_timeout: options
-                .duration("response_timeout", ms..=hour)?
-                .unwrap_or(Duration::from_secs(1)),
+            response_timeout: options.duration("response_timeout", ms..=hour)?,
             connect_timeout: options
                 .duration("connect_timeout", ms..=hour)?
                 .unwrap_or(Duration::from_millis(500)),
@@ -322,7 +322,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.nodes, ["redis://:pw@127.0.0.1:6380/2?protocol=resp3"]);
         assert_eq!((c.name.as_str(), c.prefix.as_str()), ("cache", "app:"));
-        assert_eq!(c.response_timeout, Duration::from_millis(250));
+        assert_eq!(c.response_timeout, Some(Duration::from_millis(250)));
         assert!(!c.cluster && !c.tls);
     }
 
