@@ -1,0 +1,49 @@
+//! The 64-task Redis load of the benchmarks (`redis_get_64_tasks`), one side at a time, for
+//! counting what the storage adds to each get. Instructions, unlike time, do not depend on what
+//! else the machine is doing:
+//!
+//! ```text
+//! cargo build --release -p resilient-benches --example redis_64_tasks
+//! valgrind --tool=callgrind target/release/examples/redis_64_tasks storage 30
+//! valgrind --tool=callgrind target/release/examples/redis_64_tasks storage 60
+//! valgrind --tool=callgrind target/release/examples/redis_64_tasks raw 30
+//! valgrind --tool=callgrind target/release/examples/redis_64_tasks raw 60
+//! ```
+//!
+//! Each round is 64 tasks of 16 gets. The difference between the two totals of a side, over
+//! 30 × 1,024 gets, is its instructions per get without the set-up; `callgrind_annotate` on
+//! each output says where they go. The example starts its own `redis-server` (see
+//! `resilient-test-support`); valgrind does not trace it.
+
+use resilient_benches::{get_from_64_tasks, raw_get_from_64_tasks, storage_over};
+use resilient_test_support::RedisServer;
+
+fn main() {
+    let usage = "usage: redis_64_tasks storage|raw ROUNDS";
+    let mut args = std::env::args().skip(1);
+    let side = args.next().expect(usage);
+    let rounds: u32 = args.next().and_then(|n| n.parse().ok()).expect(usage);
+    assert!(side == "storage" || side == "raw", "{usage}");
+    let server = RedisServer::start().expect("redis-server");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // The storage of the bench row: Redis with the memory fallback, defaults otherwise.
+        let storage = storage_over(&server.url(), true).await;
+        storage.set("key", vec![7_u8; 100], None).await.unwrap();
+        let client = redis::Client::open(server.url()).unwrap();
+        let raw = redis::aio::ConnectionManager::new(client).await.unwrap();
+        let start = std::time::Instant::now();
+        for _ in 0..rounds {
+            match side.as_str() {
+                "storage" => get_from_64_tasks(&storage, "key").await,
+                _ => raw_get_from_64_tasks(&raw, "key").await,
+            }
+        }
+        println!("{side}: {:?} a round", start.elapsed() / rounds);
+        storage.shutdown().await;
+    });
+}
