@@ -79,7 +79,11 @@ impl ResilientStorage {
                 .await?;
             let mut misses: Vec<(usize, usize)> = Vec::new();
             for (i, (answer, served)) in answers.into_iter().enumerate() {
-                if let (Ok(None), Some(served)) = (&answer, served) {
+                // A miss, or a value that must be confirmed as a miss would (see
+                // `unconfirmed_hit`): asked again of the shared backends.
+                if let (Ok(value), Some(served)) = (&answer, served)
+                    && (value.is_none() || self.unconfirmed_hit(served))
+                {
                     misses.push((served, i));
                 }
                 out[valid[i].0] = Some(answer);

@@ -20,7 +20,9 @@ impl ResilientStorage {
     /// that can lose its data (Redis restarted empty) is asked again of the next backend shared
     /// across processes, which holds a copy of every write. When no such copy can answer (down,
     /// frozen, circuit open), the read fails with [`Error::NoBackendAvailable`] rather than
-    /// answer `None` for a value the copy may hold.
+    /// answer `None` for a value the copy may hold. Under write-behind, a value the memory
+    /// fallback answers is asked of those backends the same way, unless this process still has
+    /// to replay it to them: it may be one kept from an earlier outage, older than theirs.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let key = self.inner.policy.keys.full_key(key)?;
         let key = &*key;
@@ -47,8 +49,27 @@ impl ResilientStorage {
             .await?;
         match (value, start) {
             (None, Some(start)) => self.read_behind(served, key, start).await,
+            (Some(_), Some(start)) if self.unconfirmed_hit(served) => {
+                self.read_behind(served, key, start).await
+            }
             (value, _) => Ok(value),
         }
+    }
+
+    /// Whether a value backend `served` read must be confirmed as a miss would be: under
+    /// [`WritePolicy::WriteBehind`](super::WritePolicy::WriteBehind), a process-local store
+    /// below a shared backend (the memory fallback) holds only the writes it served while the
+    /// shared backends were out of reach, and none of those they took since. After an earlier
+    /// outage its value may be older than theirs. One this process still has to replay to them
+    /// is read from its record; any other is read from them, and while none can be asked the
+    /// read fails rather than answer an old value.
+    pub(super) fn unconfirmed_hit(&self, served: usize) -> bool {
+        let slots = &self.inner.slots;
+        self.inner.policy.write_policy == super::WritePolicy::WriteBehind
+            && slots
+                .get(served)
+                .is_some_and(|slot| !slot.capabilities.shared)
+            && slots[..served].iter().any(|slot| slot.capabilities.shared)
     }
 
     /// `key` (already validated and prefixed) read without a future, when the common path
@@ -225,8 +246,9 @@ impl Unanswered {
         Err(Error::NoBackendAvailable {
             operation,
             reasons: format!(
-                "[{}] does not have the key (restarted empty, or it holds only this process's \
-                 writes) and no backend holding a copy of every write could be asked: {}",
+                "[{}] cannot answer for the key alone (it may have restarted empty, or it \
+                 holds only this process's writes from when the shared backends were out of \
+                 reach) and no backend holding a copy of every write could be asked: {}",
                 storage.inner.slots[served].name,
                 self.0.join("; ")
             ),
