@@ -158,17 +158,23 @@ async fn a_miss_its_copy_cannot_confirm_fails_instead_of_reading_none() {
     assert_eq!(storage.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
 }
 
-/// With both servers out of reach the memory store serves, but it holds only what this process
-/// wrote to it since: a miss there is not the answer. A counter kept by read-modify-write fails
-/// instead of starting again from 1 (and that 1 overwriting the real count on replay).
-#[tokio::test(start_paused = true)]
-async fn a_miss_on_the_memory_store_while_both_servers_are_out_fails() {
+/// Redis and PostgreSQL (fault-wrapped) with the default memory fallback below them.
+async fn servers_and_memory() -> (Arc<FaultBackend>, Arc<FaultBackend>, ResilientStorage) {
     let (redis, postgres) = (fault("redis"), fault("postgres"));
     let storage = builder(&[&redis, &postgres])
         .memory_fallback(true)
         .build()
         .await
         .unwrap();
+    (redis, postgres, storage)
+}
+
+/// With both servers out of reach the memory store serves, but it holds only what this process
+/// wrote to it since: a miss there is not the answer. A counter kept by read-modify-write fails
+/// instead of starting again from 1 (and that 1 overwriting the real count on replay).
+#[tokio::test(start_paused = true)]
+async fn a_miss_on_the_memory_store_while_both_servers_are_out_fails() {
+    let (redis, postgres, storage) = servers_and_memory().await;
     for _ in 0..5 {
         increment(&storage, "counter").await;
     }
@@ -207,12 +213,7 @@ async fn a_miss_on_the_memory_store_while_both_servers_are_out_fails() {
 /// while Redis was down read values from the first freeze during the second.
 #[tokio::test(start_paused = true)]
 async fn the_memory_store_never_answers_a_value_older_than_the_servers() {
-    let (redis, postgres) = (fault("redis"), fault("postgres"));
-    let storage = builder(&[&redis, &postgres])
-        .memory_fallback(true)
-        .build()
-        .await
-        .unwrap();
+    let (redis, postgres, storage) = servers_and_memory().await;
     let both = |fault: Fault| {
         redis.inject(fault.clone());
         postgres.inject(fault);
