@@ -5,6 +5,7 @@
 
 mod common;
 
+use bytes::Bytes;
 use resilient_core::BackendExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -240,12 +241,15 @@ async fn the_memory_store_never_answers_a_value_older_than_the_servers() {
         matches!(&many[..], [Err(Error::NoBackendAvailable { .. })]),
         "{many:?}"
     );
-    // A write of this outage is read back, from its record.
+    // A write of this outage is read back, from its record, even with both circuits open.
     storage.set("k", "newer", None).await.unwrap();
-    assert_eq!(
-        storage.get("k").await.unwrap().as_deref(),
-        Some(&b"newer"[..])
-    );
+    let newer = Some(Bytes::from_static(b"newer"));
+    assert_eq!(storage.get("k").await.unwrap(), newer);
+    assert!(storage.force_open("redis", true) && storage.force_open("postgres", true));
+    assert_eq!(storage.get("k").await.unwrap(), newer);
+    let many = storage.get_many(&["k"]).await.unwrap();
+    assert_eq!(many[0].as_ref().unwrap(), &newer);
+    assert!(storage.force_open("redis", false) && storage.force_open("postgres", false));
     both(Fault::Pass);
     sleep(Duration::from_secs(5)).await;
     assert_eq!(
@@ -256,6 +260,25 @@ async fn the_memory_store_never_answers_a_value_older_than_the_servers() {
         direct(&*postgres, "k").await.as_deref(),
         Some(&b"newer"[..])
     );
+}
+
+/// A store of this process's own that keeps every write it acknowledged (a local disk, say),
+/// below Redis: its values are answers, not copies to confirm.
+#[tokio::test(start_paused = true)]
+async fn a_durable_local_store_below_redis_answers_its_values() {
+    let redis = fault("redis");
+    let disk = MemoryBackend::new(MemoryConfig::default().name("disk"));
+    let disk = Arc::new(FaultBackend::wrap(Arc::new(disk)).durable(true));
+    let storage = builder(&[&redis, &disk]).build().await.unwrap();
+    redis.inject(Fault::Fail);
+    storage.set("k", "v", None).await.unwrap();
+    assert_eq!(storage.last_served_backend().as_deref(), Some("disk"));
+    redis.inject(Fault::Pass);
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(direct(&*redis, "k").await.as_deref(), Some(&b"v"[..]));
+    redis.inject(Fault::Fail);
+    assert_eq!(storage.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(storage.last_served_backend().as_deref(), Some("disk"));
 }
 
 #[tokio::test(start_paused = true)]

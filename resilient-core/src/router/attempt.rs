@@ -56,11 +56,15 @@ pub(super) async fn timed<T>(
                     None => timer.set(Some(tokio::time::sleep_until(deadline))),
                 },
                 Some(registration) => {
+                    // The waker first, under the lock the watchdog wakes with: a wake-up it
+                    // gave the old waker after the check below would otherwise be lost. Either
+                    // it wakes this one, or it woke before, at or past the deadline, and the
+                    // clock read after says so; likewise for its task's end and `watched`.
+                    registration.update(cx.waker());
                     if Instant::now() >= deadline {
                         return Poll::Ready(Err(TimedOut));
                     }
                     if registration.watched() {
-                        registration.update(cx.waker());
                         return Poll::Pending;
                     }
                     timer.set(Some(tokio::time::sleep_until(deadline)));

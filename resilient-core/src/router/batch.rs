@@ -376,13 +376,26 @@ impl ResilientStorage {
         let mut missed = vec![false; keys.len()];
         let mut unanswered = Unanswered::default();
         for slot in self.copies_of(served) {
+            // Each copy's pending records first, as `read_behind` reads them: a write this
+            // process has still to replay there is the answer, even while the copy is out of
+            // reach (its circuit open).
+            let now = Instant::now();
+            if slot.replay.pending() > 0 {
+                for (i, key) in keys.iter().enumerate() {
+                    if answers[i].is_none()
+                        && let Some(record) = slot.replay.get(key)
+                    {
+                        answers[i] = Some(record.read(now));
+                        missed[i] = false;
+                    }
+                }
+            }
             let ask: Vec<usize> = (0..keys.len()).filter(|&i| answers[i].is_none()).collect();
             if ask.is_empty() {
                 break;
             }
             ask.iter().for_each(|&i| missed[i] = false);
-            let Some(budget) = self.copy_budget(slot, start, Instant::now(), &mut unanswered)
-            else {
+            let Some(budget) = self.copy_budget(slot, start, now, &mut unanswered) else {
                 continue;
             };
             let call = Box::pin(read_part(

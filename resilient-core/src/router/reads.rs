@@ -66,9 +66,10 @@ impl ResilientStorage {
     pub(super) fn unconfirmed_hit(&self, served: usize) -> bool {
         let slots = &self.inner.slots;
         self.inner.policy.write_policy == super::WritePolicy::WriteBehind
-            && slots
-                .get(served)
-                .is_some_and(|slot| !slot.capabilities.shared)
+            && slots.get(served).is_some_and(|slot| {
+                // A durable one keeps every write it acknowledged, as its misses are answers.
+                !slot.capabilities.shared && !slot.capabilities.durable
+            })
             && slots[..served].iter().any(|slot| slot.capabilities.shared)
     }
 

@@ -105,6 +105,12 @@ impl FaultBackend {
         self
     }
 
+    /// Claims (or not) to keep every write it acknowledged across restarts, as PostgreSQL does.
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.capabilities.durable = durable;
+        self
+    }
+
     /// Applies `fault` to every call from now on, ending any schedule.
     pub fn inject(&self, fault: Fault) {
         let mut script = self.lock();
