@@ -376,9 +376,8 @@ impl ResilientStorage {
     /// answer at once, when it answered with an error (the full path counts it and fails
     /// over), when a tracing span would be recorded, or after shutdown; at once, without
     /// asking, when that backend is shared and has no write to replay (it cannot answer at
-    /// once). So `call` must be safe
-    /// to repeat, as a read is, and as a write answered `None` or an error is (it changed
-    /// nothing: [`Backend::try_write_now`]'s contract).
+    /// once). So `call` must be safe to repeat, as a read is, and as a write answered `None`
+    /// or an error is (it changed nothing: [`Backend::try_write_now`]'s contract).
     pub(super) fn route_now<'a, T>(
         &'a self,
         operation: Operation,

@@ -1,18 +1,19 @@
 //! The attempt timeout without a tokio timer per call: one task per storage wakes the attempts
 //! whose deadline has passed.
 //!
-//! A tokio timer per attempt costs a registration in the runtime's timer wheel, a clone of the
-//! runtime's handle and a removal when the call ends before it fires, which it nearly always
-//! does: measured at about 200 ns of CPU per Redis get with 64 tasks on 2 cores (the
-//! `redis_get_64_tasks` bench row), more than the rest of the router. Here an attempt that does
-//! not finish on its first poll puts its deadline and waker in one of a few sharded slabs (one
-//! uncontended lock) and takes them out when it ends (another); the watchdog task sleeps until
-//! the earliest deadline, wakes the attempts past theirs, and sleeps again. Under a steady load
-//! it wakes about once per attempt timeout. An attempt woken by it sees its deadline passed on
-//! the clock and times out.
+//! A tokio timer per attempt costs a registration in the runtime's timer wheel and a removal
+//! when the call ends before it fires, which it nearly always does: about a fifth of the
+//! instructions the router added to a Redis get with 64 tasks on 2 cores
+//! (`benches/examples/redis_64_tasks.rs` under callgrind). Here an attempt that does not finish
+//! on its first poll puts its deadline and waker in one of a few sharded slabs (one uncontended
+//! lock) and takes them out when it ends (another); the watchdog task sleeps until the earliest
+//! deadline, wakes the attempts past theirs, and sleeps again. Under a steady load it wakes
+//! about once per attempt timeout. An attempt woken by it sees its deadline passed on the clock
+//! and times out.
 //!
-//! Where the watchdog's task is gone (its runtime shut down while the storage lives on in
-//! another), attempts fall back to tokio's timer: an attempt never waits without a timer.
+//! An attempt made on another runtime than the one the task runs on (which may be kept but no
+//! longer run), or once the task is gone (its runtime shut down while the storage lives on in
+//! another), falls back to tokio's timer: an attempt never waits without a timer.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -94,7 +95,8 @@ impl Watchdog {
     }
 
     /// Wakes `waker` once `deadline` has passed, until the registration is dropped. `None`
-    /// when the task is gone: the caller needs a timer of its own.
+    /// on another runtime than the task's, or when the task is gone: the caller needs a timer
+    /// of its own.
     pub(super) fn register(&self, deadline: Instant, waker: &Waker) -> Option<Registration<'_>> {
         // The task runs on the runtime that built the storage: a call made on another runtime
         // cannot count on that one being driven (a current-thread runtime kept but no longer
