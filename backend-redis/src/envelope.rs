@@ -111,12 +111,32 @@ pub(crate) fn decode(mut stored: Bytes) -> Stored {
 
 /// `VALUE` or `TOMBSTONE` for a string with the header, `None` for one without.
 fn kind(raw: &[u8]) -> Option<u8> {
-    let headed = raw.len() >= HEADER_LEN
-        && raw.starts_with(MARKER)
-        && raw[4..HEADER_LEN].iter().all(u8::is_ascii_hexdigit);
-    raw.get(3)
-        .copied()
-        .filter(|&kind| headed && (kind == VALUE || kind == TOMBSTONE))
+    let header: &[u8; HEADER_LEN] = raw.get(..HEADER_LEN)?.try_into().ok()?;
+    let kind = header[3];
+    let headed = header.starts_with(MARKER)
+        && (kind == VALUE || kind == TOMBSTONE)
+        && hex_digits(header[4..12].try_into().ok()?)
+        && hex_digits(header[12..].try_into().ok()?);
+    headed.then_some(kind)
+}
+
+/// Whether all eight bytes are ASCII hex digits, as [`u8::is_ascii_hexdigit`] says, checked
+/// eight at a time: this runs on every value a read returns.
+fn hex_digits(bytes: [u8; 8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let x = u64::from_ne_bytes(bytes);
+    if x & HIGH != 0 {
+        return false;
+    }
+    // Every byte is below 0x80: adding (0x80 - bound) to it sets its high bit exactly when it
+    // is at least `bound`, with no carry into the next byte.
+    let at_least = |x: u64, bound: u8| x.wrapping_add(ONES * u64::from(0x80 - bound));
+    let digit = at_least(x, b'0') & !at_least(x, b'9' + 1);
+    // Setting 0x20 maps `A-F` onto `a-f` and leaves `a-f` as they are.
+    let lower = x | (ONES * 0x20);
+    let letter = at_least(lower, b'a') & !at_least(lower, b'f' + 1);
+    (digit | letter) & HIGH == HIGH
 }
 
 #[cfg(test)]
@@ -147,7 +167,38 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_hex_check_takes_each_byte_as_is_ascii_hexdigit_does() {
+        for byte in 0..=u8::MAX {
+            for place in 0..8 {
+                let mut bytes = *b"0aF9f0A9";
+                bytes[place] = byte;
+                assert_eq!(
+                    hex_digits(bytes),
+                    byte.is_ascii_hexdigit(),
+                    "{byte:#x} at {place}"
+                );
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn the_hex_check_agrees_with_the_byte_by_byte_one(bytes: [u8; 8], pick: [u8; 8]) {
+            let digits = b"0123456789abcdefABCDEF";
+            let hex = pick.map(|p| digits[usize::from(p) % digits.len()]);
+            prop_assert!(hex_digits(hex));
+            prop_assert_eq!(hex_digits(bytes), bytes.iter().all(u8::is_ascii_hexdigit));
+            // One byte off, at each place: the edges of every range, and bytes that would
+            // carry or fold onto a digit or a letter.
+            let edges = [b'/', b':', b'@', b'G', b'`', b'g', 0x10, 0x19, 0x7f, 0x80, 0xc1, 0xff];
+            for (i, edge) in edges.into_iter().enumerate() {
+                let mut one_off = hex;
+                one_off[(i + usize::from(pick[0])) % 8] = edge;
+                prop_assert!(!hex_digits(one_off));
+            }
+        }
+
         #[test]
         fn every_value_and_version_round_trips(version: u64, bytes: Vec<u8>) {
             let read = decode(value(version, &bytes)).value();

@@ -185,6 +185,7 @@ impl Permit<'_> {
     /// a pending replay record): it took no time worth timing and is not counted in the rate
     /// window, whose rates are those of calls that had to wait. It ends a run of failures,
     /// and reads no clock. A half-open probe still closes the breaker, at the time read then.
+    #[inline]
     pub(crate) fn success_at_once(mut self) {
         if self.probe {
             let now_ms = self.breaker.ms(Instant::now());
@@ -311,6 +312,7 @@ impl CircuitBreaker {
     }
 
     /// Asks to make a call now. A closed breaker admits without reading the clock.
+    #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
         if self.state.load(Ordering::Acquire) == CLOSED {
             return Ok(self.permit(self.generation.load(Ordering::Acquire), false));

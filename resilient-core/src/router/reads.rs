@@ -76,6 +76,7 @@ impl ResilientStorage {
     /// `key` (already validated and prefixed) read without a future, when the common path
     /// answers at once (see [`route_now`](Self::route_now)): the value and the backend that
     /// gave it.
+    #[inline]
     pub(super) fn get_now(&self, key: &str) -> Option<(Option<Bytes>, usize)> {
         self.route_now(Operation::Get, |index, b| self.read_at_once(index, b, key))
     }
@@ -99,6 +100,7 @@ impl ResilientStorage {
     /// A read of `key` on backend `index` answered without a future, if it can be. A backend
     /// with writes still to replay is not routed to; this covers a read that raced with the
     /// end of its replay. A write-behind copy not yet sent is read from its record too.
+    #[inline]
     fn read_at_once(
         &self,
         index: usize,

@@ -206,6 +206,7 @@ impl ReplayLog {
     }
 
     /// Records pending replay. Lock-free.
+    #[inline]
     pub(crate) fn pending(&self) -> usize {
         self.pending.load(Ordering::Acquire)
     }
@@ -259,6 +260,7 @@ impl ReplayLog {
     /// Replaces the record of `key`, if there is one and it is older, with the write of
     /// `version` (a newer write the backend also got, or is about to). `hint` is only called
     /// when there is a record to replace.
+    #[inline]
     pub(crate) fn refresh(
         &self,
         key: &str,
@@ -270,15 +272,28 @@ impl ReplayLog {
 
     /// [`refresh`](Self::refresh) that returns the record it replaced, so a write the backend
     /// then refuses can [`restore`](Self::restore) it.
+    #[inline]
     pub(crate) fn supersede(
         &self,
         key: &str,
         version: WriteVersion,
         hint: impl FnOnce() -> LoggedWrite,
     ) -> Option<(LoggedWrite, WriteVersion)> {
+        // Every write asks every backend's log: while none has records, one load, inlined.
         if self.pending() == 0 {
             return None;
         }
+        self.supersede_held(key, version, hint)
+    }
+
+    /// [`supersede`](Self::supersede) once records are pending.
+    #[cold]
+    fn supersede_held(
+        &self,
+        key: &str,
+        version: WriteVersion,
+        hint: impl FnOnce() -> LoggedWrite,
+    ) -> Option<(LoggedWrite, WriteVersion)> {
         let mut records = self.lock();
         if records.map.get(key).is_none_or(|r| r.version > version) {
             return None;
@@ -305,6 +320,7 @@ impl ReplayLog {
     }
 
     /// The record of `key`, if any. Lock-free when nothing is pending.
+    #[inline]
     pub(crate) fn get(&self, key: &str) -> Option<LoggedWrite> {
         if self.pending() == 0 {
             return None;

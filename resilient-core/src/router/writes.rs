@@ -183,6 +183,7 @@ impl ResilientStorage {
 
     /// A routed write's result; when a backend refused it as the caller's error, the replay
     /// records it superseded come back first.
+    #[inline]
     fn settled<T>(
         &self,
         key: &str,
@@ -202,6 +203,7 @@ impl ResilientStorage {
     /// keeps a record of it for replay; a record the serving backend already had is replaced,
     /// so its replay ends with this newest value. Strategies that spread load treat backends as
     /// peers and record nothing here ([`WritePolicy::WriteBehind`] copies to every peer).
+    #[inline]
     pub(super) fn hand_off(
         &self,
         served: usize,
@@ -227,6 +229,7 @@ impl ResilientStorage {
     /// again, and reads answer from it meanwhile. Nothing to do (one atomic load per backend)
     /// while no backend has records. Returns the records replaced, for
     /// [`unsupersede`](Self::unsupersede).
+    #[inline]
     pub(super) fn supersede(
         &self,
         key: &str,
@@ -294,6 +297,7 @@ impl ResilientStorage {
     /// [`WritePolicy::WriteBehind`]: a record of the write for every shared backend below the
     /// one that served it (every other shared backend under a strategy that spreads load),
     /// which the replayer sends in the background and reads consult until it has landed.
+    #[inline]
     pub(super) fn copy_behind(
         &self,
         served: usize,
