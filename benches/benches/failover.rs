@@ -1,13 +1,15 @@
 //! Figures criterion does not measure: p99 latency of `LatencyAware` against `Failover` when the
 //! primary is slowed by the fault proxy; how long a failover and a failback take after a real
-//! SIGKILL and restart; and interleaved A/B ratios of the server-bound calls (on a small
-//! machine, a loopback round trip drifts more between criterion's consecutive measurements than
-//! the resilience layer costs). Written as JSON for `cargo xtask bench`'s summary.
+//! SIGKILL and restart; and interleaved A/B ratios of the rows with a goal (on a small shared
+//! machine, a loopback round trip, or moka's own cost, drifts more between criterion's
+//! consecutive measurements than the resilience layer costs). Written as JSON for `cargo xtask
+//! bench`'s summary.
 
 use std::time::{Duration, Instant};
 
 use resilient_benches::{
-    get_from_64_tasks, percentile, raw_get_from_64_tasks, storage_over, write_result,
+    MokaEntry, get_from_64_tasks, load_for_hits, load_hit, moka_as_the_memory_backend, percentile,
+    raw_get_from_64_tasks, storage_over, write_result,
 };
 use resilient_storage::prelude::*;
 use resilient_storage::{BackendOptions, HealthConfig};
@@ -21,13 +23,22 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    if selected("interleaved_") {
+        // On a runtime of its own, as criterion's in-process groups run: calls from the thread
+        // that drives the runtime, with no worker threads beside it.
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(interleaved_in_process());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        if selected("interleaved_") {
+        if selected("interleaved_") && !IN_PROCESS_ROWS.iter().any(|row| selected_alone(row)) {
             interleaved().await;
         }
         if selected("replay_after_an_outage") {
@@ -285,6 +296,70 @@ where
     );
 }
 
+/// The rows of [`interleaved_in_process`], which need no server.
+const IN_PROCESS_ROWS: [&str; 3] = ["memory_get", "memory_set", "cache_aside_hit"];
+
+/// Whether `--only` picked the interleaved row `name` and nothing else.
+fn selected_alone(name: &str) -> bool {
+    std::env::var("RESILIENT_BENCH_ONLY").is_ok_and(|only| only == format!("interleaved_{name}"))
+}
+
+/// Calls a round for in-process calls (well under a microsecond each): a round of each side
+/// takes a few milliseconds.
+const IN_PROCESS_PER_ROUND: u32 = 20_000;
+
+/// The in-process rows, on the default storage (the memory store alone) against moka's cache
+/// configured as the memory backend configures it: criterion measures one side after the
+/// other, and moka's own cost drifts between them (its housekeeping, the machine); interleaved,
+/// drift lands on both sides alike.
+async fn interleaved_in_process() {
+    let storage = ResilientStorage::builder().build().await.unwrap();
+    let value = bytes::Bytes::from(vec![7_u8; 100]);
+    storage.set("key", value.clone(), None).await.unwrap();
+    let moka = moka_as_the_memory_backend();
+    let entry = MokaEntry {
+        value: value.clone(),
+        ttl: None,
+    };
+    moka.insert("key".to_owned(), entry.clone());
+    ab_rounds_of(
+        "memory_get",
+        IN_PROCESS_PER_ROUND,
+        || async {
+            storage.get("key").await.unwrap().unwrap();
+        },
+        || async {
+            moka.get("key").unwrap();
+        },
+    )
+    .await;
+    ab_rounds_of(
+        "memory_set",
+        IN_PROCESS_PER_ROUND,
+        || async {
+            storage.set("key", value.clone(), None).await.unwrap();
+        },
+        || async {
+            moka.insert("key".to_owned(), entry.clone());
+        },
+    )
+    .await;
+    // A hit of get_or_load against a plain get of the same entry (it carries the load's TTL).
+    let options = load_for_hits(&storage, "hit", value.clone()).await;
+    ab_rounds_of(
+        "cache_aside_hit",
+        IN_PROCESS_PER_ROUND,
+        || async {
+            load_hit(&storage, "hit", &options).await;
+        },
+        || async {
+            storage.get("hit").await.unwrap().unwrap();
+        },
+    )
+    .await;
+    storage.shutdown().await;
+}
+
 async fn interleaved() {
     let redis = RedisServer::start().expect("redis-server");
     let storage = storage_over(&redis.url(), true).await;
@@ -406,6 +481,25 @@ async fn interleaved() {
             sqlx::query_scalar::<_, Vec<u8>>(get_sql)
                 .bind("key")
                 .fetch_one(&pool)
+                .await
+                .unwrap();
+        },
+    )
+    .await;
+    // The upsert the backend makes, without its version column: what a plain sqlx user writes.
+    let set_sql = "INSERT INTO \"public\".\"resilient_kv\" (key, value, expires_at) VALUES ($1, $2, now() + $3::float8 * interval '1 millisecond') ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at";
+    let value = vec![7_u8; 100];
+    ab(
+        "postgres_set",
+        || async {
+            storage.set("set-key", value.clone(), None).await.unwrap();
+        },
+        || async {
+            sqlx::query(set_sql)
+                .bind("raw-set-key")
+                .bind(value.as_slice())
+                .bind(None::<f64>)
+                .execute(&pool)
                 .await
                 .unwrap();
         },

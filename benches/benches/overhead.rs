@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use resilient_benches::{get_from_64_tasks, raw_get_from_64_tasks, storage_of, storage_over};
+use resilient_benches::{
+    MokaEntry, get_from_64_tasks, load_for_hits, load_hit, moka_as_the_memory_backend,
+    raw_get_from_64_tasks, storage_of, storage_over,
+};
 use resilient_storage::memory::{MemoryBackend, MemoryConfig};
 use resilient_storage::prelude::*;
 use resilient_storage::{BreakerConfig, CircuitBreaker};
@@ -19,35 +22,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-#[derive(Clone)]
-struct Entry {
-    value: Bytes,
-    ttl: Option<Duration>,
-}
-
-struct PerEntryTtl;
-
-impl moka::Expiry<String, Entry> for PerEntryTtl {
-    fn expire_after_create(
-        &self,
-        _: &String,
-        e: &Entry,
-        _: std::time::Instant,
-    ) -> Option<Duration> {
-        e.ttl
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &String,
-        e: &Entry,
-        _: std::time::Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        e.ttl
-    }
-}
-
 fn memory(c: &mut Criterion) {
     let rt = runtime();
     let value = Bytes::from(vec![7_u8; 100]);
@@ -56,17 +30,8 @@ fn memory(c: &mut Criterion) {
         storage.set("key", value.clone(), None).await.unwrap();
         storage
     });
-    // The baseline is moka's synchronous cache configured as the memory backend configures it
-    // (bytes weigher, LRU, per-entry expiry, eviction listener), so the ratio is the cost of
-    // the resilience layer and not of moka features that both sides pay for.
-    let moka: moka::sync::Cache<String, Entry> = moka::sync::Cache::builder()
-        .max_capacity(256 * 1024 * 1024)
-        .weigher(|k: &String, v: &Entry| (k.len() + v.value.len() + 64) as u32)
-        .eviction_policy(moka::policy::EvictionPolicy::lru())
-        .expire_after(PerEntryTtl)
-        .eviction_listener(|_, _, _| {})
-        .build();
-    let entry = Entry {
+    let moka = moka_as_the_memory_backend();
+    let entry = MokaEntry {
         value: value.clone(),
         ttl: None,
     };
@@ -373,27 +338,12 @@ fn cache_aside(c: &mut Criterion) {
         .build()
         .unwrap();
     let storage = rt.block_on(async { ResilientStorage::builder().build().await.unwrap() });
-    let options = LoadOptions::new(Duration::from_secs(3600));
     let value = Bytes::from(vec![7_u8; 100]);
-    rt.block_on(async {
-        let loaded = value.clone();
-        storage
-            .get_or_load("hit", &options, move || async move {
-                Ok::<_, std::io::Error>(loaded)
-            })
-            .await
-            .unwrap();
-    });
+    let options = rt.block_on(load_for_hits(&storage, "hit", value.clone()));
     let mut group = c.benchmark_group("cache_aside_hit");
     group.bench_function("resilient", |b| {
-        b.to_async(&rt).iter(|| async {
-            storage
-                .get_or_load("hit", &options, || async {
-                    Err::<Bytes, _>(std::io::Error::other("not called on a hit"))
-                })
-                .await
-                .unwrap()
-        })
+        b.to_async(&rt)
+            .iter(|| async { load_hit(&storage, "hit", &options).await })
     });
     // The same key read by a plain get: the entry get_or_load stored (with its TTL, which
     // costs the memory backend's expiry a little more than a key without one).

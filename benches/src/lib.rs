@@ -26,6 +26,83 @@ pub fn write_result(name: &str, value: &serde_json::Value) {
     std::fs::write(&path, serde_json::to_vec_pretty(value).unwrap()).expect("write a result");
 }
 
+/// An entry of [`moka_as_the_memory_backend`]'s cache: a value and its own TTL.
+#[derive(Debug, Clone)]
+pub struct MokaEntry {
+    /// The value.
+    pub value: bytes::Bytes,
+    /// Its TTL (`None`: kept until evicted).
+    pub ttl: Option<Duration>,
+}
+
+/// Each entry's TTL as moka's expiry.
+struct PerEntryTtl;
+
+impl moka::Expiry<String, MokaEntry> for PerEntryTtl {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        e: &MokaEntry,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        e.ttl
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        e: &MokaEntry,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        e.ttl
+    }
+}
+
+/// The memory rows' baseline: moka's synchronous cache configured as the memory backend
+/// configures it (bytes weigher, LRU, per-entry expiry, eviction listener), so the ratio is the
+/// cost of the resilience layer and not of moka features that both sides pay for.
+pub fn moka_as_the_memory_backend() -> moka::sync::Cache<String, MokaEntry> {
+    moka::sync::Cache::builder()
+        .max_capacity(256 * 1024 * 1024)
+        .weigher(|k: &String, v: &MokaEntry| (k.len() + v.value.len() + 64) as u32)
+        .eviction_policy(moka::policy::EvictionPolicy::lru())
+        .expire_after(PerEntryTtl)
+        .eviction_listener(|_, _, _| {})
+        .build()
+}
+
+/// The cache-aside rows' entry: `value` stored under `key` by a `get_or_load` (TTL one hour),
+/// as later hits find it. Returns the options those hits pass.
+pub async fn load_for_hits(
+    storage: &ResilientStorage,
+    key: &str,
+    value: bytes::Bytes,
+) -> LoadOptions {
+    let options = LoadOptions::new(Duration::from_secs(3600));
+    storage
+        .get_or_load(key, &options, move || async move {
+            Ok::<_, std::io::Error>(value)
+        })
+        .await
+        .expect("the load");
+    options
+}
+
+/// A `get_or_load` of `key` that must hit (see [`load_for_hits`]): its loader fails.
+pub async fn load_hit(
+    storage: &ResilientStorage,
+    key: &str,
+    options: &LoadOptions,
+) -> Loaded {
+    storage
+        .get_or_load(key, options, || async {
+            Err::<bytes::Bytes, _>(std::io::Error::other("not called on a hit"))
+        })
+        .await
+        .expect("a hit")
+}
+
 /// A storage over one backend URL with no fallback, or with the memory fallback.
 pub async fn storage_over(url: &str, memory_fallback: bool) -> ResilientStorage {
     ResilientStorage::builder()
