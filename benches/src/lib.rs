@@ -90,11 +90,7 @@ pub async fn load_for_hits(
 }
 
 /// A `get_or_load` of `key` that must hit (see [`load_for_hits`]): its loader fails.
-pub async fn load_hit(
-    storage: &ResilientStorage,
-    key: &str,
-    options: &LoadOptions,
-) -> Loaded {
+pub async fn load_hit(storage: &ResilientStorage, key: &str, options: &LoadOptions) -> Loaded {
     storage
         .get_or_load(key, options, || async {
             Err::<bytes::Bytes, _>(std::io::Error::other("not called on a hit"))
