@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use resilient_benches::{
     MokaEntry, get_from_64_tasks, load_for_hits, load_hit, moka_as_the_memory_backend, percentile,
-    raw_get_from_64_tasks, storage_over, write_result,
+    raw_get, raw_get_from_64_tasks, raw_pool, raw_upsert, storage_over, write_result,
 };
 use resilient_storage::prelude::*;
 use resilient_storage::{BackendOptions, HealthConfig};
@@ -465,44 +465,24 @@ async fn interleaved() {
     let postgres = PostgresServer::start().expect("postgres");
     let storage = storage_over(&postgres.url(), true).await;
     storage.set("key", vec![7_u8; 100], None).await.unwrap();
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(16)
-        .test_before_acquire(false)
-        .connect(&postgres.url())
-        .await
-        .unwrap();
-    let get_sql = "SELECT value FROM \"public\".\"resilient_kv\" WHERE key = $1 AND (expires_at IS NULL OR expires_at > now())";
+    let pool = raw_pool(&postgres.url()).await;
     ab(
         "postgres_get",
         || async {
             storage.get("key").await.unwrap().unwrap();
         },
         || async {
-            sqlx::query_scalar::<_, Vec<u8>>(get_sql)
-                .bind("key")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+            raw_get(&pool, "key").await.expect("the key is there");
         },
     )
     .await;
-    // The upsert the backend makes, without its version column: what a plain sqlx user writes.
-    let set_sql = "INSERT INTO \"public\".\"resilient_kv\" (key, value, expires_at) VALUES ($1, $2, now() + $3::float8 * interval '1 millisecond') ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at";
     let value = vec![7_u8; 100];
     ab(
         "postgres_set",
         || async {
             storage.set("set-key", value.clone(), None).await.unwrap();
         },
-        || async {
-            sqlx::query(set_sql)
-                .bind("raw-set-key")
-                .bind(value.as_slice())
-                .bind(None::<f64>)
-                .execute(&pool)
-                .await
-                .unwrap();
-        },
+        || raw_upsert(&pool, "raw-set-key", &value),
     )
     .await;
     let items = keys.iter().map(|k| (k.as_str(), vec![7_u8; 100]));

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use resilient_benches::{
-    MokaEntry, get_from_64_tasks, load_for_hits, load_hit, moka_as_the_memory_backend,
-    raw_get_from_64_tasks, storage_of, storage_over,
+    MokaEntry, get_from_64_tasks, load_for_hits, load_hit, moka_as_the_memory_backend, raw_get,
+    raw_get_from_64_tasks, raw_pool, raw_upsert, storage_of, storage_over,
 };
 use resilient_storage::memory::{MemoryBackend, MemoryConfig};
 use resilient_storage::prelude::*;
@@ -175,19 +175,11 @@ fn redis(c: &mut Criterion) {
 fn postgres(c: &mut Criterion) {
     let server = PostgresServer::start().expect("postgres for the benchmarks");
     let rt = runtime();
-    let get_sql = "SELECT value FROM \"public\".\"resilient_kv\" WHERE key = $1 AND (expires_at IS NULL OR expires_at > now())";
-    let set_sql = "INSERT INTO \"public\".\"resilient_kv\" (key, value, expires_at) VALUES ($1, $2, now() + $3::float8 * interval '1 millisecond') ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at";
     let value = vec![7_u8; 100];
     let (storage, pool) = rt.block_on(async {
         let storage = storage_over(&server.url(), true).await;
         storage.set("key", value.clone(), None).await.unwrap();
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(16)
-            .test_before_acquire(false)
-            .connect(&server.url())
-            .await
-            .unwrap();
-        (storage, pool)
+        (storage, raw_pool(&server.url()).await)
     });
     let mut group = c.benchmark_group("postgres_get");
     group.bench_function("resilient", |b| {
@@ -195,13 +187,7 @@ fn postgres(c: &mut Criterion) {
             .iter(|| async { storage.get("key").await.unwrap() })
     });
     group.bench_function("baseline", |b| {
-        b.to_async(&rt).iter(|| async {
-            sqlx::query_scalar::<_, Vec<u8>>(get_sql)
-                .bind("key")
-                .fetch_optional(&pool)
-                .await
-                .unwrap()
-        })
+        b.to_async(&rt).iter(|| raw_get(&pool, "key"))
     });
     group.finish();
     let mut group = c.benchmark_group("postgres_set");
@@ -210,15 +196,7 @@ fn postgres(c: &mut Criterion) {
             .iter(|| async { storage.set("key2", value.clone(), None).await.unwrap() })
     });
     group.bench_function("baseline", |b| {
-        b.to_async(&rt).iter(|| async {
-            sqlx::query(set_sql)
-                .bind("key3")
-                .bind(value.as_slice())
-                .bind(None::<f64>)
-                .execute(&pool)
-                .await
-                .unwrap()
-        })
+        b.to_async(&rt).iter(|| raw_upsert(&pool, "key3", &value))
     });
     group.finish();
     rt.block_on(async { storage.shutdown().await });

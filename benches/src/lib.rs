@@ -99,6 +99,45 @@ pub async fn load_hit(storage: &ResilientStorage, key: &str, options: &LoadOptio
         .expect("a hit")
 }
 
+/// The PostgreSQL rows' baseline: a sqlx pool on `url` as a plain user sets one up (16
+/// connections, no check before each use).
+pub async fn raw_pool(url: &str) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(16)
+        .test_before_acquire(false)
+        .connect(url)
+        .await
+        .expect("a sqlx pool")
+}
+
+/// The backend's read of one live key, as a plain sqlx user writes it.
+pub async fn raw_get(pool: &sqlx::PgPool, key: &str) -> Option<Vec<u8>> {
+    sqlx::query_scalar(
+        "SELECT value FROM \"public\".\"resilient_kv\" WHERE key = $1 \
+         AND (expires_at IS NULL OR expires_at > now())",
+    )
+    .bind(key)
+    .fetch_optional(pool)
+    .await
+    .expect("a raw get")
+}
+
+/// The backend's upsert of `value` under `key` (no TTL) without its version column, as a
+/// plain sqlx user writes it.
+pub async fn raw_upsert(pool: &sqlx::PgPool, key: &str, value: &[u8]) {
+    sqlx::query(
+        "INSERT INTO \"public\".\"resilient_kv\" (key, value, expires_at) \
+         VALUES ($1, $2, now() + $3::float8 * interval '1 millisecond') \
+         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at",
+    )
+    .bind(key)
+    .bind(value)
+    .bind(None::<f64>)
+    .execute(pool)
+    .await
+    .expect("a raw upsert");
+}
+
 /// A storage over one backend URL with no fallback, or with the memory fallback.
 pub async fn storage_over(url: &str, memory_fallback: bool) -> ResilientStorage {
     ResilientStorage::builder()
