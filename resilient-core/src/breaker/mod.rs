@@ -185,7 +185,6 @@ impl Permit<'_> {
     /// a pending replay record): it took no time worth timing and is not counted in the rate
     /// window, whose rates are those of calls that had to wait. It ends a run of failures,
     /// and reads no clock. A half-open probe still closes the breaker, at the time read then.
-    #[inline]
     pub(crate) fn success_at_once(mut self) {
         if self.probe {
             let now_ms = self.breaker.ms(Instant::now());
