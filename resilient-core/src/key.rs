@@ -88,6 +88,7 @@ impl KeyPolicy {
 
     /// Validates a key or lock name and returns it with the namespace prefix. Borrows when there
     /// is no namespace, so the common path does not allocate.
+    #[inline]
     pub fn full_key<'k>(&self, key: &'k str) -> Result<Cow<'k, str>> {
         let prefix = self.namespace.as_deref().unwrap_or("");
         if key.is_empty() {
@@ -128,26 +129,26 @@ pub fn check_holder(holder: &str) -> Result<()> {
 }
 
 /// Validates a TTL: at least one millisecond (Redis' `PX` resolution) and at most [`MAX_TTL`].
+/// Inlined, with the error built out of line.
+#[inline]
 pub fn check_ttl(ttl: Duration) -> Result<()> {
-    if ttl.is_zero() {
-        return Err(Error::InvalidTtl {
-            ttl,
-            reason: "must not be zero",
-        });
+    if ttl >= Duration::from_millis(1) && ttl <= MAX_TTL {
+        return Ok(());
     }
-    if ttl < Duration::from_millis(1) {
-        return Err(Error::InvalidTtl {
-            ttl,
-            reason: "must be at least 1ms",
-        });
-    }
-    if ttl > MAX_TTL {
-        return Err(Error::InvalidTtl {
-            ttl,
-            reason: "must be at most 100 years",
-        });
-    }
-    Ok(())
+    Err(invalid_ttl(ttl))
+}
+
+#[cold]
+#[inline(never)]
+fn invalid_ttl(ttl: Duration) -> Error {
+    let reason = if ttl.is_zero() {
+        "must not be zero"
+    } else if ttl < Duration::from_millis(1) {
+        "must be at least 1ms"
+    } else {
+        "must be at most 100 years"
+    };
+    Error::InvalidTtl { ttl, reason }
 }
 
 fn check_text(text: &str, max: usize) -> std::result::Result<(), KeyProblem> {

@@ -19,19 +19,27 @@ pub const TIMEOUT: RangeInclusive<Duration> = MILLISECOND..=HOUR;
 /// Delays, windows and open times: 1 ms to 1 day.
 pub const DELAY: RangeInclusive<Duration> = MILLISECOND..=DAY;
 
-/// Checks that the duration `value` of setting `field` lies in `range`.
+/// Checks that the duration `value` of setting `field` lies in `range`. Inlined, with the
+/// error built out of line: options checked on every call (`get_or_load`'s) pay two compares.
+#[inline]
 pub fn duration(field: &str, value: Duration, range: RangeInclusive<Duration>) -> Result<()> {
     if range.contains(&value) {
         return Ok(());
     }
-    Err(Error::config(
+    Err(duration_out_of_range(field, &range))
+}
+
+#[cold]
+#[inline(never)]
+fn duration_out_of_range(field: &str, range: &RangeInclusive<Duration>) -> Error {
+    Error::config(
         field,
         format!(
             "must be from {} to {}",
             humantime::format_duration(*range.start()),
             humantime::format_duration(*range.end())
         ),
-    ))
+    )
 }
 
 /// Checks that the count `value` of setting `field` lies in `range`.

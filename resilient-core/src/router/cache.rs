@@ -54,6 +54,9 @@ pub struct LoadOptions {
     hard_timeout: Duration,
     eager_refresh: Option<f64>,
     fleet_wait: Option<Duration>,
+    /// Whether the settings above pass [`check`](Self::check), as of the last builder call:
+    /// checked once when built, not on every `get_or_load`.
+    valid: bool,
 }
 
 impl LoadOptions {
@@ -69,7 +72,9 @@ impl LoadOptions {
             hard_timeout: DEFAULT_LOAD_TIMEOUT,
             eager_refresh: None,
             fleet_wait: None,
+            valid: false,
         }
+        .checked()
     }
 
     /// Fail-safe: once a value is stale, keep it up to `max_stale` past its TTL and serve it
@@ -77,7 +82,7 @@ impl LoadOptions {
     /// The storage keeps the value for `ttl + max_stale`.
     pub fn fail_safe(mut self, max_stale: Duration) -> Self {
         self.fail_safe = Some(max_stale);
-        self
+        self.checked()
     }
 
     /// After the loader failed and a stale value was served instead, serve that stale value
@@ -85,7 +90,7 @@ impl LoadOptions {
     /// [`DEFAULT_FAIL_SAFE_THROTTLE`]), so a failing database is not hammered.
     pub fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
         self.throttle = throttle;
-        self
+        self.checked()
     }
 
     /// When a stale value exists (fail-safe on), a caller waits at most `timeout` for the
@@ -93,14 +98,14 @@ impl LoadOptions {
     /// is stored when it arrives. Without a stale value the caller waits up to the hard timeout.
     pub fn soft_timeout(mut self, timeout: Duration) -> Self {
         self.soft_timeout = Some(timeout);
-        self
+        self.checked()
     }
 
     /// The loader is abandoned (its future dropped) after `timeout`; its callers get the stale
     /// value if fail-safe has one, or [`Error::LoadTimedOut`]. Default [`DEFAULT_LOAD_TIMEOUT`].
     pub fn hard_timeout(mut self, timeout: Duration) -> Self {
         self.hard_timeout = timeout;
-        self
+        self.checked()
     }
 
     /// Eager refresh: once a value has lived `share` of its TTL (between 0 and 1, say 0.8), the
@@ -108,7 +113,7 @@ impl LoadOptions {
     /// value at once, so hot keys never go stale.
     pub fn eager_refresh(mut self, share: f64) -> Self {
         self.eager_refresh = Some(share);
-        self
+        self.checked()
     }
 
     /// Single flight across processes: before loading, take the lock `<key>#load` from the
@@ -119,7 +124,7 @@ impl LoadOptions {
     /// lock authority (locks fail closed), each process loads on its own.
     pub fn fleet_single_flight(mut self, max_wait: Duration) -> Self {
         self.fleet_wait = Some(max_wait);
-        self
+        self.checked()
     }
 
     /// The TTL a loaded value is fresh for.
@@ -127,7 +132,19 @@ impl LoadOptions {
         self.ttl
     }
 
+    /// [`check`](Self::check)'s verdict, kept in `valid`.
+    fn checked(mut self) -> Self {
+        self.valid = self.check().is_ok();
+        self
+    }
+
+    /// The settings' error, if any: for a hit, one test of a flag instead of every rule.
+    #[inline]
     fn validate(&self) -> Result<()> {
+        if self.valid { Ok(()) } else { self.check() }
+    }
+
+    fn check(&self) -> Result<()> {
         use crate::limits::{DAY, DELAY, duration};
         check_ttl(self.ttl)?;
         if let Some(max_stale) = self.fail_safe {
@@ -530,6 +547,7 @@ impl ResilientStorage {
 
     /// A hit: the fresh value read (or, while the storage fails, this process's fresh copy),
     /// remembered for fail-safe and refreshed eagerly when due. Otherwise what the load needs.
+    #[inline]
     fn serve_fresh<F, Fut, V, E>(
         &self,
         key: &str,
@@ -564,8 +582,39 @@ impl ResilientStorage {
                 });
             }
         };
+        if fail_safe || options.eager_refresh.is_some() {
+            self.keep_and_refresh(key, full, options, &entry, local, read_failed, now, loader);
+        }
+        telemetry::cache_outcome("hit");
+        Ok(Loaded {
+            age: entry.age(now),
+            value: entry.value,
+            source: LoadSource::Cached,
+        })
+    }
+
+    /// A hit's extras, out of line: fail-safe's copy of the value kept in this process, and an
+    /// eager refresh started when it is due.
+    #[allow(clippy::too_many_arguments)]
+    fn keep_and_refresh<F, Fut, V, E>(
+        &self,
+        key: &str,
+        full: &str,
+        options: &LoadOptions,
+        entry: &Entry,
+        local: Option<Entry>,
+        read_failed: bool,
+        now: u64,
+        loader: F,
+    ) where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        V: Into<Bytes>,
+        E: Into<BoxError>,
+    {
+        let cache = &self.inner.cache;
         // A value without an envelope (a plain `set`) has no TTL to keep a copy by.
-        if fail_safe
+        if options.fail_safe.is_some()
             && !read_failed
             && entry.loaded_at != 0
             && local.is_none_or(|l| l.loaded_at != entry.loaded_at)
@@ -588,12 +637,6 @@ impl ResilientStorage {
                 drop(self.flight(key, full, options, Some(entry.loaded_at), loader));
             }
         }
-        telemetry::cache_outcome("hit");
-        Ok(Loaded {
-            age: entry.age(now),
-            value: entry.value,
-            source: LoadSource::Cached,
-        })
     }
 
     /// No fresh value: fail-safe's stale one while the loader is throttled, else the load
