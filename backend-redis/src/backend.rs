@@ -333,7 +333,10 @@ impl RedisBackend {
         if let Some(conn) = self.data.load().connected() {
             return Ok(conn);
         }
-        Self::current(&self.data).conn().await
+        // Boxed: connecting (a Cluster's or a Sentinel's first call) takes a large future, and
+        // every call's future would otherwise carry its room, and move it.
+        let link = Self::current(&self.data);
+        Box::pin(async move { link.conn().await }).await
     }
 
     /// Swaps in a new, unconnected link; calls holding the old one finish on it.

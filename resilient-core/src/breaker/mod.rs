@@ -191,12 +191,7 @@ impl Permit<'_> {
             return self.success_at_ms(Duration::ZERO, now_ms);
         }
         self.done = true;
-        let breaker = self.breaker;
-        if breaker.is_current(self.generation, CLOSED)
-            && breaker.consecutive.load(Ordering::Relaxed) != 0
-        {
-            breaker.consecutive.store(0, Ordering::Relaxed);
-        }
+        self.breaker.closed_success_at_once(self.generation);
     }
 
     /// The call failed, answered at once as for [`success_at_once`](Self::success_at_once):
@@ -307,6 +302,26 @@ impl CircuitBreaker {
                 inner.probes_in_flight + inner.probe_successes < self.config.half_open_probes
             }
             _ => false,
+        }
+    }
+
+    /// For a call on the router's common path: the generation of a closed breaker, or `None`
+    /// when it is not closed. The call needs no permit: a closed one is not counted until its
+    /// outcome is reported, and one dropped unreported gives nothing back. An answer at once
+    /// is reported with [`closed_success_at_once`](Self::closed_success_at_once).
+    #[inline]
+    pub(crate) fn closed_generation(&self) -> Option<u64> {
+        (self.state.load(Ordering::Acquire) == CLOSED)
+            .then(|| self.generation.load(Ordering::Acquire))
+    }
+
+    /// A call admitted closed at `generation` was answered at once: as
+    /// [`Permit::success_at_once`], it ends a run of failures (while still closed in that
+    /// generation) and reads no clock.
+    #[inline]
+    pub(crate) fn closed_success_at_once(&self, generation: u64) {
+        if self.consecutive.load(Ordering::Relaxed) != 0 && self.is_current(generation, CLOSED) {
+            self.consecutive.store(0, Ordering::Relaxed);
         }
     }
 

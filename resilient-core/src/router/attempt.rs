@@ -41,7 +41,9 @@ pub(super) async fn timed<T>(
     // The budget is at most a day (`limits::TIMEOUT`): the sum cannot overflow.
     let deadline = start + budget;
     let mut watched = None;
-    let mut timer = std::pin::pin!(None::<tokio::time::Sleep>);
+    // Boxed: needed only where the watchdog cannot watch, and a timer is large; every
+    // attempt's future would carry its room.
+    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let result = std::future::poll_fn(|cx| {
         if let Poll::Ready(result) = call.as_mut().poll(cx) {
             return Poll::Ready(Ok(result));
@@ -53,7 +55,7 @@ pub(super) async fn timed<T>(
                         watched = Some(registration);
                         return Poll::Pending;
                     }
-                    None => timer.set(Some(tokio::time::sleep_until(deadline))),
+                    None => timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
                 },
                 Some(registration) => {
                     // The waker first, under the lock the watchdog wakes with: a wake-up it
@@ -67,11 +69,11 @@ pub(super) async fn timed<T>(
                     if registration.watched() {
                         return Poll::Pending;
                     }
-                    timer.set(Some(tokio::time::sleep_until(deadline)));
+                    timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
                 }
             }
         }
-        match timer.as_mut().as_pin_mut().map(|sleep| sleep.poll(cx)) {
+        match timer.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
             Some(Poll::Ready(())) => Poll::Ready(Err(TimedOut)),
             _ => Poll::Pending,
         }
@@ -348,20 +350,25 @@ impl ResilientStorage {
             // No subscriber wants it: skip the span's enter and exit on every poll.
             return self.attempts(operation, route, prefer, within, call).await;
         }
-        async {
-            tracing::debug!(key, "operation");
-            let result = self.attempts(operation, route, prefer, within, call).await;
-            if let Err(error) = &result {
-                tracing::debug!(%error, "operation failed");
+        // Boxed: only a call whose span is recorded pays for it, and every other call's future
+        // does not carry the room of this one's (a span beside the attempts' future).
+        Box::pin(
+            async {
+                tracing::debug!(key, "operation");
+                let result = self.attempts(operation, route, prefer, within, call).await;
+                if let Err(error) = &result {
+                    tracing::debug!(%error, "operation failed");
+                }
+                result
             }
-            result
-        }
-        .instrument(span)
+            .instrument(span),
+        )
         .await
     }
 
     /// The strategy's fixed first choice for data, when it is plainly available (see
     /// [`SelectionStrategy::fixed_first`](crate::SelectionStrategy::fixed_first)).
+    #[inline]
     fn fixed_first(&self) -> Option<(usize, &Slot)> {
         let first = self.inner.strategy.fixed_first()?;
         let slot = self.inner.slots.get(first)?;
@@ -402,11 +409,11 @@ impl ResilientStorage {
         if inner.active.index.load(Ordering::Relaxed) != first {
             return None;
         }
-        // Closed (just checked): admitted without reading the clock.
-        let permit = slot.breaker.try_acquire().ok()?;
-        // An error, or no answer at once, drops the permit unused.
+        // Closed (just checked): admitted without reading the clock, or a permit to report.
+        let generation = slot.breaker.closed_generation()?;
+        // An error, or no answer at once, is not counted here: the full path asks again.
         let value = call(first, &*slot.backend)?.ok()?;
-        permit.success_at_once();
+        slot.breaker.closed_success_at_once(generation);
         let (outcome, elapsed) = (Outcome::Answered, Duration::ZERO);
         slot.metrics.attempt(operation, outcome, elapsed);
         tracing::debug!(backend = %slot.name, ?outcome, ?elapsed, "attempt");

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,35 +26,47 @@ impl ResilientStorage {
     /// to replay it to them: it may be one kept from an earlier outage, older than theirs.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let key = self.inner.policy.keys.full_key(key)?;
+        let missed = match self.get_now(&key) {
+            Some((Some(value), _)) => return Ok(Some(value)),
+            Some((None, served)) if self.miss_is_the_answer(served) => return Ok(None),
+            Some((None, served)) => Some(served),
+            None => None,
+        };
+        self.get_routed(key, missed).await
+    }
+
+    /// The rest of a [`get`](Self::get) of `key` (validated and prefixed) that the common path
+    /// did not answer: routed, or, after a miss on `missed` answered at once that the copies
+    /// must confirm, read behind it. One future for each, so the future of `get` is no larger
+    /// than it must be (every caller's future carries it, and moves it).
+    async fn get_routed(&self, key: Cow<'_, str>, missed: Option<usize>) -> Result<Option<Bytes>> {
         let key = &*key;
-        if let Some(answer) = self.get_now(key) {
-            return match answer {
-                (Some(value), _) => Ok(Some(value)),
-                miss => self.missed_now(key, miss).await,
-            };
-        }
-        // The call's start, for a read behind a miss: the attempts count from it too.
-        let start = self.inner.policy.read_behind.then(Instant::now);
-        let (value, served) = self
-            .route_within(
-                Operation::Get,
-                Route::Data,
-                key,
-                None,
-                start.map_or(Within::Deadline, Within::From),
-                |index, b| match self.read_at_once(index, b, key) {
-                    Some(answer) => Call::Ready(answer),
-                    None => Call::Pending(b.get(key)),
-                },
-            )
-            .await?;
-        match (value, start) {
-            (None, Some(start)) => self.read_behind(served, key, start).await,
-            (Some(_), Some(start)) if self.unconfirmed_hit(served) => {
-                self.read_behind(served, key, start).await
+        let (served, start) = match missed {
+            Some(served) => (served, Instant::now()),
+            None => {
+                // The call's start, for a read behind a miss: the attempts count from it too.
+                let start = self.inner.policy.read_behind.then(Instant::now);
+                let (value, served) = self
+                    .route_within(
+                        Operation::Get,
+                        Route::Data,
+                        key,
+                        None,
+                        start.map_or(Within::Deadline, Within::From),
+                        |index, b| match self.read_at_once(index, b, key) {
+                            Some(answer) => Call::Ready(answer),
+                            None => Call::Pending(b.get(key)),
+                        },
+                    )
+                    .await?;
+                match (start, &value) {
+                    (Some(start), None) => (served, start),
+                    (Some(start), Some(_)) if self.unconfirmed_hit(served) => (served, start),
+                    _ => return Ok(value),
+                }
             }
-            (value, _) => Ok(value),
-        }
+        };
+        self.read_behind(served, key, start).await
     }
 
     /// Whether a value backend `served` read must be confirmed as a miss would be: under
@@ -90,11 +103,18 @@ impl ResilientStorage {
         (value, served): (Option<Bytes>, usize),
     ) -> Result<Option<Bytes>> {
         match value {
-            None if self.inner.policy.read_behind => {
+            None if !self.miss_is_the_answer(served) => {
                 self.read_behind(served, key, Instant::now()).await
             }
             value => Ok(value),
         }
+    }
+
+    /// Whether a miss on backend `served` is the answer as it stands: the policy copies no
+    /// write down, or no backend holds a copy to ask (the memory store alone, say).
+    #[inline]
+    fn miss_is_the_answer(&self, served: usize) -> bool {
+        !self.inner.policy.read_behind || self.copies_of(served).next().is_none()
     }
 
     /// A read of `key` on backend `index` answered without a future, if it can be. A backend
