@@ -873,7 +873,7 @@ impl ResilientStorage {
                         key,
                         entry.encode(),
                         Some(options.kept_for()),
-                        version,
+                        Some(version),
                         WriteMode::IfNewer,
                     )
                     .await

@@ -2,9 +2,11 @@
 //! then recorded for the backends that missed it (replayed when they recover) and copied down
 //! by the write policy (write-behind records, or write-through copies within the deadline).
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -19,28 +21,30 @@ use crate::key::check_ttl;
 
 impl ResilientStorage {
     /// Writes a key, with an optional TTL that replaces any earlier one.
-    pub async fn set(
-        &self,
-        key: &str,
+    pub fn set<'a>(
+        &'a self,
+        key: &'a str,
         value: impl Into<Bytes>,
         ttl: Option<Duration>,
-    ) -> Result<()> {
-        let version = self.inner.versions.next();
-        self.set_with(key, value.into(), ttl, version, WriteMode::Overwrite)
-            .await
-            .map(|_| ())
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        // Not `async`: the future is `set_with`'s, with none around it. The value is converted
+        // now; everything else, the write's version included, happens when it is first polled.
+        self.set_with(key, value.into(), ttl, None, WriteMode::Overwrite)
+            .map(|written| written.map(|_| ()))
     }
 
-    /// [`set`](Self::set) with a given version and mode. Under [`WriteMode::IfNewer`] a write
-    /// the serving backend refuses (a newer version is there) goes nowhere else.
+    /// [`set`](Self::set) with a given version (`None`: the next one, taken when the future is
+    /// first polled) and mode. Under [`WriteMode::IfNewer`] a write the serving backend refuses
+    /// (a newer version is there) goes nowhere else.
     pub(super) async fn set_with(
         &self,
         key: &str,
         value: Bytes,
         ttl: Option<Duration>,
-        version: WriteVersion,
+        version: Option<WriteVersion>,
         mode: WriteMode,
     ) -> Result<WriteOutcome> {
+        let version = version.unwrap_or_else(|| self.inner.versions.next());
         let key = self.inner.policy.keys.full_key(key)?;
         self.inner.policy.keys.check_value(&value)?;
         if let Some(ttl) = ttl {
@@ -86,7 +90,8 @@ impl ResilientStorage {
             self.copy_behind(served, key, version, || hint(ttl));
         } else if let Some(written) = written.filter(|_| write_through) {
             let ttl_for = |slot: &Slot| self.copy_ttl(slot, ttl);
-            self.write_through(
+            // Boxed, as the routed call above: only write-through pays for its room.
+            Box::pin(self.write_through(
                 served,
                 key,
                 version,
@@ -100,7 +105,7 @@ impl ResilientStorage {
                     slot.backend
                         .write(key, write, WriteOptions::new(version).mode(mode))
                 },
-            )
+            ))
             .await;
         }
         Ok(outcome)
