@@ -70,6 +70,23 @@ async fn values_written_before_the_primary_died_are_read_after_failover() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn shutdown_sends_the_copies_still_pending() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres]).build().await.unwrap();
+    storage.set("k", "v", None).await.unwrap();
+    storage.delete("gone").await.unwrap();
+    // Answered at once on this runtime's one thread: the replayer has not run yet.
+    assert_eq!(storage.health().backends["postgres"].pending_replay, 2);
+    postgres
+        .set("gone", Bytes::from_static(b"old"), None)
+        .await
+        .unwrap();
+    storage.shutdown().await;
+    assert_eq!(direct(&*postgres, "k").await.as_deref(), Some(&b"v"[..]));
+    assert_eq!(direct(&*postgres, "gone").await, None);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_counter_stays_exact_across_a_kill_and_an_empty_restart() {
     let (redis, postgres) = (fault("redis"), fault("postgres"));
     let storage = checked(&redis, &postgres).build().await.unwrap();

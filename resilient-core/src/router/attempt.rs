@@ -409,7 +409,7 @@ impl ResilientStorage {
         if inner.active.index.load(Ordering::Relaxed) != first {
             return None;
         }
-        // Closed (just checked): admitted without reading the clock, or a permit to report.
+        // Closed (just checked): admitted without reading the clock, and without a permit.
         let generation = slot.breaker.closed_generation()?;
         // An error, or no answer at once, is not counted here: the full path asks again.
         let value = call(first, &*slot.backend)?.ok()?;

@@ -44,7 +44,7 @@ const HEADER: usize = MAGIC.len() + 16;
 
 /// How [`ResilientStorage::get_or_load`] treats one key. Built from the TTL a loaded value is
 /// fresh for; every other setting is optional.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 #[must_use]
 pub struct LoadOptions {
     ttl: Duration,
@@ -57,6 +57,21 @@ pub struct LoadOptions {
     /// Whether the settings above pass [`check`](Self::check), as of the last builder call:
     /// checked once when built, not on every `get_or_load`.
     valid: bool,
+}
+
+impl std::fmt::Debug for LoadOptions {
+    // The settings, without `valid` (derived from them).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("ttl", &self.ttl)
+            .field("fail_safe", &self.fail_safe)
+            .field("throttle", &self.throttle)
+            .field("soft_timeout", &self.soft_timeout)
+            .field("hard_timeout", &self.hard_timeout)
+            .field("eager_refresh", &self.eager_refresh)
+            .field("fleet_wait", &self.fleet_wait)
+            .finish()
+    }
 }
 
 impl LoadOptions {

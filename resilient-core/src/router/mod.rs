@@ -177,8 +177,10 @@ impl ResilientStorage {
         }
     }
 
-    /// Stops the health monitors and shuts every backend down. Later calls fail with
-    /// [`Error::Shutdown`](crate::Error::Shutdown). Idempotent.
+    /// Stops the health monitors and shuts every backend down. Write-behind copies and replay
+    /// records still pending are sent first, to the backends that can take them, within the
+    /// attempt timeout. Later calls fail with [`Error::Shutdown`](crate::Error::Shutdown).
+    /// Idempotent.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
         if inner.life.shut_down.swap(true, Ordering::AcqRel) {

@@ -289,14 +289,17 @@ const REPLAY_YIELD: usize = 4;
 /// send, for more copies before it sends (as a producer's linger): under a steady stream of
 /// writes the copies then go in batches, not one statement each. On this project's 2-core
 /// benchmark machine, a set under the default write-behind policy took 1.72x a Redis-only set
-/// when every copy was a PostgreSQL statement of its own; 1.07-1.22x with 5 ms (`cargo xtask
-/// bench --only interleaved_default_set`). A copy reaches its backend that much later; reads
-/// answer from its record meanwhile.
+/// when every copy was a PostgreSQL statement of its own, and 1.07-1.22x with 5 ms in eight
+/// runs (median 1.09; `cargo xtask bench --only interleaved_default_set`). A copy reaches its
+/// backend that much later; reads answer from its record meanwhile, and
+/// [`shutdown`](super::ResilientStorage::shutdown) sends what is left.
 const WRITE_BEHIND_LINGER: Duration = Duration::from_millis(5);
 
 /// Replays the writes each backend missed, and sends write-behind copies, once it answers,
-/// until `stop` fires. Each replayed write goes through the backend's breaker: while it is open
-/// nothing is sent, and in half-open the first replayed write is the one probe.
+/// until `stop` fires; then one last pass, within the attempt timeout, sends what is still
+/// pending (a copy of the last writes before a shutdown). Each replayed write goes through the
+/// backend's breaker: while it is open nothing is sent, and in half-open the first replayed
+/// write is the one probe.
 pub(crate) async fn replayer(
     slots: Vec<Arc<Slot>>,
     events: broadcast::Sender<StorageEvent>,
@@ -304,22 +307,34 @@ pub(crate) async fn replayer(
     wake: Arc<tokio::sync::Notify>,
     attempt_timeout: Duration,
 ) {
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.changed() => return,
-            _ = wake.notified() => {
-                if slots.iter().all(|slot| slot.replay.pending() < REPLAY_BATCH) {
-                    tokio::time::sleep(WRITE_BEHIND_LINGER).await;
-                }
-            }
-            _ = tokio::time::sleep(REPLAY_TICK) => {}
-        }
+    let pass = || async {
         for slot in &slots {
             if slot.replay.pending() > 0 && slot.health.state().is_routable() {
                 replay(slot, &events, attempt_timeout).await;
             }
         }
+    };
+    loop {
+        let stopped = tokio::select! {
+            biased;
+            _ = stop.changed() => true,
+            _ = wake.notified() => {
+                slots.iter().all(|slot| slot.replay.pending() < REPLAY_BATCH)
+                    && tokio::select! {
+                        biased;
+                        _ = stop.changed() => true,
+                        _ = tokio::time::sleep(WRITE_BEHIND_LINGER) => false,
+                    }
+            }
+            _ = tokio::time::sleep(REPLAY_TICK) => false,
+        };
+        if stopped {
+            // What a pass sends before it is cut off stays sent; the rest is left, as a crash
+            // would leave it.
+            let _ = tokio::time::timeout(attempt_timeout, pass()).await;
+            return;
+        }
+        pass().await;
     }
 }
 

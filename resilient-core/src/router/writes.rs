@@ -27,8 +27,9 @@ impl ResilientStorage {
         value: impl Into<Bytes>,
         ttl: Option<Duration>,
     ) -> impl Future<Output = Result<()>> + Send + 'a {
-        // Not `async`: the future is `set_with`'s, with none around it. The value is converted
-        // now; everything else, the write's version included, happens when it is first polled.
+        // Not `async`: the future is `set_with`'s, with only a `Map` of its result around it. The
+        // value is converted now; everything else, the write's version included, happens when
+        // it is first polled.
         self.set_with(key, value.into(), ttl, None, WriteMode::Overwrite)
             .map(|written| written.map(|_| ()))
     }
