@@ -8,8 +8,9 @@
 use std::time::{Duration, Instant};
 
 use resilient_benches::{
-    MokaEntry, get_from_64_tasks, load_for_hits, load_hit, moka_as_the_memory_backend, percentile,
-    raw_get, raw_get_from_64_tasks, raw_pool, raw_upsert, storage_over, write_result,
+    MokaEntry, default_over, get_from_64_tasks, load_for_hits, load_hit,
+    moka_as_the_memory_backend, percentile, raw_get, raw_get_from_64_tasks, raw_pool, raw_upsert,
+    storage_over, write_result,
 };
 use resilient_storage::prelude::*;
 use resilient_storage::{BackendOptions, HealthConfig};
@@ -489,14 +490,7 @@ async fn interleaved() {
     // a storage over Redis with PostgreSQL behind it (write-behind) against a set on a
     // Redis-only storage, a new key each call. The copies PostgreSQL takes in the background
     // share the cores with both sides' rounds, not only with the side measured after them.
-    let default = ResilientStorage::builder()
-        .backend_url(&redis.url(), 1)
-        .unwrap()
-        .backend_url(&postgres.url(), 2)
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let default = default_over(&redis.url(), &postgres.url()).await;
     let redis_only = storage_over(&redis.url(), true).await;
     let next = std::cell::Cell::new(0_u32);
     let key = || {

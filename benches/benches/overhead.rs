@@ -7,8 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use resilient_benches::{
-    MokaEntry, get_from_64_tasks, load_for_hits, load_hit, moka_as_the_memory_backend, raw_get,
-    raw_get_from_64_tasks, raw_pool, raw_upsert, storage_of, storage_over,
+    MokaEntry, default_over, get_from_64_tasks, load_for_hits, load_hit,
+    moka_as_the_memory_backend, raw_get, raw_get_from_64_tasks, raw_pool, raw_upsert, storage_of,
+    storage_over,
 };
 use resilient_storage::memory::{MemoryBackend, MemoryConfig};
 use resilient_storage::prelude::*;
@@ -216,15 +217,10 @@ fn default_set(c: &mut Criterion) {
         .build()
         .unwrap();
     let (default, redis_only) = rt.block_on(async {
-        let default = ResilientStorage::builder()
-            .backend_url(&redis.url(), 1)
-            .unwrap()
-            .backend_url(&postgres.url(), 2)
-            .unwrap()
-            .build()
-            .await
-            .unwrap();
-        (default, storage_over(&redis.url(), true).await)
+        (
+            default_over(&redis.url(), &postgres.url()).await,
+            storage_over(&redis.url(), true).await,
+        )
     });
     let value = Bytes::from(vec![7_u8; 100]);
     let next = std::sync::atomic::AtomicU64::new(0);

@@ -149,6 +149,19 @@ pub async fn storage_over(url: &str, memory_fallback: bool) -> ResilientStorage 
         .expect("storage")
 }
 
+/// The default set-up of `default_set`: Redis first, PostgreSQL behind it (the default
+/// write-behind policy copies every write down), the memory fallback last.
+pub async fn default_over(redis_url: &str, postgres_url: &str) -> ResilientStorage {
+    ResilientStorage::builder()
+        .backend_url(redis_url, 1)
+        .expect("known scheme")
+        .backend_url(postgres_url, 2)
+        .expect("known scheme")
+        .build()
+        .await
+        .expect("storage")
+}
+
 /// A storage over the given backends in priority order.
 pub async fn storage_of(backends: Vec<Arc<dyn Backend>>, strategy: Strategy) -> ResilientStorage {
     let mut builder = ResilientStorage::builder()
