@@ -8,6 +8,7 @@
 //! was loaded and until when it is fresh, so every process agrees on staleness and a value
 //! past its TTL stays readable as a fail-safe fallback until `ttl + fail_safe` has passed.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -536,12 +537,11 @@ impl ResilientStorage {
     {
         options.validate()?;
         let full = self.inner.policy.keys.full_key(key)?;
-        // Answered at once, the read needs no future of `get`'s; the others are boxed, so a
-        // hit answered at once does not carry (and move) their room.
-        let read = match self.get_now(&full) {
-            Some((Some(value), _)) => Ok(Some(value)),
-            Some(miss) => Box::pin(self.missed_now(&full, miss)).await,
-            None => Box::pin(self.get(key)).await,
+        // Answered at once, the read needs no future of `get`'s; the rest is boxed, so a hit
+        // answered at once does not carry (and move) its room.
+        let read = match self.read_now(&full) {
+            Ok(value) => Ok(value),
+            Err(missed) => Box::pin(self.get_routed(Cow::Borrowed(&*full), missed)).await,
         };
         let (stored, read_failed) = match read {
             Ok(stored) => (stored.map(Entry::decode), false),

@@ -26,20 +26,35 @@ impl ResilientStorage {
     /// to replay it to them: it may be one kept from an earlier outage, older than theirs.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let key = self.inner.policy.keys.full_key(key)?;
-        let missed = match self.get_now(&key) {
-            Some((Some(value), _)) => return Ok(Some(value)),
-            Some((None, served)) if self.miss_is_the_answer(served) => return Ok(None),
-            Some((None, served)) => Some(served),
-            None => None,
-        };
-        self.get_routed(key, missed).await
+        match self.read_now(&key) {
+            Ok(value) => Ok(value),
+            Err(missed) => self.get_routed(key, missed).await,
+        }
+    }
+
+    /// `key` (already validated and prefixed) read by the common path, without a future (see
+    /// [`route_now`](Self::route_now)): `Ok` with the answer, or `Err` with what
+    /// [`get_routed`](Self::get_routed) needs to finish the read (the backend whose miss the
+    /// copies must confirm, if any).
+    #[inline]
+    pub(super) fn read_now(&self, key: &str) -> std::result::Result<Option<Bytes>, Option<usize>> {
+        match self.route_now(Operation::Get, |index, b| self.read_at_once(index, b, key)) {
+            Some((Some(value), _)) => Ok(Some(value)),
+            Some((None, served)) if self.miss_is_the_answer(served) => Ok(None),
+            Some((None, served)) => Err(Some(served)),
+            None => Err(None),
+        }
     }
 
     /// The rest of a [`get`](Self::get) of `key` (validated and prefixed) that the common path
     /// did not answer: routed, or, after a miss on `missed` answered at once that the copies
     /// must confirm, read behind it. One future for each, so the future of `get` is no larger
     /// than it must be (every caller's future carries it, and moves it).
-    async fn get_routed(&self, key: Cow<'_, str>, missed: Option<usize>) -> Result<Option<Bytes>> {
+    pub(super) async fn get_routed(
+        &self,
+        key: Cow<'_, str>,
+        missed: Option<usize>,
+    ) -> Result<Option<Bytes>> {
         let key = &*key;
         let (served, start) = match missed {
             Some(served) => (served, Instant::now()),
@@ -84,30 +99,6 @@ impl ResilientStorage {
                 !slot.capabilities.shared && !slot.capabilities.durable
             })
             && slots[..served].iter().any(|slot| slot.capabilities.shared)
-    }
-
-    /// `key` (already validated and prefixed) read without a future, when the common path
-    /// answers at once (see [`route_now`](Self::route_now)): the value and the backend that
-    /// gave it.
-    #[inline]
-    pub(super) fn get_now(&self, key: &str) -> Option<(Option<Bytes>, usize)> {
-        self.route_now(Operation::Get, |index, b| self.read_at_once(index, b, key))
-    }
-
-    /// What [`get`](Self::get) answers after [`get_now`](Self::get_now) answered `(value,
-    /// served)`: under a policy that copies writes down, a miss is asked again of the next
-    /// shared backend.
-    pub(super) async fn missed_now(
-        &self,
-        key: &str,
-        (value, served): (Option<Bytes>, usize),
-    ) -> Result<Option<Bytes>> {
-        match value {
-            None if !self.miss_is_the_answer(served) => {
-                self.read_behind(served, key, Instant::now()).await
-            }
-            value => Ok(value),
-        }
     }
 
     /// Whether a miss on backend `served` is the answer as it stands: the policy copies no
