@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, FromRedisValue, RedisFuture, RedisResult, TlsCertificates, Value};
+use redis::{
+    Cmd, ErrorKind, FromRedisValue, RedisFuture, RedisResult, ServerErrorKind, TlsCertificates,
+    Value,
+};
 use resilient_core::{
     AtomicOp, AtomicOutcome, Backend, BatchWrite, Capabilities, Error, FencingToken, HealthProbe,
     KeyWrite, LockGrant, LockOutcome, Operation, Result, Unknown, WriteMode, WriteOptions,
@@ -373,16 +376,25 @@ impl RedisBackend {
         args: &[&[u8]],
     ) -> Result<T> {
         let in_flight = InFlight(&self.data_suspect);
+        // The `EVALSHA` is built here rather than by `redis::ScriptInvocation`, which copies
+        // each key and argument into a vector of its own before copying it into the command.
+        let mut cmd = Cmd::with_capacity(
+            3 + keys.len() + args.len(),
+            keys.iter().chain(args).map(|a| a.len()).sum::<usize>() + 64,
+        );
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys.len());
+        for arg in keys.iter().chain(args) {
+            cmd.arg(*arg);
+        }
         let run = async {
             let mut conn = self.data_conn().await?;
-            let mut invocation = script.prepare_invoke();
-            for key in keys {
-                invocation.key(*key);
+            match cmd.query_async::<T>(&mut conn).await {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    script.load_async(&mut conn).await?;
+                    cmd.query_async::<T>(&mut conn).await
+                }
+                other => other,
             }
-            for arg in args {
-                invocation.arg(*arg);
-            }
-            invocation.invoke_async::<T>(&mut conn).await
         };
         let result = run.await;
         std::mem::forget(in_flight);
@@ -453,7 +465,11 @@ impl RedisBackend {
             ),
             _ => return Err(Error::unsupported(&self.config.name, Operation::Set)),
         };
-        Ok([envelope::hex(version.0).into(), stored, ttl.into()])
+        Ok([
+            Bytes::copy_from_slice(&envelope::hex(version.0)),
+            stored,
+            ttl.into(),
+        ])
     }
 
     /// Applies a replayed write only over an older version or none, atomically.
@@ -607,42 +623,44 @@ fn regroup<T>(
 }
 
 impl RedisBackend {
-    /// The reply of `scripts::ATOMIC`.
-    fn atomic_outcome(&self, reply: Vec<Value>) -> Result<AtomicOutcome> {
+    /// The reply of `scripts::ATOMIC`: `2`, `-1:<message>`, or
+    /// `<status>:<has value>:<version>:<pttl>:<value>`.
+    fn atomic_outcome(&self, reply: Vec<u8>, asked: WriteVersion) -> Result<AtomicOutcome> {
         let operation = Operation::Atomic;
         let bad = || bad_reply(&self.config, operation, "an atomic operation's reply");
-        let mut fields = reply.into_iter();
-        let status = fields
-            .next()
-            .and_then(|v| i64::from_redis_value(v).ok())
-            .ok_or_else(bad)?;
-        match status {
-            2 => return Ok(AtomicOutcome::unknown()),
-            -1 => {
-                let message = fields
-                    .next()
-                    .and_then(|v| String::from_redis_value(v).ok())
-                    .unwrap_or_default();
-                return Err(Error::Rejected {
-                    backend: self.config.name.clone(),
-                    operation,
-                    message: self.config.secrets.scrub(&message),
-                });
-            }
-            _ => {}
+        if reply == b"2" {
+            return Ok(AtomicOutcome::unknown());
         }
-        let mut next = || fields.next().ok_or_else(bad);
-        let has_value = i64::from_redis_value(next()?).map_err(|_| bad())? == 1;
-        let value = Vec::<u8>::from_redis_value(next()?).map_err(|_| bad())?;
-        let version = String::from_redis_value(next()?)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(bad)?;
-        let pttl = i64::from_redis_value(next()?).map_err(|_| bad())?;
+        if let Some(message) = reply.strip_prefix(b"-1:") {
+            return Err(Error::Rejected {
+                backend: self.config.name.clone(),
+                operation,
+                message: self.config.secrets.scrub(&String::from_utf8_lossy(message)),
+            });
+        }
+        let mut fields = reply.splitn(5, |&b| b == b':');
+        let number = |field: Option<&[u8]>| {
+            field
+                .and_then(|f| std::str::from_utf8(f).ok())
+                .and_then(|f| f.parse::<i64>().ok())
+                .ok_or_else(bad)
+        };
+        let (status, has_value) = (number(fields.next())?, number(fields.next())?);
+        let version = match fields.next() {
+            Some([]) => asked,
+            digits => WriteVersion(u64::try_from(number(digits)?).map_err(|_| bad())?),
+        };
+        let pttl = number(fields.next())?;
+        let value_at = reply.len() - fields.next().ok_or_else(bad)?.len();
+        if !matches!(status, 0 | 1) {
+            return Err(bad());
+        }
+        let mut value = Bytes::from(reply);
+        value.advance(value_at);
         Ok(AtomicOutcome::new(
             status == 1,
-            has_value.then(|| Bytes::from(value)),
-            WriteVersion(version),
+            (has_value == 1).then_some(value),
+            version,
             u64::try_from(pttl)
                 .ok()
                 .filter(|&ms| ms > 0)
@@ -901,39 +919,50 @@ impl Backend for RedisBackend {
         let operation = Operation::Atomic;
         let (mode, seed): (&[u8], Option<Bytes>) = match unknown {
             Unknown::Ask => (b"ask", None),
-            Unknown::Seed(seed) => (b"seed", seed),
+            Unknown::Seed(Some(seed)) => (b"seed", Some(seed)),
+            // No seed to store: the script goes on as for a key never written.
             _ => (b"absent", None),
         };
         let ttl_arg = |ttl: Option<Duration>| ttl.map(millis).unwrap_or_default();
-        let (name, ttl, arg, expected): (&[u8], _, Bytes, Option<Bytes>) = match op {
-            AtomicOp::Increment { delta, ttl } => {
-                (b"incr", ttl_arg(ttl), Bytes::from(delta.to_string()), None)
-            }
-            AtomicOp::SetIfAbsent { value, ttl } => (b"nx", ttl_arg(ttl), value, None),
+        let mut delta_digits = itoa::Buffer::new();
+        let (name, ttl, arg, expected): (&[u8], _, &[u8], Option<Bytes>) = match &op {
+            AtomicOp::Increment { delta, ttl } => (
+                b"incr",
+                ttl_arg(*ttl),
+                delta_digits.format(*delta).as_bytes(),
+                None,
+            ),
+            AtomicOp::SetIfAbsent { value, ttl } => (b"nx", ttl_arg(*ttl), value, None),
             AtomicOp::CompareAndSet {
                 expected,
                 value,
                 ttl,
-            } => (b"cas", ttl_arg(ttl), value, expected),
+            } => (b"cas", ttl_arg(*ttl), value, expected.clone()),
             _ => return Err(Error::unsupported(&self.config.name, operation)),
         };
         let version = envelope::hex(options.version.0);
-        let flag = |present: bool| -> &[u8] { if present { b"1" } else { b"0" } };
-        let args: [&[u8]; 9] = [
-            name,
-            version.as_bytes(),
-            mode,
-            flag(seed.is_some()),
-            seed.as_deref().unwrap_or_default(),
-            &ttl,
-            &arg,
-            flag(expected.is_some()),
-            expected.as_deref().unwrap_or_default(),
-        ];
-        let reply: Vec<Value> = self
-            .script(operation, &scripts::ATOMIC, &[&self.data_key(key)], &args)
+        let mut args: [&[u8]; 7] = [name, &version, mode, &ttl, arg, b"", b""];
+        let sent = match (&seed, &expected) {
+            (_, Some(expected)) => {
+                args[5] = seed.as_deref().unwrap_or_default();
+                args[6] = expected;
+                7
+            }
+            (Some(seed), None) => {
+                args[5] = seed;
+                6
+            }
+            (None, None) => 5,
+        };
+        let reply: Vec<u8> = self
+            .script(
+                operation,
+                &scripts::ATOMIC,
+                &[&self.data_key(key)],
+                &args[..sent],
+            )
             .await?;
-        self.atomic_outcome(reply)
+        self.atomic_outcome(reply, options.version)
     }
 
     async fn acquire_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockOutcome> {

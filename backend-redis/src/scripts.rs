@@ -98,18 +98,22 @@ return 1
 });
 
 /// KEYS: key. ARGV: op (`incr`, `nx`, `cas`), version asked (16 hex digits), unknown-key mode
-/// (`absent`, `ask`, `seed`), seed present (`1`/`0`), seed value, ttl in ms or empty, delta or
-/// value, expected present (`1`/`0`), expected value.
+/// (`absent`, `ask`, `seed`), ttl in ms or empty, delta or value, then the seed (under `seed`;
+/// empty otherwise, and only sent when something follows), then the expected value (`cas`
+/// only, and only when one is expected). An increment sends five arguments: each one costs the
+/// server about 75 ns.
 ///
 /// The stored string is read as `envelope.rs` lays it out. A key with neither a value nor a
-/// version is unknown: under `ask` nothing changes and `{2}` comes back; under `seed` the seed
-/// (if present) is stored first, with the call's TTL and no version (the seed stands for a key
-/// the server lost, whose TTL it lost too). A write is stamped with the larger of the version
-/// asked and one more than the stored one. Returns `{status, has value, value, version, pttl}`
-/// (status 1 written, 0 refused), or `{-1, message}` when the value is not an integer or the sum
-/// overflows. Canonical integers under 10^15 are added in Lua (exact in its doubles: one `SET`);
-/// any other value goes to INCRBY, exact in 64 bits and the judge of what is an integer: the
-/// script puts the bare number back for it, then the header in front of the sum.
+/// version is unknown: under `ask` nothing changes and `2` comes back; under `seed` the seed is
+/// stored first, with the call's TTL and no version (the seed stands for a key the server lost,
+/// whose TTL it lost too). A write is stamped with the larger of the version asked and one more
+/// than the stored one. Returns one string, `<status>:<has value>:<version>:<pttl>:<value>`
+/// (status 1 written, 0 refused; the version empty when it is the one asked; the value is the
+/// rest, colons and all), or `-1:<message>` when the value is not an integer or the sum
+/// overflows: one bulk string is cheaper to build, send and parse than an array of five.
+/// Canonical integers under 10^15 are added in Lua (exact in its doubles: one `SET`); any other
+/// value goes to INCRBY, exact in 64 bits and the judge of what is an integer: the script puts
+/// the bare number back for it, then the header in front of the sum.
 pub(crate) static ATOMIC: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -126,53 +130,41 @@ if cur then
     current = string.sub(cur, 21)
   end
 end
+local ttl, arg = ARGV[4], ARGV[5]
 local function put(value)
-  if ARGV[6] == '' then
+  if ttl == '' then
     redis.call('SET', KEYS[1], value)
   else
-    redis.call('SET', KEYS[1], value, 'PX', ARGV[6])
+    redis.call('SET', KEYS[1], value, 'PX', ttl)
   end
 end
 if not stored and not current then
   if ARGV[3] == 'ask' then
-    return {2}
+    return '2'
   end
-  if ARGV[3] == 'seed' and ARGV[4] == '1' then
-    put(ARGV[5])
-    current = ARGV[5]
+  if ARGV[3] == 'seed' then
+    put(ARGV[6])
+    current = ARGV[6]
   end
 end
-local version = tonumber(ARGV[2], 16)
-if stored and stored + 1 > version then
-  version = stored + 1
-end
-local head = '\0rsv' .. string.format('%016x', version)
-local vs = string.format('%d', version)
-local function refused()
-  local t = redis.call('PTTL', KEYS[1])
-  local was = string.format('%d', stored or 0)
-  if current then
-    return {0, 1, current, was, t}
-  end
-  return {0, 0, '', was, t}
-end
-local function store(value)
-  put(head .. value)
-  return {1, 1, value, vs, redis.call('PTTL', KEYS[1])}
+local head, written = '\0rsv' .. ARGV[2], '1:1::'
+if stored and stored >= tonumber(ARGV[2], 16) then
+  head = '\0rsv' .. string.format('%016x', stored + 1)
+  written = '1:1:' .. string.format('%d', stored + 1) .. ':'
 end
 if ARGV[1] == 'incr' then
   -- Both numbers canonical and under 10^15: the sum is exact in Lua's doubles, one SET.
   local base = current or '0'
   local b = string.match(base, '^-?([1-9]%d*)$')
-  local d = string.match(ARGV[7], '^-?(%d+)$')
+  local d = string.match(arg, '^-?(%d+)$')
   if d and #d <= 15 and (base == '0' or (b and #b <= 15)) then
-    local sum = string.format('%d', tonumber(base) + tonumber(ARGV[7]))
+    local sum = string.format('%d', tonumber(base) + tonumber(arg))
     if current then
       redis.call('SET', KEYS[1], head .. sum, 'KEEPTTL')
     else
       put(head .. sum)
     end
-    return {1, 1, sum, vs, redis.call('PTTL', KEYS[1])}
+    return written .. redis.call('PTTL', KEYS[1]) .. ':' .. sum
   end
   -- Otherwise INCRBY decides, exactly in 64 bits: the bare number goes back for it.
   if current then
@@ -180,31 +172,34 @@ if ARGV[1] == 'incr' then
   else
     redis.call('DEL', KEYS[1])
   end
-  local n = redis.pcall('INCRBY', KEYS[1], ARGV[7])
+  local n = redis.pcall('INCRBY', KEYS[1], arg)
   if type(n) == 'table' and n.err then
     if cur then
       redis.call('SET', KEYS[1], cur, 'KEEPTTL')
     end
-    return {-1, n.err}
+    return '-1:' .. n.err
   end
-  if not current and ARGV[6] ~= '' then
-    redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  if not current and ttl ~= '' then
+    redis.call('PEXPIRE', KEYS[1], ttl)
   end
   local sum = redis.call('GET', KEYS[1])
   redis.call('SET', KEYS[1], head .. sum, 'KEEPTTL')
-  return {1, 1, sum, vs, redis.call('PTTL', KEYS[1])}
-elseif ARGV[1] == 'nx' then
-  if current then
-    return refused()
-  end
-  return store(ARGV[7])
-else
-  local matches = (ARGV[8] == '0' and not current) or (ARGV[8] == '1' and current == ARGV[9])
-  if not matches then
-    return refused()
-  end
-  return store(ARGV[7])
+  return written .. redis.call('PTTL', KEYS[1]) .. ':' .. sum
 end
+local matches
+if ARGV[1] == 'nx' then
+  matches = not current
+elseif ARGV[7] then
+  matches = current == ARGV[7]
+else
+  matches = not current
+end
+if not matches then
+  local refused = '0:' .. (current and '1' or '0') .. ':' .. string.format('%d', stored or 0)
+  return refused .. ':' .. redis.call('PTTL', KEYS[1]) .. ':' .. (current or '')
+end
+put(head .. arg)
+return written .. redis.call('PTTL', KEYS[1]) .. ':' .. arg
 ",
     )
 });

@@ -1,8 +1,8 @@
 //! Atomic operations through the router on tokio's paused clock: counters exact across a
-//! failover and back with several tasks at once, a Redis-like backend restarted empty
-//! continuing the count from PostgreSQL's copy, no count ever kept in this process's memory
-//! while a shared backend is configured, and set-if-absent and compare-and-set failing over as
-//! writes.
+//! failover and back with several tasks at once, a call whose caller gives up finishing
+//! anyway, a Redis-like backend restarted empty continuing the count from PostgreSQL's copy,
+//! no count ever kept in this process's memory while a shared backend is configured, and
+//! set-if-absent and compare-and-set failing over as writes.
 
 mod common;
 
@@ -145,6 +145,35 @@ async fn a_counter_stays_exact_across_a_failover_and_back() {
         Some(&b"600"[..])
     );
     assert_eq!(storage.get_json::<i64>("visits").await.unwrap(), Some(600));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_increment_whose_caller_gives_up_still_reaches_every_backend() {
+    let (redis, postgres) = (fault("redis"), fault("postgres"));
+    let storage = builder(&[&redis, &postgres]).build().await.unwrap();
+    redis.inject(Fault::Fail);
+    // PostgreSQL applies the increment, then its answer comes back 50 ms later; the caller
+    // gives up after 10 ms. The call still records the result for Redis, which missed it.
+    postgres.inject_for(
+        resilient_core::Operation::Atomic,
+        Fault::DelayAnswer(Duration::from_millis(50)),
+    );
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(10),
+        storage.increment("visits", 1, None),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the call answered within 10 ms");
+    assert_eq!(
+        direct(&*postgres, "visits").await.as_deref(),
+        Some(&b"1"[..])
+    );
+    redis.inject(Fault::Pass);
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(direct(&*redis, "visits").await.as_deref(), Some(&b"1"[..]));
+    // The key's turn was held until the call finished: the next one counts from its result.
+    postgres.inject_for(resilient_core::Operation::Atomic, Fault::Pass);
+    assert_eq!(storage.increment("visits", 1, None).await.unwrap(), 2);
 }
 
 #[tokio::test(start_paused = true)]

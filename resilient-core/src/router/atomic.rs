@@ -78,7 +78,6 @@ impl ResilientStorage {
     /// ```
     pub async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
         let outcome = self.atomic(key, AtomicOp::Increment { delta, ttl }).await?;
-        let served = self.last_served_backend().unwrap_or_default();
         outcome
             .value
             .as_deref()
@@ -86,7 +85,7 @@ impl ResilientStorage {
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| {
                 Error::backend(
-                    served,
+                    self.last_served_backend().unwrap_or_default(),
                     Operation::Atomic,
                     "an increment answered no integer",
                 )
@@ -168,12 +167,13 @@ impl ResilientStorage {
         if let Some(ttl) = ttl {
             check_ttl(ttl)?;
         }
-        // In a task of its own: a caller that gives up (its future dropped) does not leave a
-        // result applied but not recorded, nor the key's turn given up while the call runs.
+        // Run in the caller's task, and finished in a task of its own if the caller gives up
+        // (drops the future): a result is never applied but not recorded, nor the key's turn
+        // given up while the call runs. Spawning every call cost a hop to a worker thread and
+        // back when the caller is not one (the body of `#[tokio::main]`, `block_on`): two
+        // thread wake-ups a call.
         let (storage, full) = (self.clone(), full.into_owned());
-        tokio::spawn(async move { storage.atomic_in_turn(&full, op).await })
-            .await
-            .map_err(|_| Error::backend("storage", Operation::Atomic, "the call's task failed"))?
+        FinishOnDrop::new(async move { storage.atomic_in_turn(&full, op).await }).await
     }
 
     /// [`atomic`](Self::atomic) once validated: everything within one deadline.
@@ -351,6 +351,48 @@ impl ResilientStorage {
                 .await;
             }
             _ => {}
+        }
+    }
+}
+
+/// A call that finishes even when its caller stops waiting: polled in the caller's task, and
+/// handed to a task of its own, where it runs to the end, when dropped before it is done. The
+/// future is boxed so that handing it over moves a pointer, not the future.
+struct FinishOnDrop<T: Send + 'static> {
+    call: Option<std::pin::Pin<Box<dyn Future<Output = T> + Send>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl<T: Send + 'static> FinishOnDrop<T> {
+    /// Must be called within a tokio runtime, whose handle the drop spawns on.
+    fn new(call: impl Future<Output = T> + Send + 'static) -> Self {
+        Self {
+            call: Some(Box::pin(call)),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl<T: Send + 'static> Future for FinishOnDrop<T> {
+    type Output = T;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<T> {
+        let Some(call) = self.call.as_mut() else {
+            panic!("FinishOnDrop polled after it finished");
+        };
+        let output = std::task::ready!(call.as_mut().poll(cx));
+        self.call = None;
+        std::task::Poll::Ready(output)
+    }
+}
+
+impl<T: Send + 'static> Drop for FinishOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            self.runtime.spawn(call);
         }
     }
 }
