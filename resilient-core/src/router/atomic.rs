@@ -361,6 +361,9 @@ impl ResilientStorage {
 struct FinishOnDrop<T: Send + 'static> {
     call: Option<std::pin::Pin<Box<dyn Future<Output = T> + Send>>>,
     runtime: tokio::runtime::Handle,
+    /// Set while the call is polled: a drop then is the unwinding of a panic in the call
+    /// itself, which cannot go on.
+    polling: bool,
 }
 
 impl<T: Send + 'static> FinishOnDrop<T> {
@@ -369,6 +372,7 @@ impl<T: Send + 'static> FinishOnDrop<T> {
         Self {
             call: Some(Box::pin(call)),
             runtime: tokio::runtime::Handle::current(),
+            polling: false,
         }
     }
 }
@@ -380,18 +384,24 @@ impl<T: Send + 'static> Future for FinishOnDrop<T> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<T> {
-        let Some(call) = self.call.as_mut() else {
+        let this = &mut *self;
+        let Some(call) = this.call.as_mut() else {
             panic!("FinishOnDrop polled after it finished");
         };
-        let output = std::task::ready!(call.as_mut().poll(cx));
-        self.call = None;
+        this.polling = true;
+        let poll = call.as_mut().poll(cx);
+        this.polling = false;
+        let output = std::task::ready!(poll);
+        this.call = None;
         std::task::Poll::Ready(output)
     }
 }
 
 impl<T: Send + 'static> Drop for FinishOnDrop<T> {
     fn drop(&mut self) {
-        if let Some(call) = self.call.take() {
+        if let Some(call) = self.call.take()
+            && !self.polling
+        {
             self.runtime.spawn(call);
         }
     }
