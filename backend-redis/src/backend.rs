@@ -376,16 +376,7 @@ impl RedisBackend {
         args: &[&[u8]],
     ) -> Result<T> {
         let in_flight = InFlight(&self.data_suspect);
-        // The `EVALSHA` is built here rather than by `redis::ScriptInvocation`, which copies
-        // each key and argument into a vector of its own before copying it into the command.
-        let mut cmd = Cmd::with_capacity(
-            3 + keys.len() + args.len(),
-            keys.iter().chain(args).map(|a| a.len()).sum::<usize>() + 64,
-        );
-        cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys.len());
-        for arg in keys.iter().chain(args) {
-            cmd.arg(*arg);
-        }
+        let cmd = evalsha(script, keys, args);
         let run = async {
             let mut conn = self.data_conn().await?;
             match cmd.query_async::<T>(&mut conn).await {
@@ -622,50 +613,83 @@ fn regroup<T>(
         .collect())
 }
 
+/// `EVALSHA` of `script` over `keys` and `args`, built here rather than by
+/// `redis::ScriptInvocation`, which copies each key and argument into a vector of its own
+/// before copying it into the command.
+fn evalsha(script: &redis::Script, keys: &[&[u8]], args: &[&[u8]]) -> Cmd {
+    let mut cmd = Cmd::with_capacity(
+        3 + keys.len() + args.len(),
+        keys.iter().chain(args).map(|a| a.len()).sum::<usize>() + 64,
+    );
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys.len());
+    for arg in keys.iter().chain(args) {
+        cmd.arg(*arg);
+    }
+    cmd
+}
+
+/// What `scripts::ATOMIC` answered.
+#[derive(Debug, PartialEq)]
+enum AtomicReply {
+    Outcome(AtomicOutcome),
+    /// Not an integer, or a sum beyond 64 bits: the server's message.
+    Rejected(String),
+}
+
+/// `scripts::ATOMIC`'s reply: `2` (the key is unknown), `-1:<message>`, or
+/// `<status>:<has value>:<version>:<pttl>:<value>`, the version empty when it is `asked`.
+/// `None` when it is none of these.
+fn atomic_reply(reply: Vec<u8>, asked: WriteVersion) -> Option<AtomicReply> {
+    if reply == b"2" {
+        return Some(AtomicReply::Outcome(AtomicOutcome::unknown()));
+    }
+    if let Some(message) = reply.strip_prefix(b"-1:") {
+        return Some(AtomicReply::Rejected(
+            String::from_utf8_lossy(message).into_owned(),
+        ));
+    }
+    let mut fields = reply.splitn(5, |&b| b == b':');
+    let number = |field: Option<&[u8]>| std::str::from_utf8(field?).ok()?.parse::<i64>().ok();
+    let (status, has_value) = (number(fields.next())?, number(fields.next())?);
+    let version = match fields.next()? {
+        [] => asked,
+        digits => WriteVersion(u64::try_from(number(Some(digits))?).ok()?),
+    };
+    let pttl = number(fields.next())?;
+    let value_at = reply.len() - fields.next()?.len();
+    if !matches!(status, 0 | 1) || !matches!(has_value, 0 | 1) {
+        return None;
+    }
+    let mut value = Bytes::from(reply);
+    value.advance(value_at);
+    Some(AtomicReply::Outcome(AtomicOutcome::new(
+        status == 1,
+        (has_value == 1).then_some(value),
+        version,
+        u64::try_from(pttl)
+            .ok()
+            .filter(|&ms| ms > 0)
+            .map(Duration::from_millis),
+    )))
+}
+
 impl RedisBackend {
-    /// The reply of `scripts::ATOMIC`: `2`, `-1:<message>`, or
-    /// `<status>:<has value>:<version>:<pttl>:<value>`.
+    /// The reply of `scripts::ATOMIC` (see [`atomic_reply`]).
     fn atomic_outcome(&self, reply: Vec<u8>, asked: WriteVersion) -> Result<AtomicOutcome> {
         let operation = Operation::Atomic;
-        let bad = || bad_reply(&self.config, operation, "an atomic operation's reply");
-        if reply == b"2" {
-            return Ok(AtomicOutcome::unknown());
-        }
-        if let Some(message) = reply.strip_prefix(b"-1:") {
-            return Err(Error::Rejected {
+        match atomic_reply(reply, asked) {
+            Some(AtomicReply::Outcome(outcome)) => Ok(outcome),
+            Some(AtomicReply::Rejected(message)) => Err(Error::Rejected {
                 backend: self.config.name.clone(),
                 operation,
-                message: self.config.secrets.scrub(&String::from_utf8_lossy(message)),
-            });
+                message: self.config.secrets.scrub(&message),
+            }),
+            None => Err(bad_reply(
+                &self.config,
+                operation,
+                "an atomic operation's reply",
+            )),
         }
-        let mut fields = reply.splitn(5, |&b| b == b':');
-        let number = |field: Option<&[u8]>| {
-            field
-                .and_then(|f| std::str::from_utf8(f).ok())
-                .and_then(|f| f.parse::<i64>().ok())
-                .ok_or_else(bad)
-        };
-        let (status, has_value) = (number(fields.next())?, number(fields.next())?);
-        let version = match fields.next() {
-            Some([]) => asked,
-            digits => WriteVersion(u64::try_from(number(digits)?).map_err(|_| bad())?),
-        };
-        let pttl = number(fields.next())?;
-        let value_at = reply.len() - fields.next().ok_or_else(bad)?.len();
-        if !matches!(status, 0 | 1) {
-            return Err(bad());
-        }
-        let mut value = Bytes::from(reply);
-        value.advance(value_at);
-        Ok(AtomicOutcome::new(
-            status == 1,
-            (has_value == 1).then_some(value),
-            version,
-            u64::try_from(pttl)
-                .ok()
-                .filter(|&ms| ms > 0)
-                .map(Duration::from_millis),
-        ))
     }
 
     /// One MGET of the keys at `positions`.
@@ -698,11 +722,8 @@ impl RedisBackend {
         let version = write.options.version;
         let (cmd, kind) = match (&write.write, write.options.mode) {
             (write, WriteMode::IfNewer) => {
-                let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(scripts::REPLAY.get_hash()).arg(1).arg(&key);
-                for arg in self.replay_args(write, version)? {
-                    cmd.arg(&arg[..]);
-                }
+                let args = self.replay_args(write, version)?;
+                let cmd = evalsha(&scripts::REPLAY, &[&key], &args.each_ref().map(|a| &a[..]));
                 (cmd, CallKind::Replay)
             }
             (KeyWrite::Set { value, ttl }, _) => (
@@ -740,10 +761,7 @@ impl RedisBackend {
                 .filter(|&j| matches!(&replies[j], Value::ServerError(e) if e.code() == "NOSCRIPT"))
                 .collect();
             if !missing.is_empty() {
-                scripts::REPLAY
-                    .prepare_invoke()
-                    .load_async(&mut conn)
-                    .await?;
+                scripts::REPLAY.load_async(&mut conn).await?;
                 let again: Vec<usize> = missing.iter().map(|&j| positions[j]).collect();
                 let retried = send(&conn, &again).await?;
                 for (j, reply) in missing.into_iter().zip(retried) {
@@ -1027,5 +1045,69 @@ impl Backend for RedisBackend {
             )
             .await?;
         Ok(released > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(reply: &[u8]) -> Option<AtomicReply> {
+        atomic_reply(reply.to_vec(), WriteVersion(7))
+    }
+
+    fn written(value: Option<&'static [u8]>, version: u64, ttl: Option<u64>) -> AtomicReply {
+        AtomicReply::Outcome(AtomicOutcome::new(
+            true,
+            value.map(Bytes::from_static),
+            WriteVersion(version),
+            ttl.map(Duration::from_millis),
+        ))
+    }
+
+    #[test]
+    fn atomic_replies_are_read_field_by_field_and_the_value_whole() {
+        assert_eq!(outcome(b"1:1::-1:42"), Some(written(Some(b"42"), 7, None)));
+        assert_eq!(
+            outcome(b"1:1:1700000000000001:5000:a:b::c"),
+            Some(written(Some(b"a:b::c"), 1_700_000_000_000_001, Some(5000)))
+        );
+        assert_eq!(outcome(b"1:1::-1:"), Some(written(Some(b""), 7, None)));
+        assert_eq!(
+            outcome(b"0:0:9:-2:"),
+            Some(AtomicReply::Outcome(AtomicOutcome::new(
+                false,
+                None,
+                WriteVersion(9),
+                None
+            )))
+        );
+        assert_eq!(
+            outcome(b"2"),
+            Some(AtomicReply::Outcome(AtomicOutcome::unknown()))
+        );
+        assert_eq!(
+            outcome(b"-1:ERR value is not an integer"),
+            Some(AtomicReply::Rejected("ERR value is not an integer".into()))
+        );
+    }
+
+    #[test]
+    fn malformed_atomic_replies_are_none_not_a_panic() {
+        for reply in [
+            &b""[..],
+            b"1",
+            b"1:1",
+            b"1:1::",
+            b"1:1::-1",
+            b"3:1::-1:x",
+            b"1:2::-1:x",
+            b"1:1:-5:-1:x",
+            b"1:1:x:-1:x",
+            b"1:1::1e+14:x",
+            b"\xff:1::-1:x",
+        ] {
+            assert_eq!(outcome(reply), None, "{:?}", String::from_utf8_lossy(reply));
+        }
     }
 }

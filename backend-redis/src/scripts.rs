@@ -109,8 +109,9 @@ return 1
 /// whose TTL it lost too). A write is stamped with the larger of the version asked and one more
 /// than the stored one. Returns one string, `<status>:<has value>:<version>:<pttl>:<value>`
 /// (status 1 written, 0 refused; the version empty when it is the one asked; the value is the
-/// rest, colons and all), or `-1:<message>` when the value is not an integer or the sum
-/// overflows: one bulk string is cheaper to build, send and parse than an array of five.
+/// rest, colons and all; numbers as `%d` formats them, since `..` would write a large one as
+/// `1e+14`), or `-1:<message>` when the value is not an integer or the sum overflows: one bulk
+/// string is cheaper to build, send and parse than an array of five.
 /// Canonical integers under 10^15 are added in Lua (exact in its doubles: one `SET`); any other
 /// value goes to INCRBY, exact in 64 bits and the judge of what is an integer: the script puts
 /// the bare number back for it, then the header in front of the sum.
@@ -164,7 +165,7 @@ if ARGV[1] == 'incr' then
     else
       put(head .. sum)
     end
-    return written .. redis.call('PTTL', KEYS[1]) .. ':' .. sum
+    return written .. string.format('%d', redis.call('PTTL', KEYS[1])) .. ':' .. sum
   end
   -- Otherwise INCRBY decides, exactly in 64 bits: the bare number goes back for it.
   if current then
@@ -184,7 +185,7 @@ if ARGV[1] == 'incr' then
   end
   local sum = redis.call('GET', KEYS[1])
   redis.call('SET', KEYS[1], head .. sum, 'KEEPTTL')
-  return written .. redis.call('PTTL', KEYS[1]) .. ':' .. sum
+  return written .. string.format('%d', redis.call('PTTL', KEYS[1])) .. ':' .. sum
 end
 local matches
 if ARGV[1] == 'nx' then
@@ -196,10 +197,10 @@ else
 end
 if not matches then
   local refused = '0:' .. (current and '1' or '0') .. ':' .. string.format('%d', stored or 0)
-  return refused .. ':' .. redis.call('PTTL', KEYS[1]) .. ':' .. (current or '')
+  return refused .. ':' .. string.format('%d', redis.call('PTTL', KEYS[1])) .. ':' .. (current or '')
 end
 put(head .. arg)
-return written .. redis.call('PTTL', KEYS[1]) .. ':' .. arg
+return written .. string.format('%d', redis.call('PTTL', KEYS[1])) .. ':' .. arg
 ",
     )
 });

@@ -219,3 +219,40 @@ async fn increments_are_exact_on_both_sides_of_the_fast_path() {
         Some(&b"007"[..])
     );
 }
+
+/// A key kept by a plain client with a TTL beyond 10^14 ms (where Lua's `..` writes a number as
+/// `1e+14`) still takes an increment, and the TTL comes back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_increment_keeps_and_reports_a_very_long_ttl() {
+    use resilient_core::{AtomicOp, Unknown, WriteOptions};
+    let server = RedisServer::start().unwrap();
+    let backend = common::backend(&server.url());
+    let mut conn = plain(&server).await;
+    let ttl_ms: u64 = 200_000_000_000_000;
+    redis::cmd("SET")
+        .arg("long")
+        .arg("41")
+        .arg("PX")
+        .arg(ttl_ms)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let outcome = backend
+        .atomic(
+            "long",
+            AtomicOp::Increment {
+                delta: 1,
+                ttl: None,
+            },
+            Unknown::Absent,
+            WriteOptions::new(WriteVersion(9)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.value.as_deref(), Some(&b"42"[..]));
+    let ttl = outcome.ttl.expect("the key's TTL").as_millis();
+    assert!(
+        ttl > 199_999_999_000_000 && ttl <= 200_000_000_000_000,
+        "{ttl}"
+    );
+}

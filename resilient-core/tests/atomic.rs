@@ -171,9 +171,26 @@ async fn an_increment_whose_caller_gives_up_still_reaches_every_backend() {
     redis.inject(Fault::Pass);
     sleep(Duration::from_secs(10)).await;
     assert_eq!(direct(&*redis, "visits").await.as_deref(), Some(&b"1"[..]));
-    // The key's turn was held until the call finished: the next one counts from its result.
-    postgres.inject_for(resilient_core::Operation::Atomic, Fault::Pass);
-    assert_eq!(storage.increment("visits", 1, None).await.unwrap(), 2);
+    // The key's turn is held until such a call finishes: on Redis now, with its answer 50 ms
+    // late, a call given up after 10 ms keeps the next one waiting until 50 ms, which then
+    // takes its own 50 ms.
+    redis.inject_for(
+        resilient_core::Operation::Atomic,
+        Fault::DelayAnswer(Duration::from_millis(50)),
+    );
+    let start = tokio::time::Instant::now();
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(10),
+        storage.increment("visits", 1, None),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the call answered within 10 ms");
+    assert_eq!(storage.increment("visits", 1, None).await.unwrap(), 3);
+    assert!(
+        start.elapsed() >= Duration::from_millis(100),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test(start_paused = true)]
