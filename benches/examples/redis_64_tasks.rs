@@ -15,21 +15,10 @@
 //! each output says where they go. The example starts its own `redis-server` (see
 //! `resilient-test-support`); valgrind does not trace it.
 
-use resilient_benches::{get_from_64_tasks, raw_get_from_64_tasks, storage_over};
-use resilient_test_support::RedisServer;
+use resilient_benches::{get_from_64_tasks, raw_get_from_64_tasks, redis_example, storage_over};
 
 fn main() {
-    let usage = "usage: redis_64_tasks storage|raw ROUNDS";
-    let mut args = std::env::args().skip(1);
-    let side = args.next().expect(usage);
-    let rounds: u32 = args.next().and_then(|n| n.parse().ok()).expect(usage);
-    assert!(side == "storage" || side == "raw", "{usage}");
-    let server = RedisServer::start().expect("redis-server");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (side, rounds, server, runtime) = redis_example("usage: redis_64_tasks storage|raw ROUNDS");
     runtime.block_on(async {
         // The storage of the bench row: Redis with the memory fallback, defaults otherwise.
         let storage = storage_over(&server.url(), true).await;

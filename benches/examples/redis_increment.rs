@@ -15,21 +15,10 @@
 //! `EVALSHA` (the storage's script) or `INCRBY`. The example starts its own `redis-server`
 //! (see `resilient-test-support`); valgrind does not trace it.
 
-use resilient_benches::storage_over;
-use resilient_test_support::RedisServer;
+use resilient_benches::{redis_example, storage_over};
 
 fn main() {
-    let usage = "usage: redis_increment storage|raw CALLS";
-    let mut args = std::env::args().skip(1);
-    let side = args.next().expect(usage);
-    let calls: u32 = args.next().and_then(|n| n.parse().ok()).expect(usage);
-    assert!(side == "storage" || side == "raw", "{usage}");
-    let server = RedisServer::start().expect("redis-server");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (side, calls, server, runtime) = redis_example("usage: redis_increment storage|raw CALLS");
     runtime.block_on(async {
         // The storage of the bench row: Redis with the memory fallback, defaults otherwise.
         let storage = storage_over(&server.url(), true).await;

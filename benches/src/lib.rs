@@ -162,6 +162,30 @@ pub async fn default_over(redis_url: &str, postgres_url: &str) -> ResilientStora
         .expect("storage")
 }
 
+/// What the Redis examples (`benches/examples`) start from: their arguments `storage|raw COUNT`
+/// (the process exits with `usage` otherwise), a `redis-server` of their own, and a runtime of
+/// two workers, as on the benchmark machine.
+pub fn redis_example(
+    usage: &str,
+) -> (
+    String,
+    u32,
+    resilient_test_support::RedisServer,
+    tokio::runtime::Runtime,
+) {
+    let mut args = std::env::args().skip(1);
+    let side = args.next().expect(usage);
+    let count: u32 = args.next().and_then(|n| n.parse().ok()).expect(usage);
+    assert!(side == "storage" || side == "raw", "{usage}");
+    let server = resilient_test_support::RedisServer::start().expect("redis-server");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    (side, count, server, runtime)
+}
+
 /// A storage over the given backends in priority order.
 pub async fn storage_of(backends: Vec<Arc<dyn Backend>>, strategy: Strategy) -> ResilientStorage {
     let mut builder = ResilientStorage::builder()
