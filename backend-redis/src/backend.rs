@@ -943,7 +943,7 @@ impl Backend for RedisBackend {
         };
         let ttl_arg = |ttl: Option<Duration>| ttl.map(millis).unwrap_or_default();
         let mut delta_digits = itoa::Buffer::new();
-        let (name, ttl, arg, expected): (&[u8], _, &[u8], Option<Bytes>) = match &op {
+        let (name, ttl, arg, expected): (&[u8], _, &[u8], Option<&[u8]>) = match &op {
             AtomicOp::Increment { delta, ttl } => (
                 b"incr",
                 ttl_arg(*ttl),
@@ -955,12 +955,12 @@ impl Backend for RedisBackend {
                 expected,
                 value,
                 ttl,
-            } => (b"cas", ttl_arg(*ttl), value, expected.clone()),
+            } => (b"cas", ttl_arg(*ttl), value, expected.as_deref()),
             _ => return Err(Error::unsupported(&self.config.name, operation)),
         };
         let version = envelope::hex(options.version.0);
         let mut args: [&[u8]; 7] = [name, &version, mode, &ttl, arg, b"", b""];
-        let sent = match (&seed, &expected) {
+        let sent = match (&seed, expected) {
             (_, Some(expected)) => {
                 args[5] = seed.as_deref().unwrap_or_default();
                 args[6] = expected;

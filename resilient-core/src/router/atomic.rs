@@ -359,11 +359,10 @@ impl ResilientStorage {
 /// handed to a task of its own, where it runs to the end, when dropped before it is done. The
 /// future is boxed so that handing it over moves a pointer, not the future.
 struct FinishOnDrop<T: Send + 'static> {
+    /// Taken out while it is polled: a panic in the call's own poll drops it with the stack
+    /// it unwinds, and the drop below finds nothing to hand over.
     call: Option<std::pin::Pin<Box<dyn Future<Output = T> + Send>>>,
     runtime: tokio::runtime::Handle,
-    /// Set while the call is polled: a drop then is the unwinding of a panic in the call
-    /// itself, which cannot go on.
-    polling: bool,
 }
 
 impl<T: Send + 'static> FinishOnDrop<T> {
@@ -372,7 +371,6 @@ impl<T: Send + 'static> FinishOnDrop<T> {
         Self {
             call: Some(Box::pin(call)),
             runtime: tokio::runtime::Handle::current(),
-            polling: false,
         }
     }
 }
@@ -384,24 +382,20 @@ impl<T: Send + 'static> Future for FinishOnDrop<T> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<T> {
-        let this = &mut *self;
-        let Some(call) = this.call.as_mut() else {
+        let Some(mut call) = self.call.take() else {
             panic!("FinishOnDrop polled after it finished");
         };
-        this.polling = true;
         let poll = call.as_mut().poll(cx);
-        this.polling = false;
-        let output = std::task::ready!(poll);
-        this.call = None;
-        std::task::Poll::Ready(output)
+        if poll.is_pending() {
+            self.call = Some(call);
+        }
+        poll
     }
 }
 
 impl<T: Send + 'static> Drop for FinishOnDrop<T> {
     fn drop(&mut self) {
-        if let Some(call) = self.call.take()
-            && !self.polling
-        {
+        if let Some(call) = self.call.take() {
             self.runtime.spawn(call);
         }
     }
