@@ -12,8 +12,8 @@ use resilient_core::{
     JournalEntry, KeyWrite, LockGrant, LockOutcome, Operation, Result, Unknown, WriteMode,
     WriteOptions, WriteOutcome, WriteVersion,
 };
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, SqlStr};
+use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row as _, SqlStr};
 use tokio::sync::watch;
 
 use crate::config::PostgresConfig;
@@ -256,7 +256,6 @@ impl Drop for PostgresBackend {
     }
 }
 
-/// A version as PostgreSQL's bigint. Microseconds since 1970 fit until the year 294 247.
 /// The last write of each key in a batch (an upsert touches a row once per statement), in
 /// key order (the order the statements lock rows in).
 fn last_per_key<'w, 'k>(writes: &'w [BatchWrite<'k>]) -> Vec<&'w BatchWrite<'k>> {
@@ -399,6 +398,31 @@ fn answer(applied: bool, (value, version, ttl): AnswerRow) -> AtomicOutcome {
     )
 }
 
+/// The rows of a batch read, `(key, value)` in any order, put in the order of the keys asked:
+/// each key's value, or `None` where no row came back; a key asked twice gets its value twice.
+/// `None` when a row names a key that was not asked. The keys are sorted once (with their
+/// positions) and each row's found by binary search: no hashing, and no allocation but the
+/// sorted keys, the answer and its values.
+fn in_order(keys: &[&str], rows: &[(&str, &[u8])]) -> Option<Vec<Result<Option<Bytes>>>> {
+    let mut sorted: Vec<(&str, usize)> = keys.iter().copied().zip(0..).collect();
+    sorted.sort_unstable();
+    let mut answer: Vec<Result<Option<Bytes>>> = keys.iter().map(|_| Ok(None)).collect();
+    for &(key, value) in rows {
+        let first = sorted.partition_point(|&(k, _)| k < key);
+        let same = sorted[first..].iter().take_while(|&&(k, _)| k == key);
+        let mut found = false;
+        for &(_, position) in same {
+            answer[position] = Ok(Some(Bytes::copy_from_slice(value)));
+            found = true;
+        }
+        if !found {
+            return None;
+        }
+    }
+    Some(answer)
+}
+
+/// A version as PostgreSQL's bigint. Microseconds since 1970 fit until the year 294 247.
 fn stored(version: WriteVersion) -> i64 {
     i64::try_from(version.0).unwrap_or(i64::MAX)
 }
@@ -483,27 +507,30 @@ impl Backend for PostgresBackend {
         Ok(value.map(Bytes::from))
     }
 
-    /// One statement: the keys joined to their rows, in order.
+    /// One statement: the rows of the keys held, put in the keys' order here (see
+    /// [`in_order`]).
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Result<Option<Bytes>>>> {
-        let values: Vec<Option<Vec<u8>>> = self
+        let rows: Vec<PgRow> = self
             .call(Operation::GetMany, async {
-                sqlx::query_scalar(self.sql.get_many.clone())
+                sqlx::query(self.sql.get_many.clone())
                     .bind(keys)
                     .fetch_all(&self.pool)
                     .await
             })
             .await?;
-        if values.len() != keys.len() {
-            return Err(Error::backend(
+        // Keys and values borrowed from the rows: copied once, into the answer.
+        let mut found = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let pair = row.try_get(0).and_then(|key| Ok((key, row.try_get(1)?)));
+            found.push(pair.map_err(|e| classify(&self.config, Operation::GetMany, e))?);
+        }
+        in_order(keys, &found).ok_or_else(|| {
+            Error::backend(
                 &self.config.name,
                 Operation::GetMany,
-                "a batch read answered another number of keys",
-            ));
-        }
-        Ok(values
-            .into_iter()
-            .map(|value| Ok(value.map(Bytes::from)))
-            .collect())
+                "a batch read answered a key it was not asked",
+            )
+        })
     }
 
     /// One statement for a batch of plain sets (`unnest`), of plain deletes, or of replays
@@ -832,5 +859,46 @@ impl Backend for PostgresBackend {
         self.stop.send_replace(true);
         self.pool.close().await;
         self.health.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row<'a>(key: &'a str, value: &'a str) -> (&'a str, &'a [u8]) {
+        (key, value.as_bytes())
+    }
+
+    fn values(answer: Vec<Result<Option<Bytes>>>) -> Vec<Option<Bytes>> {
+        answer.into_iter().map(|v| v.unwrap()).collect()
+    }
+
+    #[test]
+    fn a_batch_read_answers_in_the_order_asked() {
+        let keys = ["c", "a", "missing", "b", "a"];
+        let rows = vec![row("a", "1"), row("b", "2"), row("c", "3")];
+        let answer = values(in_order(&keys, &rows).unwrap());
+        let expected: Vec<Option<Bytes>> = vec![
+            Some("3".into()),
+            Some("1".into()),
+            None,
+            Some("2".into()),
+            Some("1".into()),
+        ];
+        assert_eq!(answer, expected);
+    }
+
+    #[test]
+    fn a_batch_read_with_no_rows_answers_none_for_every_key() {
+        let answer = values(in_order(&["a", "a", "b"], &[]).unwrap());
+        assert_eq!(answer, vec![None, None, None]);
+        assert!(in_order(&[], &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_row_for_a_key_not_asked_is_refused() {
+        assert!(in_order(&["a", "c"], &[row("b", "2")]).is_none());
+        assert!(in_order(&[], &[row("b", "2")]).is_none());
     }
 }

@@ -252,11 +252,13 @@ impl Statements {
             compare_and_set: sql(compare_and_set),
             // $1 key: what a refused operation found.
             current: sql(format!("SELECT {answer} FROM {values} AS t WHERE key = $1")),
-            // $1: the keys; one row per key, in their order: the value, or NULL.
+            // $1: the keys; a row (key, value) for each one held, in no order. The caller puts
+            // them in the keys' order: `= ANY` is an index scan on any table, where joining
+            // `unnest($1) WITH ORDINALITY` to the table let the planner hash the whole table
+            // once it held a few thousand rows (1.3-2.1 ms against 0.10-0.13 ms at 12,200).
             get_many: sql(format!(
-                "SELECT v.value FROM unnest($1::text[]) WITH ORDINALITY AS k(key, n) \
-                 LEFT JOIN {values} v ON v.key = k.key AND v.value IS NOT NULL \
-                 AND (v.expires_at IS NULL OR v.expires_at > now()) ORDER BY k.n"
+                "SELECT key, value FROM {values} WHERE key = ANY($1) AND value IS NOT NULL \
+                 AND (expires_at IS NULL OR expires_at > now())"
             )),
             set_many: sql(set_many),
             delete_many: sql(format!("{delete_many_with} {delete_many_answer}")),
