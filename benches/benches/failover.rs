@@ -8,9 +8,9 @@
 use std::time::{Duration, Instant};
 
 use resilient_benches::{
-    MokaEntry, default_over, get_from_64_tasks, load_for_hits, load_hit,
-    moka_as_the_memory_backend, percentile, raw_get, raw_get_from_64_tasks, raw_pool, raw_upsert,
-    storage_over, write_result,
+    MokaEntry, add_other_rows, default_over, get_from_64_tasks, load_for_hits, load_hit,
+    moka_as_the_memory_backend, percentile, raw_get, raw_get_from_64_tasks, raw_get_many, raw_pool,
+    raw_upsert, storage_over, write_result,
 };
 use resilient_storage::prelude::*;
 use resilient_storage::{BackendOptions, HealthConfig};
@@ -515,33 +515,14 @@ async fn interleaved() {
     redis_only.shutdown().await;
     let items = keys.iter().map(|k| (k.as_str(), vec![7_u8; 100]));
     storage.set_many(items, None).await.unwrap();
-    // The 100 keys among 12,000 other rows, statistics up to date: a size at which PostgreSQL
-    // 15 plans a join of the keys to the table as a hash join over the whole table (1.3 ms
-    // against 0.13 ms by the index), so a statement that can be planned so shows here.
-    for statement in [
-        "INSERT INTO \"public\".\"resilient_kv\" (key, value) \
-         SELECT 'other:' || n, decode(repeat('07', 100), 'hex') FROM generate_series(1, 12000) n \
-         ON CONFLICT (key) DO NOTHING",
-        "VACUUM ANALYZE \"public\".\"resilient_kv\"",
-    ] {
-        sqlx::query(statement).execute(&pool).await.unwrap();
-    }
-    let many_sql = "SELECT key, value FROM \"public\".\"resilient_kv\" WHERE key = ANY($1) \
-                    AND value IS NOT NULL AND (expires_at IS NULL OR expires_at > now())";
+    add_other_rows(&pool).await;
     ab(
         "postgres_get_many_100",
         || async {
             let values = storage.get_many(&keys).await.unwrap();
             assert!(values.iter().all(|v| v.as_ref().is_ok_and(Option::is_some)));
         },
-        || async {
-            let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(many_sql)
-                .bind(&keys)
-                .fetch_all(&pool)
-                .await
-                .unwrap();
-            assert_eq!(rows.len(), 100);
-        },
+        || async { assert_eq!(raw_get_many(&pool, &keys).await.len(), 100) },
     )
     .await;
     storage.shutdown().await;
