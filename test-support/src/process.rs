@@ -43,6 +43,14 @@ fn spawn(command: Command) -> std::io::Result<Child> {
         .map_err(|_| std::io::Error::other("server-spawner thread is gone"))?
 }
 
+/// The CPUs servers are to run on, from `RESILIENT_SERVER_CPUS` (a `taskset` CPU list, set by
+/// `cargo xtask bench --pin`); `None` when unset or empty, as in tests.
+fn server_cpus() -> Option<String> {
+    std::env::var("RESILIENT_SERVER_CPUS")
+        .ok()
+        .filter(|cpus| !cpus.trim().is_empty())
+}
+
 /// One running (or stopped) server process and how to start it again.
 #[derive(Debug)]
 pub struct ServerProcess {
@@ -86,8 +94,13 @@ impl ServerProcess {
         if let Some(user) = &self.run_as {
             command.args(["--reuid", user, "--regid", user, "--init-groups"]);
         }
+        command.arg("--");
+        // `cargo xtask bench --pin`: servers on CPUs of their own (taskset execs the server, so
+        // the pid signalled is still the server's).
+        if let Some(cpus) = server_cpus() {
+            command.args(["taskset", "--cpu-list", &cpus]);
+        }
         command
-            .arg("--")
             .arg(&self.program)
             .args(&self.args)
             .stdin(Stdio::null())

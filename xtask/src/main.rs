@@ -448,11 +448,16 @@ fn custom_groups() -> Vec<String> {
 }
 
 fn bench(args: &[String]) -> Result<(), String> {
-    let only = match args {
-        [] => None,
-        [flag, group] if flag == "--only" => Some(group.as_str()),
-        _ => return Err("usage: cargo xtask bench [--only GROUP]".into()),
-    };
+    const USAGE: &str = "usage: cargo xtask bench [--only GROUP] [--pin]";
+    let (mut only, mut pin) = (None, false);
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--only" if only.is_none() => only = Some(rest.next().ok_or(USAGE)?.as_str()),
+            "--pin" if !pin => pin = true,
+            _ => return Err(USAGE.into()),
+        }
+    }
     let custom_groups = custom_groups();
     let is_custom = |g: &str| custom_groups.iter().any(|c| c == g);
     let known = |g: &str| is_custom(g) || GROUPS.iter().any(|(name, ..)| *name == g);
@@ -466,10 +471,38 @@ fn bench(args: &[String]) -> Result<(), String> {
     }
     ensure_servers()?;
     let target = target_dir()?;
-    let load_before = load_average();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let pinned = pin.then(|| Pinning::of(cores)).transpose()?;
+    if pinned.is_some()
+        && !Command::new("taskset")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
+        return Err("--pin needs `taskset` (util-linux)".into());
+    }
     // Criterion and the benchmarks' own results follow CARGO_TARGET_DIR: set it to what cargo
     // resolved, so a `build.target-dir` in a config file is followed too.
-    let mut command = cargo();
+    let mut command = match &pinned {
+        Some(pinning) => {
+            // Built on every core first: only the run is pinned.
+            run(
+                "benchmarks' build",
+                cargo()
+                    .args(["bench", "-p", "resilient-benches", "--no-run"])
+                    .env("CARGO_TARGET_DIR", &target),
+            )?;
+            let mut command = Command::new("taskset");
+            command
+                .args(["--cpu-list", &pinning.bench])
+                .arg(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(root())
+                .env("RESILIENT_SERVER_CPUS", &pinning.servers);
+            command
+        }
+        None => cargo(),
+    };
+    let load_before = load_average();
     command
         .args(["bench", "-p", "resilient-benches"])
         .env("CARGO_TARGET_DIR", &target);
@@ -486,9 +519,10 @@ fn bench(args: &[String]) -> Result<(), String> {
     }
     run("benchmarks", &mut command)?;
     let machine = Machine {
-        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cores,
         load_before,
         load_after: load_average(),
+        pinned,
     };
     let summary = summary(&target, &machine)? + &soak_section(&target);
     let path = target.join("criterion/summary.md");
@@ -508,11 +542,38 @@ fn load_average() -> Option<f64> {
         .ok()
 }
 
+/// `--pin`: the CPUs of the benchmarks and of the servers they start, apart (`taskset` lists).
+#[derive(Debug)]
+struct Pinning {
+    bench: String,
+    servers: String,
+}
+
+impl Pinning {
+    /// The last CPU for the servers, the others for the benchmarks.
+    fn of(cores: usize) -> Result<Self, String> {
+        if cores < 2 {
+            return Err(format!(
+                "--pin needs at least 2 CPUs (benchmarks and servers apart); this machine has {cores}"
+            ));
+        }
+        Ok(Self {
+            bench: match cores {
+                2 => "0".to_owned(),
+                _ => format!("0-{}", cores - 2),
+            },
+            servers: (cores - 1).to_string(),
+        })
+    }
+}
+
 /// What the summary says about the machine it ran on.
 struct Machine {
     cores: usize,
     load_before: Option<f64>,
     load_after: Option<f64>,
+    /// `--pin`'s CPUs, when given.
+    pinned: Option<Pinning>,
 }
 
 impl Machine {
@@ -529,8 +590,15 @@ impl Machine {
             }
             _ => "load unknown",
         };
+        let pinned = match &self.pinned {
+            Some(p) => format!(
+                " Pinned (`--pin`): benchmarks on CPU {}, servers on CPU {}.",
+                p.bench, p.servers
+            ),
+            None => String::new(),
+        };
         format!(
-            "Machine: {} cores; one-minute load average {} before the run and {} after ({quiet}).",
+            "Machine: {} cores; one-minute load average {} before the run and {} after ({quiet}).{pinned}",
             self.cores,
             load(self.load_before),
             load(self.load_after)
@@ -858,6 +926,7 @@ mod tests {
             cores: 2,
             load_before: Some(0.1),
             load_after: Some(0.3),
+            pinned: None,
         };
         let summary = summary(&target, &machine).unwrap();
         assert!(summary.contains("Machine: 2 cores; one-minute load average 0.10 before the run and 0.30 after (quiet)."), "{summary}");
@@ -893,6 +962,7 @@ mod tests {
             cores: 2,
             load_before: None,
             load_after: None,
+            pinned: Some(Pinning::of(2).unwrap()),
         };
         let summary = summary(&target, &machine).unwrap();
         assert!(
@@ -902,5 +972,16 @@ mod tests {
             "{summary}"
         );
         assert!(summary.contains("load unknown"), "{summary}");
+        assert!(
+            summary.contains("Pinned (`--pin`): benchmarks on CPU 0, servers on CPU 1."),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn pinning_needs_two_cpus_and_keeps_the_last_for_the_servers() {
+        assert!(Pinning::of(1).unwrap_err().contains("at least 2 CPUs"));
+        let four = Pinning::of(4).unwrap();
+        assert_eq!((four.bench.as_str(), four.servers.as_str()), ("0-2", "3"));
     }
 }
