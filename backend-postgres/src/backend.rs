@@ -183,13 +183,24 @@ impl PostgresBackend {
         }
     }
 
+    /// The rows `(key, value)` of the keys held, live, in no order: a batch read's statement.
+    async fn fetch_many(&self, keys: &[&str]) -> Result<Vec<PgRow>> {
+        self.call(Operation::GetMany, async {
+            sqlx::query(self.sql.get_many.clone())
+                .bind(keys)
+                .fetch_all(&self.pool)
+                .await
+        })
+        .await
+    }
+
     async fn ensure_schema(&self) -> Result<(), sqlx::Error> {
         if self.schema_ready.load(Ordering::Acquire) {
             return Ok(());
         }
         // Boxed: creating the tables takes a 14.6 KB future, which every call's future would
-        // otherwise carry, and async_trait's box copy on every call (a batch read's: 15,192
-        // bytes, 800 with this box).
+        // otherwise carry and async_trait's box would then copy on every call (a batch read's
+        // call future: 15,192 bytes, 800 with this box).
         Box::pin(self.create_schema()).await
     }
 
@@ -408,9 +419,9 @@ fn answer(applied: bool, (value, version, ttl): AnswerRow) -> AtomicOutcome {
 
 /// The rows of a batch read, `(key, value)` in any order, put in the order of the keys asked:
 /// each key's value, or `None` where no row came back; a key asked twice gets its value twice.
-/// `None` when a row names a key that was not asked. Each key's first position is found by
-/// hash (foldhash): comparing the rows' keys with the sorted keys' cost ten string comparisons
-/// a row, a third of what the storage added to a batch of 100 (callgrind,
+/// `None` when a row names a key that was not asked. Each row's position is found by hash
+/// (foldhash): a binary search of the sorted keys took about ten string comparisons a row, a
+/// third of what the storage added to a batch of 100 (callgrind,
 /// `benches/examples/postgres_get_many`).
 fn in_order(keys: &[&str], rows: &[(&str, &[u8])]) -> Option<Vec<Result<Option<Bytes>>>> {
     let mut first = hashbrown::HashMap::with_capacity(keys.len());
@@ -521,17 +532,9 @@ impl Backend for PostgresBackend {
         Ok(value.map(Bytes::from))
     }
 
-    /// One statement: the rows of the keys held, put in the keys' order here (see
-    /// [`in_order`]).
+    /// One statement: the rows of the keys held, put in the keys' order here.
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Result<Option<Bytes>>>> {
-        let rows: Vec<PgRow> = self
-            .call(Operation::GetMany, async {
-                sqlx::query(self.sql.get_many.clone())
-                    .bind(keys)
-                    .fetch_all(&self.pool)
-                    .await
-            })
-            .await?;
+        let rows = self.fetch_many(keys).await?;
         // Keys and values borrowed from the rows: copied once, into the answer.
         let mut found = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -914,14 +917,9 @@ mod tests {
     async fn a_call_does_not_carry_the_creation_of_the_tables() {
         let url = resilient_core::BackendUrl::parse("postgres://app@127.0.0.1:1/app").unwrap();
         let backend = PostgresBackend::new(PostgresConfig::from_url(&url).unwrap()).unwrap();
-        let keys = ["a", "b"];
-        let call = backend.call(Operation::GetMany, async {
-            sqlx::query(backend.sql.get_many.clone())
-                .bind(&keys[..])
-                .fetch_all(&backend.pool)
-                .await
-        });
-        // 15,192 bytes when the tables' creation was part of every call's future.
+        let call = backend.fetch_many(&["a", "b"]);
+        // 15,192 bytes (a release build) when the tables' creation was part of every call's
+        // future.
         let size = std::mem::size_of_val(&call);
         assert!(
             size <= 1_024,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use resilient_benches::{
     MokaEntry, add_other_rows, default_over, get_from_64_tasks, load_for_hits, load_hit,
     moka_as_the_memory_backend, percentile, raw_get, raw_get_from_64_tasks, raw_get_many, raw_pool,
-    raw_upsert, storage_over, write_result,
+    raw_upsert, storage_over, store_batch, write_result,
 };
 use resilient_storage::prelude::*;
 use resilient_storage::{BackendOptions, HealthConfig};
@@ -438,9 +438,7 @@ async fn interleaved() {
         },
     )
     .await;
-    let keys: Vec<String> = (0..100).map(|i| format!("batch:{i}")).collect();
-    let items = keys.iter().map(|k| (k.as_str(), vec![7_u8; 100]));
-    storage.set_many(items, None).await.unwrap();
+    let keys = store_batch(&storage).await;
     ab(
         "redis_get_many_100",
         || async {
@@ -513,8 +511,7 @@ async fn interleaved() {
     .await;
     default.shutdown().await;
     redis_only.shutdown().await;
-    let items = keys.iter().map(|k| (k.as_str(), vec![7_u8; 100]));
-    storage.set_many(items, None).await.unwrap();
+    store_batch(&storage).await;
     add_other_rows(&pool).await;
     ab(
         "postgres_get_many_100",

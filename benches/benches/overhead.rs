@@ -9,7 +9,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use resilient_benches::{
     MokaEntry, default_over, get_from_64_tasks, load_for_hits, load_hit,
     moka_as_the_memory_backend, raw_get, raw_get_from_64_tasks, raw_pool, raw_upsert, storage_of,
-    storage_over,
+    storage_over, store_batch,
 };
 use resilient_storage::memory::{MemoryBackend, MemoryConfig};
 use resilient_storage::prelude::*;
@@ -250,18 +250,12 @@ fn batches(c: &mut Criterion) {
     let redis = RedisServer::start().expect("redis-server for the benchmarks");
     let postgres = PostgresServer::start().expect("postgres for the benchmarks");
     let rt = runtime();
-    let keys: Vec<String> = (0..100).map(|i| format!("batch:{i}")).collect();
-    let value = Bytes::from(vec![7_u8; 100]);
-    let (on_redis, on_postgres) = rt.block_on(async {
+    let (keys, on_redis, on_postgres) = rt.block_on(async {
         let on_redis = storage_over(&redis.url(), false).await;
         let on_postgres = storage_over(&postgres.url(), false).await;
-        for storage in [&on_redis, &on_postgres] {
-            let items = keys.iter().map(|k| (k.as_str(), value.clone()));
-            for written in storage.set_many(items, None).await.unwrap() {
-                written.unwrap();
-            }
-        }
-        (on_redis, on_postgres)
+        let keys = store_batch(&on_redis).await;
+        store_batch(&on_postgres).await;
+        (keys, on_redis, on_postgres)
     });
     let keys = &keys;
     let read_all = |storage: &ResilientStorage| {

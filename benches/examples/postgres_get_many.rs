@@ -3,37 +3,28 @@
 //!
 //! ```text
 //! cargo build --release -p resilient-benches --example postgres_get_many
-//! valgrind --tool=callgrind target/release/examples/postgres_get_many storage 500
-//! valgrind --tool=callgrind target/release/examples/postgres_get_many storage 1000
-//! valgrind --tool=callgrind target/release/examples/postgres_get_many raw 500
-//! valgrind --tool=callgrind target/release/examples/postgres_get_many raw 1000
+//! valgrind --tool=callgrind target/release/examples/postgres_get_many storage 300
+//! valgrind --tool=callgrind target/release/examples/postgres_get_many storage 600
+//! valgrind --tool=callgrind target/release/examples/postgres_get_many raw 300
+//! valgrind --tool=callgrind target/release/examples/postgres_get_many raw 600
 //! ```
 //!
-//! The difference between the two totals of a side, over 500 calls, is its instructions per
-//! call without the set-up (the server, which valgrind does not trace, and the 12,000 rows).
+//! The difference between the two totals of a side, divided by 300, is its instructions per
+//! call without the set-up (the 12,000 rows; valgrind does not trace the server).
 
-use resilient_benches::{raw_pool, storage_over};
+use resilient_benches::{
+    add_other_rows, example_start, raw_get_many, raw_pool, storage_over, store_batch,
+};
 
 fn main() {
-    let usage = "usage: postgres_get_many storage|raw CALLS";
-    let mut args = std::env::args().skip(1);
-    let side = args.next().expect(usage);
-    let calls: u32 = args.next().and_then(|n| n.parse().ok()).expect(usage);
-    assert!(side == "storage" || side == "raw", "{usage}");
+    let (side, calls, runtime) = example_start("usage: postgres_get_many storage|raw CALLS");
     let server = resilient_test_support::PostgresServer::start().expect("postgres");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
     runtime.block_on(async {
         // The storage and the rows of the bench row.
         let storage = storage_over(&server.url(), true).await;
         let pool = raw_pool(&server.url()).await;
-        let keys: Vec<String> = (0..100).map(|i| format!("batch:{i}")).collect();
-        let items = keys.iter().map(|k| (k.as_str(), vec![7_u8; 100]));
-        storage.set_many(items, None).await.unwrap();
-        resilient_benches::add_other_rows(&pool).await;
+        let keys = store_batch(&storage).await;
+        add_other_rows(&pool).await;
         let start = std::time::Instant::now();
         for _ in 0..calls {
             match side.as_str() {
@@ -41,10 +32,7 @@ fn main() {
                     let values = storage.get_many(&keys).await.unwrap();
                     assert!(values.iter().all(|v| v.as_ref().is_ok_and(Option::is_some)));
                 }
-                _ => assert_eq!(
-                    resilient_benches::raw_get_many(&pool, &keys).await.len(),
-                    100
-                ),
+                _ => assert_eq!(raw_get_many(&pool, &keys).await.len(), 100),
             }
         }
         println!("{side}: {:?} a call", start.elapsed() / calls);

@@ -138,7 +138,7 @@ pub async fn raw_get_many(pool: &sqlx::PgPool, keys: &[String]) -> Vec<(String, 
 /// Adds 12,000 other rows to the backend's table and brings its statistics up to date: the
 /// table `postgres_get_many_100` reads its 100 keys from. At this size PostgreSQL 15 plans a
 /// join of the keys to the table as a hash join over the whole table (1.3 ms against 0.13 ms
-/// by the index), so a statement that can be planned so shows in the row.
+/// by the index at 12,100 rows), so a statement that can be planned so shows in the row.
 pub async fn add_other_rows(pool: &sqlx::PgPool) {
     for statement in [
         "INSERT INTO \"public\".\"resilient_kv\" (key, value) \
@@ -190,9 +190,23 @@ pub async fn default_over(redis_url: &str, postgres_url: &str) -> ResilientStora
         .expect("storage")
 }
 
-/// What the Redis examples (`benches/examples`) start from: their arguments `storage|raw COUNT`
-/// (the process exits with `usage` otherwise), a `redis-server` of their own, and a runtime of
-/// two workers, as on the benchmark machine.
+/// What every example (`benches/examples`) starts from: its arguments `storage|raw COUNT` (the
+/// process exits with `usage` otherwise) and a runtime of two workers, as on the benchmark
+/// machine.
+pub fn example_start(usage: &str) -> (String, u32, tokio::runtime::Runtime) {
+    let mut args = std::env::args().skip(1);
+    let side = args.next().expect(usage);
+    let count: u32 = args.next().and_then(|n| n.parse().ok()).expect(usage);
+    assert!(side == "storage" || side == "raw", "{usage}");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    (side, count, runtime)
+}
+
+/// What the Redis examples start from: [`example_start`]'s, and a `redis-server` of their own.
 pub fn redis_example(
     usage: &str,
 ) -> (
@@ -201,17 +215,20 @@ pub fn redis_example(
     resilient_test_support::RedisServer,
     tokio::runtime::Runtime,
 ) {
-    let mut args = std::env::args().skip(1);
-    let side = args.next().expect(usage);
-    let count: u32 = args.next().and_then(|n| n.parse().ok()).expect(usage);
-    assert!(side == "storage" || side == "raw", "{usage}");
+    let (side, count, runtime) = example_start(usage);
     let server = resilient_test_support::RedisServer::start().expect("redis-server");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
     (side, count, server, runtime)
+}
+
+/// The 100 keys the batch rows read (`batch:0` to `batch:99`), each written through `storage`
+/// with a 100-byte value.
+pub async fn store_batch(storage: &ResilientStorage) -> Vec<String> {
+    let keys: Vec<String> = (0..100).map(|i| format!("batch:{i}")).collect();
+    let items = keys.iter().map(|k| (k.as_str(), vec![7_u8; 100]));
+    for written in storage.set_many(items, None).await.expect("set_many") {
+        written.expect("a batch write");
+    }
+    keys
 }
 
 /// A storage over the given backends in priority order.

@@ -108,7 +108,8 @@ impl ServerProcess {
             .stderr(log);
         self.child = Some(spawn(command).map_err(|e| {
             format!(
-                "could not start {} ({}): {e}; `setpriv` comes with util-linux",
+                "could not start {} ({}): {e}; `setpriv` (and `taskset`, which \
+                 RESILIENT_SERVER_CPUS asks for) come with util-linux",
                 self.name,
                 self.program.display()
             )

@@ -78,9 +78,14 @@ fn root() -> PathBuf {
 }
 
 fn cargo() -> Command {
-    let mut command = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut command = Command::new(cargo_program());
     command.current_dir(root());
     command
+}
+
+/// The cargo that runs xtask (`CARGO`), else `cargo` from the path.
+fn cargo_program() -> String {
+    env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
 fn run(what: &str, command: &mut Command) -> Result<(), String> {
@@ -472,7 +477,7 @@ fn bench(args: &[String]) -> Result<(), String> {
     ensure_servers()?;
     let target = target_dir()?;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let pinned = pin.then(|| Pinning::of(cores)).transpose()?;
+    let pinned = pin.then(Pinning::of_this_process).transpose()?;
     if pinned.is_some()
         && !Command::new("taskset")
             .arg("--version")
@@ -481,6 +486,7 @@ fn bench(args: &[String]) -> Result<(), String> {
     {
         return Err("--pin needs `taskset` (util-linux)".into());
     }
+    let load_before = load_average();
     // Criterion and the benchmarks' own results follow CARGO_TARGET_DIR: set it to what cargo
     // resolved, so a `build.target-dir` in a config file is followed too.
     let mut command = match &pinned {
@@ -495,14 +501,13 @@ fn bench(args: &[String]) -> Result<(), String> {
             let mut command = Command::new("taskset");
             command
                 .args(["--cpu-list", &pinning.bench])
-                .arg(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .arg(cargo_program())
                 .current_dir(root())
                 .env("RESILIENT_SERVER_CPUS", &pinning.servers);
             command
         }
         None => cargo(),
     };
-    let load_before = load_average();
     command
         .args(["bench", "-p", "resilient-benches"])
         .env("CARGO_TARGET_DIR", &target);
@@ -550,21 +555,53 @@ struct Pinning {
 }
 
 impl Pinning {
-    /// The last CPU for the servers, the others for the benchmarks.
-    fn of(cores: usize) -> Result<Self, String> {
-        if cores < 2 {
-            return Err(format!(
-                "--pin needs at least 2 CPUs (benchmarks and servers apart); this machine has {cores}"
-            ));
-        }
-        Ok(Self {
-            bench: match cores {
-                2 => "0".to_owned(),
-                _ => format!("0-{}", cores - 2),
-            },
-            servers: (cores - 1).to_string(),
-        })
+    /// The CPUs this process may run on (`Cpus_allowed_list` in `/proc/self/status`), split.
+    fn of_this_process() -> Result<Self, String> {
+        let status = std::fs::read_to_string("/proc/self/status")
+            .map_err(|e| format!("--pin reads /proc/self/status: {e}"))?;
+        let list = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+            .ok_or("--pin: /proc/self/status has no Cpus_allowed_list")?;
+        Self::of(&cpus(list)?)
     }
+
+    /// The last of `cpus` for the servers, the others for the benchmarks.
+    fn of(cpus: &[usize]) -> Result<Self, String> {
+        match cpus {
+            [bench @ .., servers] if !bench.is_empty() => Ok(Self {
+                bench: bench
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                servers: servers.to_string(),
+            }),
+            _ => Err(format!(
+                "--pin needs at least 2 CPUs (benchmarks and servers apart); this process may \
+                 use {}",
+                cpus.len()
+            )),
+        }
+    }
+}
+
+/// The CPUs of a list as the kernel writes it (`0-2,5`), in order.
+fn cpus(list: &str) -> Result<Vec<usize>, String> {
+    let bad = || format!("a CPU list that cannot be read: {list:?}");
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        let first: usize = first.trim().parse().map_err(|_| bad())?;
+        let last: usize = last.trim().parse().map_err(|_| bad())?;
+        if last < first {
+            return Err(bad());
+        }
+        cpus.extend(first..=last);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
 }
 
 /// What the summary says about the machine it ran on.
@@ -592,7 +629,7 @@ impl Machine {
         };
         let pinned = match &self.pinned {
             Some(p) => format!(
-                " Pinned (`--pin`): benchmarks on CPU {}, servers on CPU {}.",
+                " Pinned (`--pin`): benchmarks on CPUs {}, servers on CPU {}.",
                 p.bench, p.servers
             ),
             None => String::new(),
@@ -962,7 +999,7 @@ mod tests {
             cores: 2,
             load_before: None,
             load_after: None,
-            pinned: Some(Pinning::of(2).unwrap()),
+            pinned: Some(Pinning::of(&[0, 1]).unwrap()),
         };
         let summary = summary(&target, &machine).unwrap();
         assert!(
@@ -973,15 +1010,22 @@ mod tests {
         );
         assert!(summary.contains("load unknown"), "{summary}");
         assert!(
-            summary.contains("Pinned (`--pin`): benchmarks on CPU 0, servers on CPU 1."),
+            summary.contains("Pinned (`--pin`): benchmarks on CPUs 0, servers on CPU 1."),
             "{summary}"
         );
     }
 
     #[test]
-    fn pinning_needs_two_cpus_and_keeps_the_last_for_the_servers() {
-        assert!(Pinning::of(1).unwrap_err().contains("at least 2 CPUs"));
-        let four = Pinning::of(4).unwrap();
-        assert_eq!((four.bench.as_str(), four.servers.as_str()), ("0-2", "3"));
+    fn pinning_needs_two_cpus_and_keeps_the_last_allowed_for_the_servers() {
+        assert!(Pinning::of(&[3]).unwrap_err().contains("at least 2 CPUs"));
+        assert!(Pinning::of(&[]).is_err());
+        let allowed = Pinning::of(&cpus("2-3,6\n").unwrap()).unwrap();
+        assert_eq!(
+            (allowed.bench.as_str(), allowed.servers.as_str()),
+            ("2,3", "6")
+        );
+        assert_eq!(cpus("0").unwrap(), [0]);
+        assert!(cpus("3-1").is_err());
+        assert!(cpus("x").is_err());
     }
 }
