@@ -302,15 +302,24 @@ impl RedisBackend {
         &self.config
     }
 
+    /// Sends `cmd` on the data link. On a connected link (every call but the first) the
+    /// command is the only future awaited here: no `data_conn` future around it.
     async fn query<T: FromRedisValue>(&self, operation: Operation, cmd: &Cmd) -> Result<T> {
         let in_flight = InFlight(&self.data_suspect);
-        let run = async {
-            let mut conn = self.data_conn().await?;
-            cmd.query_async::<T>(&mut conn).await
+        // A statement of its own: the link's guard is not held across the await.
+        let connected = self.data.load().connected();
+        let result = match connected {
+            Some(mut conn) => cmd.query_async::<T>(&mut conn).await,
+            None => Box::pin(self.connect_and_query(cmd)).await,
         };
-        let result = run.await;
         std::mem::forget(in_flight);
         result.map_err(|e| self.failed(operation, e))
+    }
+
+    /// [`query`](Self::query) on a link not connected yet: connects, then sends.
+    async fn connect_and_query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
+        let mut conn = self.data_conn().await?;
+        cmd.query_async::<T>(&mut conn).await
     }
 
     fn failed(&self, operation: Operation, err: redis::RedisError) -> Error {
@@ -866,7 +875,6 @@ impl Backend for RedisBackend {
             .await?;
         Ok(value.and_then(|v| envelope::decode(Bytes::from(v)).value()))
     }
-
     /// One MGET, or one per Cluster slot group sent at once.
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Result<Option<Bytes>>>> {
         // Without a prefix the keys go as they are: no copy per key.

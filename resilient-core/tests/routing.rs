@@ -83,6 +83,50 @@ fn a_hung_call_on_another_runtime_than_the_storages_still_times_out() {
     }
 }
 
+/// A storage built on a multi-thread runtime leaves its calls to that runtime's task, from any
+/// runtime: the task is driven for as long as the runtime lives. On a runtime whose clock is
+/// paused, the task's wake-up comes by the task's clock, before this one's has reached the
+/// deadline: the call then times out by its own runtime's clock, at exactly the attempt
+/// timeout, rather than wait for a wake-up that was already given.
+#[test]
+fn a_hung_call_on_a_paused_runtime_times_out_by_its_own_clock() {
+    let redis = fault("redis");
+    let home = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let storage = home.block_on(builder(&[&redis]).build()).unwrap();
+    redis.inject(Fault::Hang);
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let paused = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        paused.block_on(async {
+            let start = Instant::now();
+            let error = storage.get("k").await.unwrap_err();
+            assert_eq!(start.elapsed(), ATTEMPT);
+            assert!(
+                matches!(&error, Error::AllFailed { attempts, .. }
+                    if matches!(attempts.0[..], [Attempt { error: Error::Timeout { .. }, .. }])),
+                "{error}"
+            );
+        });
+        done.send(()).unwrap();
+    });
+    match finished.recv_timeout(Duration::from_secs(60)) {
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("a call on a paused runtime hung after the storage's task woke it")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the call failed"),
+        Ok(()) => {}
+    }
+    drop(home);
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_whole_chain_never_passes_the_deadline() {
     let backends = [fault("a"), fault("b"), fault("c")];

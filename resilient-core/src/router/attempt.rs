@@ -4,8 +4,10 @@
 //! strategy's fixed first choice, already active, served at once). Before it, gets, sets and deletes try
 //! [`route_now`](ResilientStorage::route_now), the common path without a future.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -14,7 +16,7 @@ use tracing::Instrument;
 use super::locks::lock_eligible;
 use super::slot::Slot;
 use super::telemetry::{self, Outcome};
-use super::watchdog::Watchdog;
+use super::watchdog::{Registration, Watchdog};
 use super::{CallFuture, LockFailover, NONE, ResilientStorage, Route, WritePolicy};
 use crate::backend::Backend;
 use crate::error::{Attempt, Attempts, Error, Operation, Result};
@@ -28,60 +30,99 @@ pub(super) struct TimedOut;
 /// How a [`timed`] call ended: its result, or [`TimedOut`].
 pub(super) type TimedResult<T> = std::result::Result<Result<T>, TimedOut>;
 
-/// Runs `call`, begun at `start`, under `budget`; returns its result, when it ended and how
-/// long it took. A call that completes on its first poll is never registered anywhere; any
-/// other waits under `watchdog`, which wakes it at `start + budget` (or, where the watchdog's
-/// task is gone, under a tokio timer). The call is polled once per wake-up.
-pub(super) async fn timed<T>(
-    watchdog: &Watchdog,
+/// Runs `call`, begun at `start`, under `budget`: a future of its result, when it ended and
+/// how long it took (see [`Timed`]).
+pub(super) fn timed<'a, T>(
+    watchdog: &'a Watchdog,
     start: Instant,
     budget: Duration,
-    mut call: CallFuture<'_, T>,
-) -> (TimedResult<T>, Instant, Duration) {
-    // The budget is at most a day (`limits::TIMEOUT`): the sum cannot overflow.
-    let deadline = start + budget;
-    let mut watched = None;
+    call: CallFuture<'a, T>,
+) -> Timed<'a, T> {
+    Timed {
+        watchdog,
+        start,
+        // The budget is at most a day (`limits::TIMEOUT`): the sum cannot overflow.
+        deadline: start + budget,
+        call,
+        watched: None,
+        timer: None,
+    }
+}
+
+/// A call under its budget. A call that completes on its first poll is never registered
+/// anywhere; any other waits under the watchdog, which wakes it at its deadline (or, where
+/// the watchdog's task is gone, under a tokio timer). The call is polled once per wake-up.
+///
+/// A future written out rather than an `async fn`: every call a backend cannot answer at
+/// once goes through it, and as a plain struct it is one poll around the call's, with no
+/// state machine of its own to enter, move and drop.
+pub(super) struct Timed<'a, T> {
+    watchdog: &'a Watchdog,
+    start: Instant,
+    deadline: Instant,
+    call: CallFuture<'a, T>,
+    watched: Option<Registration<'a>>,
     // Boxed: needed only where the watchdog cannot watch, and a timer is large; every
     // attempt's future would carry its room.
-    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-    let result = std::future::poll_fn(|cx| {
-        if let Poll::Ready(result) = call.as_mut().poll(cx) {
-            return Poll::Ready(Ok(result));
-        }
-        if timer.is_none() {
-            match &watched {
-                None => match watchdog.register(deadline, cx.waker()) {
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> Timed<'_, T> {
+    /// After a poll that left the call pending: `Ready` once the deadline has passed, and
+    /// otherwise a wake-up arranged for it.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.timer.is_none() {
+            match &self.watched {
+                None => match self.watchdog.register(self.deadline, cx.waker()) {
                     Some(registration) => {
-                        watched = Some(registration);
+                        self.watched = Some(registration);
                         return Poll::Pending;
                     }
-                    None => timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(self.deadline))),
                 },
                 Some(registration) => {
                     // The waker first, under the lock the watchdog wakes with: a wake-up it
                     // gave the old waker after the check below would otherwise be lost. Either
                     // it wakes this one, or it woke before, at or past the deadline, and the
                     // clock read after says so; likewise for its task's end and `watched`.
-                    registration.update(cx.waker());
-                    if Instant::now() >= deadline {
-                        return Poll::Ready(Err(TimedOut));
+                    let fired = registration.update(cx.waker());
+                    if Instant::now() >= self.deadline {
+                        return Poll::Ready(());
                     }
-                    if registration.watched() {
+                    // Woken for a deadline this runtime's clock has not reached (a paused
+                    // clock, on another runtime than the task's): its own timer goes by it.
+                    if registration.watched() && !fired {
                         return Poll::Pending;
                     }
-                    timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
+                    self.timer = Some(Box::pin(tokio::time::sleep_until(self.deadline)));
                 }
             }
         }
-        match timer.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Err(TimedOut)),
-            _ => Poll::Pending,
+        match &mut self.timer {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => Poll::Pending,
         }
-    })
-    .await;
-    drop(watched);
-    let end = Instant::now();
-    (result, end, end.saturating_duration_since(start))
+    }
+}
+
+impl<T> Future for Timed<'_, T> {
+    type Output = (TimedResult<T>, Instant, Duration);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Every field is `Unpin` (the call is boxed): no projection needed.
+        let this = &mut *self;
+        let result = match this.call.as_mut().poll(cx) {
+            Poll::Ready(result) => Ok(result),
+            Poll::Pending => match this.expired(cx) {
+                Poll::Ready(()) => Err(TimedOut),
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        // Out of the watchdog before the clock is read: the time taken is the call's.
+        this.watched = None;
+        let end = Instant::now();
+        Poll::Ready((result, end, end.saturating_duration_since(this.start)))
+    }
 }
 
 /// Reports the result of a [`timed`] call made outside [`ResilientStorage::attempts`] on its
@@ -331,7 +372,11 @@ impl ResilientStorage {
 
     /// [`route`](Self::route) with the deadline counted from when the caller says the call
     /// began, or set by the caller (a batch's passes share one).
-    pub(super) async fn route_within<'a, T, C: Into<Call<'a, T>>>(
+    ///
+    /// A plain function, not `async`: the attempts' future is returned as it is, with no
+    /// future of this function's own around it to hold a second copy of the arguments and
+    /// to move it (every routed call's future carries it).
+    pub(super) fn route_within<'a, T, C: Into<Call<'a, T>>>(
         &'a self,
         operation: Operation,
         route: Route,
@@ -339,22 +384,23 @@ impl ResilientStorage {
         prefer: Option<usize>,
         within: Within,
         call: impl Fn(usize, &'a dyn Backend) -> C,
-    ) -> Result<(T, usize)> {
+    ) -> impl Future<Output = Result<(T, usize)>> {
+        use futures_util::future::Either;
         // Checked before a span is made: with tracing's `log` feature on (sqlx turns it on),
         // even a disabled span is built and offered to `log` on every call.
         if !tracing::level_enabled!(tracing::Level::INFO) {
-            return self.attempts(operation, route, prefer, within, call).await;
+            return Either::Left(self.attempts(operation, route, prefer, within, call));
         }
         let span = tracing::info_span!("storage", operation = operation.as_str());
         if span.is_disabled() {
             // No subscriber wants it: skip the span's enter and exit on every poll.
-            return self.attempts(operation, route, prefer, within, call).await;
+            return Either::Left(self.attempts(operation, route, prefer, within, call));
         }
+        tracing::debug!(parent: &span, key, "operation");
         // Boxed: only a call whose span is recorded pays for it, and every other call's future
         // does not carry the room of this one's (a span beside the attempts' future).
-        Box::pin(
-            async {
-                tracing::debug!(key, "operation");
+        Either::Right(Box::pin(
+            async move {
                 let result = self.attempts(operation, route, prefer, within, call).await;
                 if let Err(error) = &result {
                     tracing::debug!(%error, "operation failed");
@@ -362,8 +408,7 @@ impl ResilientStorage {
                 result
             }
             .instrument(span),
-        )
-        .await
+        ))
     }
 
     /// The strategy's fixed first choice for data, when it is plainly available (see

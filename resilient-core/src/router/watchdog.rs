@@ -11,9 +11,11 @@
 //! about once per attempt timeout. An attempt woken by it sees its deadline passed on the clock
 //! and times out.
 //!
-//! An attempt made on another runtime than the one the task runs on (which may be kept but no
-//! longer run), or once the task is gone (its runtime shut down while the storage lives on in
-//! another), falls back to tokio's timer: an attempt never waits without a timer.
+//! An attempt made on another runtime than the one the task runs on when that one is a
+//! current-thread runtime (which may be kept but no longer run), or once the task is gone (its
+//! runtime shut down while the storage lives on in another), falls back to tokio's timer: an
+//! attempt never waits without a timer. So does one the task wakes for a deadline its own
+//! runtime's clock has not reached (a paused clock).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -39,6 +41,9 @@ pub(crate) struct Watchdog {
     alive: AtomicBool,
     /// The runtime the task runs on.
     runtime: tokio::runtime::Id,
+    /// Whether that runtime drives the task whatever the thread that calls does: a
+    /// multi-thread runtime.
+    driven_always: bool,
     epoch: Instant,
 }
 
@@ -79,6 +84,8 @@ impl Watchdog {
             wake: Notify::new(),
             alive: AtomicBool::new(true),
             runtime: tokio::runtime::Handle::current().id(),
+            driven_always: tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread,
             epoch: Instant::now(),
         }
     }
@@ -95,16 +102,24 @@ impl Watchdog {
     }
 
     /// Wakes `waker` once `deadline` has passed, until the registration is dropped. `None`
-    /// on another runtime than the task's, or when the task is gone: the caller needs a timer
-    /// of its own.
+    /// on another runtime than the task's current-thread runtime, or when the task is gone:
+    /// the caller needs a timer of its own.
     pub(super) fn register(&self, deadline: Instant, waker: &Waker) -> Option<Registration<'_>> {
         // The task runs on the runtime that built the storage: a call made on another runtime
         // cannot count on that one being driven (a current-thread runtime kept but no longer
         // run), and arms its own timer.
-        if tokio::runtime::Handle::try_current()
-            .map(|handle| handle.id())
-            .ok()
-            != Some(self.runtime)
+        //
+        // A multi-thread runtime runs its tasks on workers of its own for as long as it lives
+        // (and when it goes, so does the task, which wakes every attempt): its task needs no
+        // such check, which costs a count taken and given back on the runtime's handle per
+        // call, on a line every worker writes. A call on another runtime whose clock is not
+        // the task's (paused) and sees its deadline still to come when woken arms its own
+        // timer then (see `Registration::update`).
+        if !self.driven_always
+            && tokio::runtime::Handle::try_current()
+                .map(|handle| handle.id())
+                .ok()
+                != Some(self.runtime)
         {
             return None;
         }
@@ -162,13 +177,18 @@ impl Registration<'_> {
     }
 
     /// Keeps the waker of the latest poll (an attempt polled again with another waker must be
-    /// woken through that one).
-    pub(super) fn update(&self, waker: &Waker) {
+    /// woken through that one). Returns whether the task has woken it for its deadline: by
+    /// the task's clock, which on another runtime may not be the caller's.
+    pub(super) fn update(&self, waker: &Waker) -> bool {
         let mut slab = self.watchdog.shard(self.shard);
-        if let Some(Some(entry)) = slab.entries.get_mut(self.index)
-            && !entry.waker.will_wake(waker)
-        {
-            entry.waker = waker.clone();
+        match slab.entries.get_mut(self.index) {
+            Some(Some(entry)) => {
+                if !entry.waker.will_wake(waker) {
+                    entry.waker = waker.clone();
+                }
+                entry.fired
+            }
+            _ => false,
         }
     }
 }
