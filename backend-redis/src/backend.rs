@@ -302,8 +302,9 @@ impl RedisBackend {
         &self.config
     }
 
-    /// Sends `cmd` on the data link. On a connected link (every call but the first) the
-    /// command is the only future awaited here: no `data_conn` future around it.
+    /// Sends `cmd` on the data link. On a link already connected (a standalone server's
+    /// always is) the command is the only future awaited here: no `data_conn` future around
+    /// it.
     async fn query<T: FromRedisValue>(&self, operation: Operation, cmd: &Cmd) -> Result<T> {
         let in_flight = InFlight(&self.data_suspect);
         // A statement of its own: the link's guard is not held across the await.
@@ -875,6 +876,7 @@ impl Backend for RedisBackend {
             .await?;
         Ok(value.and_then(|v| envelope::decode(Bytes::from(v)).value()))
     }
+
     /// One MGET, or one per Cluster slot group sent at once.
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Result<Option<Bytes>>>> {
         // Without a prefix the keys go as they are: no copy per key.

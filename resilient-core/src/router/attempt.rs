@@ -56,14 +56,16 @@ pub(super) fn timed<'a, T>(
 /// A future written out rather than an `async fn`: every call a backend cannot answer at
 /// once goes through it, and as a plain struct it is one poll around the call's, with no
 /// state machine of its own to enter, move and drop.
+#[must_use = "futures do nothing unless polled"]
 pub(super) struct Timed<'a, T> {
     watchdog: &'a Watchdog,
     start: Instant,
     deadline: Instant,
     call: CallFuture<'a, T>,
     watched: Option<Registration<'a>>,
-    // Boxed: needed only where the watchdog cannot watch, and a timer is large; every
-    // attempt's future would carry its room.
+    // Boxed: needed only where the watchdog cannot watch, or woke the call before its
+    // clock reached the deadline, and a timer is large; every attempt's future would carry
+    // its room.
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -73,12 +75,19 @@ impl<T> Timed<'_, T> {
     fn expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.timer.is_none() {
             match &self.watched {
-                None => match self.watchdog.register(self.deadline, cx.waker()) {
+                None => match self
+                    .watchdog
+                    .register(self.start, self.deadline, cx.waker())
+                {
                     Some(registration) => {
                         self.watched = Some(registration);
                         return Poll::Pending;
                     }
-                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(self.deadline))),
+                    None => {
+                        if !self.arm_timer() {
+                            return Poll::Ready(());
+                        }
+                    }
                 },
                 Some(registration) => {
                     // The waker first, under the lock the watchdog wakes with: a wake-up it
@@ -94,7 +103,9 @@ impl<T> Timed<'_, T> {
                     if registration.watched() && !fired {
                         return Poll::Pending;
                     }
-                    self.timer = Some(Box::pin(tokio::time::sleep_until(self.deadline)));
+                    if !self.arm_timer() {
+                        return Poll::Ready(());
+                    }
                 }
             }
         }
@@ -102,6 +113,17 @@ impl<T> Timed<'_, T> {
             Some(sleep) => sleep.as_mut().poll(cx),
             None => Poll::Pending,
         }
+    }
+
+    /// A tokio timer for the deadline; false outside a runtime, where there is none to arm
+    /// (a call made outside tokio, whose storage's runtime has gone since): the call then
+    /// times out at once rather than wait without a bound, or panic.
+    fn arm_timer(&mut self) -> bool {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return false;
+        }
+        self.timer = Some(Box::pin(tokio::time::sleep_until(self.deadline)));
+        true
     }
 }
 
@@ -375,7 +397,8 @@ impl ResilientStorage {
     ///
     /// A plain function, not `async`: the attempts' future is returned as it is, with no
     /// future of this function's own around it to hold a second copy of the arguments and
-    /// to move it (every routed call's future carries it).
+    /// to move it (every routed call's future carries it). Whether the call gets a span is
+    /// decided, and the span made, when this is called rather than at the first poll.
     pub(super) fn route_within<'a, T, C: Into<Call<'a, T>>>(
         &'a self,
         operation: Operation,
@@ -396,11 +419,11 @@ impl ResilientStorage {
             // No subscriber wants it: skip the span's enter and exit on every poll.
             return Either::Left(self.attempts(operation, route, prefer, within, call));
         }
-        tracing::debug!(parent: &span, key, "operation");
         // Boxed: only a call whose span is recorded pays for it, and every other call's future
         // does not carry the room of this one's (a span beside the attempts' future).
         Either::Right(Box::pin(
             async move {
+                tracing::debug!(key, "operation");
                 let result = self.attempts(operation, route, prefer, within, call).await;
                 if let Err(error) = &result {
                     tracing::debug!(%error, "operation failed");

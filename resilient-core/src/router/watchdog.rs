@@ -12,10 +12,11 @@
 //! and times out.
 //!
 //! An attempt made on another runtime than the one the task runs on when that one is a
-//! current-thread runtime (which may be kept but no longer run), or once the task is gone (its
-//! runtime shut down while the storage lives on in another), falls back to tokio's timer: an
-//! attempt never waits without a timer. So does one the task wakes for a deadline its own
-//! runtime's clock has not reached (a paused clock).
+//! current-thread runtime (which may be kept but no longer run), one made on a paused clock
+//! when the task runs on a multi-thread runtime (whose clock is the real one), or one made once
+//! the task is gone (its runtime shut down while the storage lives on in another) falls back
+//! to tokio's timer: an attempt never waits without a timer. So does one the task wakes for a
+//! deadline its caller's clock has not reached.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -78,14 +79,14 @@ impl Watchdog {
     }
 
     fn idle() -> Self {
+        let runtime = tokio::runtime::Handle::current();
         Self {
             shards: Default::default(),
             next_look: AtomicU64::new(u64::MAX),
             wake: Notify::new(),
             alive: AtomicBool::new(true),
-            runtime: tokio::runtime::Handle::current().id(),
-            driven_always: tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::MultiThread,
+            runtime: runtime.id(),
+            driven_always: runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread,
             epoch: Instant::now(),
         }
     }
@@ -102,25 +103,32 @@ impl Watchdog {
     }
 
     /// Wakes `waker` once `deadline` has passed, until the registration is dropped. `None`
-    /// on another runtime than the task's current-thread runtime, or when the task is gone:
-    /// the caller needs a timer of its own.
-    pub(super) fn register(&self, deadline: Instant, waker: &Waker) -> Option<Registration<'_>> {
-        // The task runs on the runtime that built the storage: a call made on another runtime
-        // cannot count on that one being driven (a current-thread runtime kept but no longer
-        // run), and arms its own timer.
-        //
-        // A multi-thread runtime runs its tasks on workers of its own for as long as it lives
-        // (and when it goes, so does the task, which wakes every attempt): its task needs no
-        // such check, which costs a count taken and given back on the runtime's handle per
-        // call, on a line every worker writes. A call on another runtime whose clock is not
-        // the task's (paused) and sees its deadline still to come when woken arms its own
-        // timer then (see `Registration::update`).
-        if !self.driven_always
-            && tokio::runtime::Handle::try_current()
+    /// where the task cannot be counted on for this call, which then needs a timer of its
+    /// own: the task is gone; it runs on a current-thread runtime and the call on another; or
+    /// it runs on a multi-thread runtime and the call's clock (`start`, read as the call
+    /// began) is not the real one.
+    pub(super) fn register(
+        &self,
+        start: Instant,
+        deadline: Instant,
+        waker: &Waker,
+    ) -> Option<Registration<'_>> {
+        let counted_on = if self.driven_always {
+            // A multi-thread runtime runs its tasks on workers of its own for as long as it
+            // lives (and when it goes, so does the task, which wakes every attempt): the task
+            // is driven whatever runtime the call is on, and asking which would take and give
+            // back a count on the runtime's handle per call, on a line every worker writes.
+            // Its clock is the real one (a multi-thread runtime's cannot be paused), which a
+            // call on a paused clock (tokio's `test-util`, on another runtime) does not go by.
+            on_the_real_clock(start)
+        } else {
+            // A current-thread runtime kept but no longer run does not drive the task.
+            tokio::runtime::Handle::try_current()
                 .map(|handle| handle.id())
                 .ok()
-                != Some(self.runtime)
-        {
+                == Some(self.runtime)
+        };
+        if !counted_on {
             return None;
         }
         let shard = this_threads_shard();
@@ -224,6 +232,19 @@ impl Shard {
     }
 }
 
+/// How far the clock a call began on may be from the real time for the call to count on a
+/// task going by the real clock: the time its first poll took, unless its thread was held up.
+const CLOCK_SLACK: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Whether `now`, read from a call's clock as it began, is the real time. A paused clock starts
+/// at the real time when its runtime is built and then moves only as told, so it is soon away
+/// from it; a call that began on one within [`CLOCK_SLACK`] of it is woken by the task, at its
+/// deadline by the real clock, and then goes by its own (see [`Registration::update`]).
+fn on_the_real_clock(now: Instant) -> bool {
+    let (now, real) = (now.into_std(), std::time::Instant::now());
+    now <= real && real - now <= CLOCK_SLACK
+}
+
 /// The shard of the calling thread: threads take them in turn, once.
 fn this_threads_shard() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -301,11 +322,11 @@ mod tests {
         let watchdog = Watchdog::idle();
         let at = Instant::now();
         let waker = noop_waker();
-        let first = watchdog.register(at, &waker).unwrap();
-        let second = watchdog.register(at, &waker).unwrap();
+        let first = watchdog.register(at, at, &waker).unwrap();
+        let second = watchdog.register(at, at, &waker).unwrap();
         let (shard, index) = (first.shard, first.index);
         drop(first);
-        let third = watchdog.register(at, &waker).unwrap();
+        let third = watchdog.register(at, at, &waker).unwrap();
         assert_eq!((third.shard, third.index), (shard, index));
         drop((second, third));
         let slab = watchdog.shard(shard);
@@ -317,7 +338,8 @@ mod tests {
     async fn without_its_task_no_attempt_is_registered() {
         let watchdog = Watchdog::idle();
         watchdog.alive.store(false, Ordering::Relaxed);
-        assert!(watchdog.register(Instant::now(), &noop_waker()).is_none());
+        let now = Instant::now();
+        assert!(watchdog.register(now, now, &noop_waker()).is_none());
     }
 
     #[tokio::test]
@@ -325,12 +347,12 @@ mod tests {
         let watchdog = Watchdog::idle();
         let now = Instant::now();
         let waker = noop_waker();
-        let past = watchdog.register(now, &waker).unwrap();
+        let past = watchdog.register(now, now, &waker).unwrap();
         let soon = watchdog
-            .register(now + Duration::from_millis(5), &waker)
+            .register(now, now + Duration::from_millis(5), &waker)
             .unwrap();
         let later = watchdog
-            .register(now + Duration::from_millis(9), &waker)
+            .register(now, now + Duration::from_millis(9), &waker)
             .unwrap();
         assert_eq!(watchdog.fire(now), Some(now + Duration::from_millis(5)));
         let fired = |r: &Registration<'_>| {
