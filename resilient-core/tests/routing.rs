@@ -36,51 +36,62 @@ async fn a_hung_backend_costs_the_caller_exactly_the_attempt_timeout() {
     );
 }
 
-/// Attempts are woken at their deadline by a task on the runtime that built the storage. A
-/// call made on another runtime does not count on it: that runtime may be kept but no longer
-/// run (its task never wakes), or be gone.
-#[test]
-fn a_hung_call_on_another_runtime_than_the_storages_still_times_out() {
-    let paused = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap()
-    };
-    let redis = fault("redis");
-    let home = paused();
-    let storage = home.block_on(builder(&[&redis]).build()).unwrap();
-    redis.inject(Fault::Hang);
-    // On a thread of its own: a call that hangs fails the test instead of holding it.
+/// A current-thread runtime on tokio's paused clock.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// A get on `storage`, whose backend hangs, fails with the attempt's timeout at exactly the
+/// attempt timeout by the caller's clock.
+async fn get_times_out(storage: &resilient_core::ResilientStorage) {
+    let start = Instant::now();
+    let error = storage.get("k").await.unwrap_err();
+    assert_eq!(start.elapsed(), ATTEMPT);
+    assert!(
+        matches!(&error, Error::AllFailed { attempts, .. }
+            if matches!(attempts.0[..], [Attempt { error: Error::Timeout { .. }, .. }])),
+        "{error}"
+    );
+}
+
+/// Runs `calls` on a thread of its own: calls that hang fail the test, saying `hung`, instead
+/// of holding it.
+fn within_a_minute(hung: &'static str, calls: impl FnOnce() + Send + 'static) {
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let away = paused();
-        let times_out = || {
-            away.block_on(async {
-                let start = Instant::now();
-                let error = storage.get("k").await.unwrap_err();
-                assert_eq!(start.elapsed(), ATTEMPT);
-                assert!(
-                    matches!(&error, Error::AllFailed { attempts, .. }
-                        if matches!(attempts.0[..], [Attempt { error: Error::Timeout { .. }, .. }])),
-                    "{error}"
-                );
-            })
-        };
-        // `home` is kept, but nothing runs it any more.
-        times_out();
-        drop(home);
-        times_out();
+        calls();
         done.send(()).unwrap();
     });
     match finished.recv_timeout(Duration::from_secs(60)) {
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            panic!("a call on another runtime hung: it waited on the storage's own task")
-        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("{hung}"),
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the calls failed"),
         Ok(()) => {}
     }
+}
+
+/// Attempts are woken at their deadline by a task on the runtime that built the storage. A
+/// call made on another runtime does not count on it when that is a current-thread runtime: it
+/// may be kept but no longer run (its task never wakes), or be gone.
+#[test]
+fn a_hung_call_on_another_runtime_than_the_storages_still_times_out() {
+    let redis = fault("redis");
+    let home = paused_runtime();
+    let storage = home.block_on(builder(&[&redis]).build()).unwrap();
+    redis.inject(Fault::Hang);
+    within_a_minute(
+        "a call on another runtime hung: it waited on the storage's own task",
+        move || {
+            let away = paused_runtime();
+            // `home` is kept, but nothing runs it any more.
+            away.block_on(get_times_out(&storage));
+            drop(home);
+            away.block_on(get_times_out(&storage));
+        },
+    );
 }
 
 /// A storage built on a multi-thread runtime leaves its calls to that runtime's task, whatever
@@ -88,7 +99,7 @@ fn a_hung_call_on_another_runtime_than_the_storages_still_times_out() {
 /// the real one. A call on a paused clock times out by that clock, at exactly the attempt
 /// timeout: whether its clock is behind the real time (the task then wakes it early, by the
 /// real clock) or ahead of it (the task would wake it late, after as much real time as the
-/// clock was moved on).
+/// clock was moved on: 600 s here, well over the minute the test waits).
 #[test]
 fn a_hung_call_on_a_paused_runtime_times_out_by_its_own_clock() {
     let redis = fault("redis");
@@ -99,38 +110,16 @@ fn a_hung_call_on_a_paused_runtime_times_out_by_its_own_clock() {
         .unwrap();
     let storage = home.block_on(builder(&[&redis]).build()).unwrap();
     redis.inject(Fault::Hang);
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let paused = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        let times_out = || async {
-            let start = Instant::now();
-            let error = storage.get("k").await.unwrap_err();
-            assert_eq!(start.elapsed(), ATTEMPT);
-            assert!(
-                matches!(&error, Error::AllFailed { attempts, .. }
-                    if matches!(attempts.0[..], [Attempt { error: Error::Timeout { .. }, .. }])),
-                "{error}"
-            );
-        };
-        paused.block_on(async {
-            times_out().await;
-            tokio::time::advance(Duration::from_secs(600)).await;
-            times_out().await;
-        });
-        done.send(()).unwrap();
-    });
-    // Well under the 600 s the clock was moved on.
-    match finished.recv_timeout(Duration::from_secs(60)) {
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            panic!("a call on a paused runtime waited on the real clock")
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the calls failed"),
-        Ok(()) => {}
-    }
+    within_a_minute(
+        "a call on a paused runtime waited on the real clock",
+        move || {
+            paused_runtime().block_on(async {
+                get_times_out(&storage).await;
+                tokio::time::advance(Duration::from_secs(600)).await;
+                get_times_out(&storage).await;
+            });
+        },
+    );
     drop(home);
 }
 
