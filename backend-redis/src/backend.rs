@@ -317,9 +317,10 @@ impl RedisBackend {
         result.map_err(|e| self.failed(operation, e))
     }
 
-    /// [`query`](Self::query) on a link not connected yet: connects, then sends.
+    /// [`query`](Self::query) on a link not connected yet: connects, then sends. Boxed by
+    /// its caller, so it connects in place rather than through `data_conn`'s own box.
     async fn connect_and_query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
-        let mut conn = self.data_conn().await?;
+        let mut conn = Self::current(&self.data).conn().await?;
         cmd.query_async::<T>(&mut conn).await
     }
 

@@ -51,7 +51,8 @@ pub(super) fn timed<'a, T>(
 
 /// A call under its budget. A call that completes on its first poll is never registered
 /// anywhere; any other waits under the watchdog, which wakes it at its deadline (or, where
-/// the watchdog's task is gone, under a tokio timer). The call is polled once per wake-up.
+/// the watchdog cannot be counted on for it, under a tokio timer: see
+/// [`Watchdog::register`]). The call is polled once per wake-up.
 ///
 /// A future written out rather than an `async fn`: every call a backend cannot answer at
 /// once goes through it, and as a plain struct it is one poll around the call's, with no
@@ -66,7 +67,7 @@ pub(super) struct Timed<'a, T> {
     // Boxed: needed only where the watchdog cannot watch, or woke the call before its
     // clock reached the deadline, and a timer is large; every attempt's future would carry
     // its room.
-    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<T> Timed<'_, T> {
